@@ -1,0 +1,35 @@
+# sgdlab: `make run` trains on embedded data, `make test` runs the whole suite.
+# Both create .venv and install everything on a fresh machine.
+PYTHON     ?= python3
+VENV       ?= .venv
+# torch is installed first and pinned: override for a CUDA build elsewhere,
+# e.g. make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS     ?= test
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.sgdlab-setup
+PYTEST_ARGS ?= -n 2
+
+.PHONY: setup test lint run bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	# pin the torch just installed so that nothing afterwards can replace it
+	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-pin.txt
+	$(PY) -m pip install -q -c $(VENV)/torch-pin.txt -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/optim_step.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
