@@ -7,6 +7,7 @@ called:
 
 - ``numpy.ndarray``, ``numpy.dtype``, and ``numpy.core.multiarray._reconstruct`` (also spelled
   ``numpy._core.multiarray._reconstruct`` by numpy >= 2): how numpy pickles an array;
+  ``numpy.core.numeric._frombuffer`` (or ``numpy._core``): the same at protocol 5;
 - ``_codecs.encode`` (latin-1 only): how Python 3 writes ``bytes`` at pickle protocol <= 2;
 - the inert builtins ``set``, ``frozenset``, ``bytearray``, ``complex``, ``slice``.
 
@@ -28,8 +29,10 @@ from ._core import DataError
 
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct
+    from numpy._core.numeric import _frombuffer
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    from numpy.core.numeric import _frombuffer  # type: ignore[no-redef]
 
 _SAFE_BUILTINS = frozenset({"set", "frozenset", "bytearray", "complex", "slice"})
 _ALLOWED: dict[tuple[str, str], Any] = {
@@ -37,6 +40,8 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy", "dtype"): np.dtype,
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
     ("_codecs", "encode"): None,  # filled below with the latin-1-only wrapper
 }
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._core import DataError, Dataset, check_bool, register, subsample
+from ._core import DataError, Dataset, check_bool, check_int, register, subsample
 from ._unpickle import restricted_load
 from .images import image_dataset
 
@@ -96,6 +96,8 @@ def load_cifar10(seed: int, *, data_dir: str | None = None, normalize: bool = Tr
         raise DataError(f"{ds}: option 'data_dir' must be a path, got {data_dir!r}")
     normalize = check_bool(ds, "normalize", normalize)
     flatten = check_bool(ds, "flatten", flatten)
+    n_train = check_int(ds, "n_train", n_train, lo=1, allow_none=True)
+    n_test = check_int(ds, "n_test", n_test, lo=1, allow_none=True)
     root = find_batches(data_dir)
     parts = [read_batch(root / f) for f in TRAIN_FILES]
     xtr = np.concatenate([p[0] for p in parts])

@@ -19,6 +19,7 @@ from ._core import (
     Dataset,
     check_bool,
     check_float,
+    check_int,
     register,
     standardise,
     subsample,
@@ -116,6 +117,8 @@ def load_mnist(seed: int, *, include_validation: bool = False, normalize: bool =
     include_validation = check_bool(ds, "include_validation", include_validation)
     normalize = check_bool(ds, "normalize", normalize)
     flatten = check_bool(ds, "flatten", flatten)
+    n_train = check_int(ds, "n_train", n_train, lo=1, allow_none=True)
+    n_test = check_int(ds, "n_test", n_test, lo=1, allow_none=True)
     (xtr, ytr), (xva, yva), (xte, yte) = read_mnist_pickle()
     if include_validation:
         xtr, ytr = np.concatenate([xtr, xva]), np.concatenate([ytr, yva])

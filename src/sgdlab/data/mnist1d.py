@@ -143,6 +143,8 @@ def load_mnist1d(seed: int, *, data_seed: int = 42, num_samples: int = 5000,
     num_samples = check_int(ds, "num_samples", num_samples, lo=10, hi=10_000_000)
     shuffle_seq = check_bool(ds, "shuffle_seq", shuffle_seq)
     normalize = check_bool(ds, "normalize", normalize)
+    n_train = check_int(ds, "n_train", n_train, lo=1, allow_none=True)
+    n_test = check_int(ds, "n_test", n_test, lo=1, allow_none=True)
     data, path, cached = mnist1d_arrays(data_seed, num_samples, shuffle_seq)
     xtr, ytr = data["x"], data["y"].astype(np.int64)
     xte, yte = data["x_test"], data["y_test"].astype(np.int64)
