@@ -70,7 +70,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         super().__init__(file, encoding=encoding, fix_imports=True)
         self.source = source
 
-    def find_class(self, module: str, name: str) -> Any:  # noqa: D102 - documented above
+    def find_class(self, module: str, name: str) -> Any:
+        """Resolve ``module.name`` if it is on the allow-list, else raise
+        :class:`UnsafePickleError` (before anything is called)."""
         if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
             return getattr(builtins, name)
         obj = _ALLOWED.get((module, name))
