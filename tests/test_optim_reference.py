@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _problems import max_rel_err, run_reference, run_torch
 
 from sgdlab import optim
+
+from _problems import max_rel_err, run_reference, run_torch
 
 STEPS = 60
 

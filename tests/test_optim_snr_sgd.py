@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _problems import max_rel_err, run_reference, run_torch
 
 from sgdlab.optim import SNRSGD, create
+
+from _problems import max_rel_err, run_reference, run_torch
 
 
 def spec_snr_sgd(lr, lambda_b=16.0, K=20, w_min=1e-3, w_max=0.1, eps=1e-16, wd=0.0,
