@@ -1,0 +1,325 @@
+"""Figures of a run (``RUN/plots/*.png``) and general plotting helpers.
+
+:func:`plot_run` reads ``RUN/metrics.jsonl`` (see :mod:`sgdlab.metrics_log`) and writes
+
+    loss.png           batch loss, eval train/test loss, full train loss, averaged-model loss
+    accuracy.png       train/test accuracy, averaged-model accuracy (classification only)
+    lr.png             learning rate
+    norms.png          gradient and weight norms (when logged)
+    probe_<name>.png   every numeric key of each probe record ``name`` against step
+
+:func:`plot_lr_find` draws the learning-rate range test and :func:`plot_curves` any set of
+named (x, y) curves. Figures are built with :class:`matplotlib.figure.Figure` and the Agg
+canvas (no pyplot, no global state, no display needed) and written atomically: rendered to
+memory, then a temporary file in the destination directory is renamed over the target.
+Non-finite points (a diverged run) are left out of the curves and counted in a note.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from sgdlab.metrics_log import atomic_write_bytes, by_kind, read_metrics
+
+__all__ = ["plot_curves", "plot_lr_find", "plot_run"]
+
+DPI = 100
+FIGSIZE = (7.0, 4.5)
+
+#: Keys of a probe record that are not measurements.
+_PROBE_META = frozenset({"kind", "step", "name", "epoch", "wall_time"})
+
+#: Log-scale a positive quantity other than the loss once it spans this factor.
+_LOG_RANGE = 20.0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = FIGSIZE,
+            sharex: bool = False) -> tuple[Figure, np.ndarray]:
+    # fixed margins (in inches) instead of a layout engine, which would double the time
+    fig = Figure(figsize=figsize, dpi=DPI)
+    FigureCanvasAgg(fig)
+    w, h = figsize
+    fig.subplots_adjust(left=0.85 / w, right=1 - 0.2 / w, bottom=0.55 / h, top=1 - 0.4 / h,
+                        hspace=0.35 * nrows / max(h, 1e-9) if nrows > 1 else 0.2,
+                        wspace=0.3)
+    axes = fig.subplots(nrows, ncols, sharex=sharex, squeeze=False)
+    return fig, axes
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, pil_kwargs={"compress_level": 3})
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _series(records: Sequence[Mapping[str, Any]], key: str,
+            x: str = "step") -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of the records that have both keys as numbers (non-finite y kept), x-sorted."""
+    pairs = [(r[x], r[key]) for r in records
+             if _is_number(r.get(x)) and _is_number(r.get(key))]
+    if not pairs:
+        return np.empty(0), np.empty(0)
+    arr = np.asarray(pairs, dtype=float)
+    order = np.argsort(arr[:, 0], kind="stable")
+    return arr[order, 0], arr[order, 1]
+
+
+def _finite(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray, int]:
+    """Drop points with a non-finite coordinate; also return how many were dropped."""
+    x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"x and y differ in length: {x.size} != {y.size}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    return x[keep], y[keep], int((~keep).sum())
+
+
+def _note(ax, text: str) -> None:
+    ax.text(0.01, 0.01, text, transform=ax.transAxes, fontsize=8, color="0.35",
+            ha="left", va="bottom")
+
+
+def _wants_log(values: Sequence[np.ndarray], ratio: float | None = None) -> bool:
+    """All values positive (and, with ``ratio``, spanning at least that factor)."""
+    ys = [v for v in values if v.size]
+    if not ys:
+        return False
+    y = np.concatenate(ys)
+    if not np.all(y > 0):
+        return False
+    return ratio is None or float(y.max()) >= ratio * float(y.min())
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._") or "unnamed"
+
+
+# --------------------------------------------------------------------------- plot_run
+
+
+def _plot_lines(path: Path, series: list[tuple[str, np.ndarray, np.ndarray, dict]],
+                title: str, ylabel: str, log: str) -> Path | None:
+    """One axes of step curves; ``log`` is "always-positive", "range" or "never"."""
+    kept, dropped, first_bad = [], 0, math.inf
+    for label, x, y, style in series:
+        bad = ~np.isfinite(y)
+        if bad.any():
+            first_bad = min(first_bad, float(x[bad].min()))
+        fx, fy, n = _finite(x, y)
+        dropped += n
+        if fy.size:
+            kept.append((label, fx, fy, style))
+    if not kept:
+        return None
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    for label, x, y, style in kept:
+        ax.plot(x, y, label=label, **style)
+    if log != "never" and _wants_log([y for _, _, y, _ in kept],
+                                     None if log == "always-positive" else _LOG_RANGE):
+        ax.set_yscale("log")
+    if math.isfinite(first_bad):
+        ax.axvline(first_bad, color="tab:red", linestyle=":", linewidth=1,
+                   label=f"first non-finite (step {first_bad:g})")
+    if dropped:
+        _note(ax, f"{dropped} non-finite value{'s' if dropped != 1 else ''} omitted")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+_LINE = {"linewidth": 1.0, "alpha": 0.7}
+_EVAL = {"linewidth": 1.2, "marker": "o", "markersize": 3}
+
+
+def _probe_figure(path: Path, name: str, records: list[dict[str, Any]]) -> Path | None:
+    keys: list[str] = []
+    for r in records:
+        for key, value in r.items():
+            if key not in _PROBE_META and key not in keys and _is_number(value):
+                keys.append(key)
+    panels = []
+    for key in keys:
+        x, y = _series(records, key)
+        fx, fy, dropped = _finite(x, y)
+        if fy.size:
+            panels.append((key, fx, fy, dropped))
+    if not panels:
+        return None
+    ncols = 1 if len(panels) <= 4 else 2
+    nrows = -(-len(panels) // ncols)
+    fig, axes = _figure(nrows, ncols, figsize=(7.0 if ncols == 1 else 10.0,
+                                               min(2.2 * nrows + 0.6, 14.0)), sharex=True)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (key, x, y, dropped) in zip(axes.flat[:len(panels)], panels, strict=True):
+        ax.plot(x, y, marker="o" if x.size <= 50 else None, markersize=3, linewidth=1.2)
+        if _wants_log([y], _LOG_RANGE):
+            ax.set_yscale("log")
+        ax.set_ylabel(key)
+        ax.grid(True, alpha=0.3, which="both")
+        if dropped:
+            _note(ax, f"{dropped} non-finite omitted")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("step")
+    if ncols == 2 and len(panels) % 2:  # the hidden last panel: label the one above it
+        axes[-2, -1].xaxis.set_tick_params(labelbottom=True)
+        axes[-2, -1].set_xlabel("step")
+    fig.suptitle(f"probe: {name}")
+    return _save(fig, path)
+
+
+def plot_run(run_dir: str | os.PathLike) -> list[Path]:
+    """Draw the figures of a run into ``RUN/plots/``; return the files written.
+
+    Reads ``RUN/metrics.jsonl`` (a partial last line is skipped, unknown keys are ignored) and
+    writes ``loss.png`` (log-y when every value is positive), ``accuracy.png`` (only when the
+    records have accuracies), ``lr.png``, ``norms.png`` (gradient/weight norms, when logged)
+    and ``probe_<name>.png`` for each probe name. A figure with nothing to show is not written.
+    Each file is replaced atomically. Raises :class:`FileNotFoundError` without a metrics file.
+    """
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir / "metrics.jsonl")
+    out = run_dir / "plots"
+    train, evals = by_kind(records, "train"), by_kind(records, "eval")
+    written: list[Path] = []
+
+    def add(path: Path | None) -> None:
+        if path is not None:
+            written.append(path)
+
+    add(_plot_lines(out / "loss.png", [
+        ("batch loss (train)", *_series(train, "loss"), _LINE),
+        ("train loss (eval)", *_series(evals, "train_loss"), _EVAL),
+        ("full train loss", *_series(evals, "train_full_loss"), _EVAL),
+        ("test loss", *_series(evals, "test_loss"), _EVAL),
+        ("averaged model: test loss", *_series(evals, "avg_test_loss"),
+         {**_EVAL, "linestyle": "--"}),
+    ], "Loss", "loss", "always-positive"))
+    add(_plot_lines(out / "accuracy.png", [
+        ("train accuracy", *_series(evals, "train_acc"), _EVAL),
+        ("test accuracy", *_series(evals, "test_acc"), _EVAL),
+        ("averaged model: test accuracy", *_series(evals, "avg_test_acc"),
+         {**_EVAL, "linestyle": "--"}),
+    ], "Accuracy", "accuracy", "never"))
+    add(_plot_lines(out / "lr.png", [("learning rate", *_series(train, "lr"), _EVAL)],
+                    "Learning rate", "learning rate", "range"))
+    add(_plot_lines(out / "norms.png", [
+        ("gradient norm", *_series(train, "grad_norm"), _LINE),
+        ("weight norm", *_series(train, "weight_norm"), _LINE),
+    ], "Gradient and weight norms", "L2 norm", "range"))
+
+    probes: dict[str, list[dict[str, Any]]] = {}
+    for r in by_kind(records, "probe"):
+        probes.setdefault(str(r.get("name", "unnamed")), []).append(r)
+    for name, group in probes.items():
+        add(_probe_figure(out / f"probe_{_safe_name(name)}.png", name, group))
+    return written
+
+
+# --------------------------------------------------------------------------- helpers for others
+
+
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestion: float | None,
+                 path: str | os.PathLike) -> Path:
+    """Plot a learning-rate range test: loss against learning rate (log x); return the path.
+
+    ``suggestion`` (if given and finite) is marked by a vertical line and printed in the
+    legend. The y range is clipped so that the blow-up at the largest rates does not squash
+    the informative part of the curve; non-finite losses are left out.
+    """
+    x, y, dropped = _finite(lrs, losses)
+    pos = x > 0
+    x, y, dropped = x[pos], y[pos], dropped + int((~pos).sum())
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    ax.plot(x, y, linewidth=1.2, label="loss")
+    ax.set_xscale("log")
+    if y.size:
+        lo, hi, start = float(y.min()), float(y.max()), float(y[0])
+        top = min(hi, start + (start - lo)) if start > lo else hi
+        pad = 0.05 * (top - lo) if top > lo else max(abs(lo) * 0.05, 1e-12)
+        ax.set_ylim(lo - pad, top + pad)
+    if suggestion is not None and math.isfinite(suggestion) and suggestion > 0:
+        ax.axvline(suggestion, color="tab:red", linestyle="--", linewidth=1.2,
+                   label=f"suggested lr = {suggestion:.3g}")
+    if dropped:
+        _note(ax, f"{dropped} non-finite or non-positive points omitted")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    ax.set_title("Learning-rate range test")
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                path: str | os.PathLike, xlabel: str, ylabel: str, title: str,
+                logx: bool = False, logy: bool = False, *, marker: str | None = None) -> Path:
+    """Plot named curves ``{label: (x, y)}`` on one axes and write them to ``path``.
+
+    Points with a non-finite coordinate, or a non-positive one on a log axis, are left out
+    (counted in a note). ``marker`` (e.g. ``"o"``) marks the data points. Returns the path.
+    """
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    dropped = 0
+    for label, (x, y) in series.items():
+        x, y, n = _finite(x, y)
+        keep = np.ones(x.shape, dtype=bool)
+        if logx:
+            keep &= x > 0
+        if logy:
+            keep &= y > 0
+        dropped += n + int((~keep).sum())
+        ax.plot(x[keep], y[keep], label=str(label), marker=marker, markersize=4,
+                linewidth=1.2)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    if dropped:
+        _note(ax, f"{dropped} point{'s' if dropped != 1 else ''} omitted")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3, which="both")
+    if series:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sgdlab.plots RUN [RUN ...]``: redraw the figures of existing runs."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        print("usage: python -m sgdlab.plots RUN [RUN ...]", file=sys.stderr)
+        return 2
+    for run in args:
+        for path in plot_run(run):
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
