@@ -165,6 +165,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     finally:
         import torch.distributed as dist
         if dist.is_initialized():
+            dist.barrier()  # let rank 0 finish writing before any rank tears gloo down
             dist.destroy_process_group()
     if trainer.rank != 0:
         return trainer.exit_code(summary)

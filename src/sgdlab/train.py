@@ -228,7 +228,7 @@ class Trainer:
         self.writer: MetricsWriter | None = None
         self.tb = None
         self._elapsed_before = 0.0
-        self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._loss_sum = 0.0
         self._loss_count = 0
         self._stop_signal: int | None = None
         n_log = max(1, self.total_steps // 200)
@@ -272,7 +272,7 @@ class Trainer:
         checkpoint.set_rng_state(ckpt["rng"])
         self.step = ckpt["step"]
         self._elapsed_before = ckpt["elapsed"]
-        self._loss_sum.fill_(ckpt["loss_sum"])
+        self._loss_sum = ckpt["loss_sum"]
         self._loss_count = ckpt["loss_count"]
         if ckpt.get("averaged") is not None:
             self._make_averaged()
@@ -294,6 +294,7 @@ class Trainer:
         last_log_time, last_log_step = start, self.step
         for cb in self.callbacks:
             cb.on_train_start(self)
+        self.train_model.train()  # evaluation restores the mode it found
         try:
             while self.step < self.total_steps:
                 idx = self.sampler.next_batch()
@@ -302,17 +303,17 @@ class Trainer:
                     idx = idx[self.rank * per_rank:(self.rank + 1) * per_rank]
                 x, y = self.data.batch(idx)
                 self.batch = (x, y)
-                self.train_model.train()
                 loss = self.run.loss_fn(self.train_model(x), y)
                 self.loss = loss
-                finite_loss = loss.detach()
                 if self.world > 1:
-                    finite_loss = finite_loss.clone()
-                    torch.distributed.all_reduce(finite_loss)
-                    finite_loss /= self.world
-                if not torch.isfinite(finite_loss):
+                    mean_loss = loss.detach().clone()
+                    torch.distributed.all_reduce(mean_loss)
+                    loss_value = mean_loss.item() / self.world
+                else:
+                    loss_value = loss.item()  # one host sync per step (free on CPU)
+                if not math.isfinite(loss_value):
                     status = "diverged"
-                    message = (f"diverged at step {self.step}: loss is {float(finite_loss)} "
+                    message = (f"diverged at step {self.step}: loss is {loss_value} "
                                f"(lr {self.optimizer.param_groups[0]['lr']:.3g})")
                     break
                 self.optimizer.zero_grad(set_to_none=True)
@@ -325,7 +326,7 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.step += 1
-                self._loss_sum += finite_loss
+                self._loss_sum += loss_value
                 self._loss_count += 1
                 for cb in self.callbacks:
                     cb.after_step(self)
@@ -420,7 +421,7 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
             "rng": checkpoint.rng_state(),
             "elapsed": self._elapsed_before + elapsed,
-            "loss_sum": float(self._loss_sum),
+            "loss_sum": self._loss_sum,
             "loss_count": self._loss_count,
             "averaged": None if self.averaged is None else self.averaged.state_dict(),
             "metrics_lines": self.writer.lines if self.writer is not None else 0,
@@ -444,8 +445,8 @@ class Trainer:
         torch.optim.swa_utils.update_bn(batches, self.averaged)
 
     def _log_train(self, grad_norm: torch.Tensor | None, rate: float, now: float) -> None:
-        loss = float(self._loss_sum) / max(1, self._loss_count)
-        self._loss_sum.zero_()
+        loss = self._loss_sum / max(1, self._loss_count)
+        self._loss_sum = 0.0
         self._loss_count = 0
         record = {"kind": "train", "step": self.step, "epoch": self._epoch(),
                   "lr": self.optimizer.param_groups[0]["lr"], "loss": loss,
