@@ -163,3 +163,17 @@ def test_bad_values_found_when_building(tmp_path):
     with pytest.raises(ConfigError, match="unknown config field 'stepz'"):
         from_dict({"stepz": 3})
     assert not (tmp_path / "x").exists()
+
+
+def test_tensorboard_event_files(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(small(out=str(tmp_path / "run"), steps=20, tensorboard=True))
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "train/loss" in tags and "eval/test_acc" in tags
+    jsonl = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")
+             if r["kind"] == "train"]
+    assert [e.value for e in acc.Scalars("train/loss")] == pytest.approx(jsonl, rel=1e-6)
