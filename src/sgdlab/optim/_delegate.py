@@ -53,6 +53,14 @@ def fastest_path(params: list, has_fused: bool) -> dict[str, bool]:
     return {"fused": True} if fused_ok else {"foreach": True}
 
 
+def kernel_flags(params: list, fused: bool | None, foreach: bool | None,
+                 has_fused: bool = True) -> dict[str, bool]:
+    """The user's ``fused``/``foreach`` choice, or :func:`fastest_path` when neither is given."""
+    if fused is None and foreach is None:
+        return fastest_path(params, has_fused=has_fused)
+    return {k: v for k, v in (("fused", fused), ("foreach", foreach)) if v is not None}
+
+
 class DelegatingMixin:
     """Mixin for a ``torch.optim`` subclass: sgdlab keys, validation and decoupled decay.
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._delegate import DelegatingMixin, fastest_path, materialize
+from ._delegate import DelegatingMixin, kernel_flags, materialize
 from ._validate import check_betas, check_bool, check_decay, check_range
 
 
@@ -59,10 +59,7 @@ class Adam(DelegatingMixin, torch.optim.Adam):
         check_decay({"weight_decay": weight_decay, "decoupled": decoupled})
         betas = check_betas("betas", betas)
         check_range("eps", eps, 0.0)
-        if fused is None and foreach is None:
-            flags = fastest_path(params, has_fused=True)
-        else:
-            flags = {k: v for k, v in (("fused", fused), ("foreach", foreach)) if v is not None}
+        flags = kernel_flags(params, fused, foreach)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          **flags)
         self._finish_init()

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ._delegate import DelegatingMixin, coupled_decay, fastest_path, materialize
+from ._delegate import DelegatingMixin, coupled_decay, kernel_flags, materialize
 from ._validate import check_bool, check_choice, check_decay, check_range
 
 STYLES = ("heavy_ball", "ema")
@@ -49,7 +49,7 @@ class SGD(DelegatingMixin, torch.optim.SGD):
         self._sgdlab_defaults = {"decoupled": decoupled}
         check_range("lr", lr, 0.0)
         check_decay({"weight_decay": weight_decay, "decoupled": decoupled})
-        flags = _flags(params, fused, foreach)
+        flags = kernel_flags(params, fused, foreach)
         super().__init__(params, lr=lr, weight_decay=weight_decay, **flags)
         self._finish_init()
 
@@ -97,7 +97,7 @@ class Momentum(DelegatingMixin, torch.optim.SGD):
         check_bool("nesterov", nesterov)
         if nesterov and beta == 0:
             raise ValueError("beta must be in (0, 1) when nesterov is true, got 0")
-        flags = _flags(params, fused, foreach)
+        flags = kernel_flags(params, fused, foreach)
         # torch validates momentum/nesterov at construction; the group's beta is applied per step
         super().__init__(params, lr=lr, momentum=beta, nesterov=nesterov,
                          weight_decay=weight_decay, **flags)
@@ -115,9 +115,3 @@ class Momentum(DelegatingMixin, torch.optim.SGD):
         lr = group["lr"] * (1.0 - beta) if group["style"] == "ema" else group["lr"]
         return {"lr": lr, "momentum": beta, "dampening": 0.0,
                 "weight_decay": coupled_decay(group)}
-
-
-def _flags(params: list, fused: bool | None, foreach: bool | None) -> dict[str, bool]:
-    if fused is None and foreach is None:
-        return fastest_path(params, has_fused=True)
-    return {k: v for k, v in (("fused", fused), ("foreach", foreach)) if v is not None}
