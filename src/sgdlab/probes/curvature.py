@@ -81,8 +81,9 @@ def top_hessian_eigenvalue(model: nn.Module, loss_fn: Callable, x: torch.Tensor,
     v = [torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params]
     norm = math.sqrt(sum(float((t * t).sum()) for t in v))
     v = [t / norm for t in v]
-    lam, prev, converged, k = 0.0, None, False, 0
+    lam, prev, converged, used = 0.0, None, False, 0
     for k in range(1, iters + 1):
+        used = k
         hv = hessian_vector_product(model, loss_fn, x, y, v, chunk_size)
         lam = sum(float((a * b).sum()) for a, b in zip(v, hv, strict=True))
         norm = math.sqrt(sum(float((t * t).sum()) for t in hv))
@@ -95,4 +96,4 @@ def top_hessian_eigenvalue(model: nn.Module, loss_fn: Callable, x: torch.Tensor,
             break
         prev = lam
     bound = 2.0 / lam if lam > 0 else math.inf
-    return TopEigenvalue(lam, bound, k, converged, torch.cat([t.reshape(-1) for t in v]))
+    return TopEigenvalue(lam, bound, used, converged, torch.cat([t.reshape(-1) for t in v]))
