@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ema-decay", type=float)
     t.add_argument("--tensorboard", action="store_true", default=None,
                    help="also write TensorBoard event files")
+    t.add_argument("--probe", help="comma-separated instruments: effective_lr, noise_scale, "
+                                    "sharpness, snr")
+    t.add_argument("--probe-every", type=int, help="steps between measurements (default 50)")
+    t.add_argument("--probe-schedule", help="linear (every --probe-every steps) or log")
     t.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes on this machine (runs under torchrun)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
@@ -98,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--end-lr", type=float, default=10.0)
     f.add_argument("--num-steps", type=int, default=200)
     f.add_argument("--out", help="directory for lr_find.png and lr_find.json")
+
+    pr = sub.add_parser("probe", help="measure instruments at a run's last checkpoint")
+    pr.add_argument("run_dir", metavar="RUN_DIR")
+    pr.add_argument("--probe", default="effective_lr,noise_scale,sharpness",
+                    help="comma-separated instruments (default: effective_lr,noise_scale,"
+                         "sharpness)")
+    pr.add_argument("--batch-size", type=int, help="examples for the per-batch quantities "
+                                                   "(default: the run's batch size)")
 
     c = sub.add_parser("check", help="initial-loss and overfit checks (SPEC §4.11)")
     _add_run_arguments(c)
@@ -110,8 +122,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("dataset", "model", "optimizer", "lr", "schedule", "warmup_steps", "batch_size",
             "steps", "epochs", "sampling", "seed", "device", "eval_every", "log_every",
             "full_train_loss", "checkpoint_every", "average", "average_start", "ema_decay",
-            "tensorboard", "out")
+            "tensorboard", "out", "probe_every", "probe_schedule")
     out = {k: getattr(args, k, None) for k in keys}
+    probe = getattr(args, "probe", None)
+    out["probes"] = [p.strip() for p in probe.split(",") if p.strip()] if probe else None
     out["optimizer_options"] = dict(args.opt) or None
     out["model_options"] = dict(args.model_opt) or None
     data_opts = dict(args.data_opt)
@@ -255,6 +269,22 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0 if all(r.passed for r in results) else 1
 
 
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from sgdlab import config as cfgmod
+    from sgdlab import probe_run
+
+    names = [p.strip() for p in args.probe.split(",") if p.strip()]
+    try:
+        rows = probe_run.probe_checkpoint(args.run_dir, names, batch_size=args.batch_size)
+    except cfgmod.ConfigError as err:
+        return _fail(str(err))
+    width = max(len(f"{n}.{k}") for n, k, _ in rows) if rows else 10
+    print(f"{'quantity':{width}s}  value")
+    for name, key, value in rows:
+        print(f"{name + '.' + key:{width}s}  {value:.6g}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sgdlab`` console script."""
     parser = build_parser()
@@ -262,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handler = {"train": _cmd_train, "lr-find": _cmd_lr_find, "check": _cmd_check}
+    handler = {"train": _cmd_train, "lr-find": _cmd_lr_find, "check": _cmd_check,
+               "probe": _cmd_probe}
     return handler[args.command](args)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 SAMPLING = ("shuffle", "replacement")
+PROBE_SCHEDULES = ("linear", "log")
 AVERAGES = ("none", "swa", "ema")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -34,7 +35,9 @@ class TrainConfig:
     ``schedule`` is a name from :mod:`sgdlab.schedules`; ``total`` for cosine/linear defaults
     to the steps after warm-up. ``warmup_steps`` > 0 wraps the schedule in a linear warm-up.
     ``eval_every``/``log_every``/``checkpoint_every`` are in steps (0: automatic for eval and
-    log; for checkpoints only at the end and on SIGINT/SIGTERM).
+    log; for checkpoints only at the end and on SIGINT/SIGTERM). ``probes`` names
+    instruments (:mod:`sgdlab.instruments`) measured every ``probe_every`` steps, or at
+    log-spaced steps with ``probe_schedule: log``.
     """
 
     dataset: str = "mnist1d"
@@ -57,6 +60,9 @@ class TrainConfig:
     ema_decay: float = 0.999
     device: str = "auto"
     tensorboard: bool = False
+    probes: list[str] = field(default_factory=list)
+    probe_every: int = 50
+    probe_schedule: str = "linear"
     out: str | None = None
     dataset_options: dict[str, Any] = field(default_factory=dict)
     model_options: dict[str, Any] = field(default_factory=dict)
@@ -166,6 +172,14 @@ def validate(cfg: TrainConfig) -> None:
     _num("average_start", cfg.average_start, 0.0, 1.0)
     _num("ema_decay", cfg.ema_decay, 0.0, 1.0)
     _choice("device", cfg.device, DEVICES)
+    from sgdlab import instruments
+
+    if not isinstance(cfg.probes, list):
+        raise ConfigError(f"probes must be a list of names, got {cfg.probes!r}")
+    for name in cfg.probes:
+        _choice("probe", name, instruments.available())
+    _int("probe_every", cfg.probe_every, 1)
+    _choice("probe_schedule", cfg.probe_schedule, PROBE_SCHEDULES)
     for name in ("dataset_options", "model_options", "optimizer_options", "schedule_options"):
         if not isinstance(getattr(cfg, name), dict):
             raise ConfigError(f"{name} must be a mapping, got {getattr(cfg, name)!r}")

@@ -194,15 +194,19 @@ class Trainer:
     Args:
         config: the run's configuration (``config.out`` is the run directory; ``None``
             keeps everything in memory, as the experiments do).
-        callbacks: :class:`Callback` objects called at their hooks, in order.
+        callbacks: :class:`Callback` objects called at their hooks, in order, followed by
+            the instruments the config names (``probes``).
         progress: show progress (a bar on a TTY, plain lines otherwise); ``None``: when
             writing a run directory.
     """
 
     def __init__(self, config: TrainConfig, callbacks: Sequence[Callback] = (),
                  progress: bool | None = None) -> None:
+        from sgdlab import instruments
+
         self.config = config
-        self.callbacks = list(callbacks)
+        self.callbacks = list(callbacks) + instruments.build(
+            config.probes, every=config.probe_every, log_spaced=config.probe_schedule == "log")
         self.world, self.rank = _dist_info()
         init_distributed(config.device)
         if self.world > 1 and config.batch_size % self.world:

@@ -1,0 +1,160 @@
+"""Gradient noise scale from per-example statistics, and from two batch sizes (SPEC §3).
+
+With per-example gradients g_b of a batch of B examples and ĝ = mean_b g_b:
+
+    tr Σ  ≈ B/(B − 1) · (mean_b ‖g_b‖² − ‖ĝ‖²)          (unbiased)
+    ‖G‖² ≈ ‖ĝ‖² − tr Σ / B                               (unbiased; E‖ĝ‖² = ‖G‖² + tr Σ/B)
+    B_simple = tr Σ / ‖G‖²                               (McCandlish et al. 2018)
+    B*[c] = 16 σ²[c] / G[c]²  per coordinate             (the notes' optimal batch, SPEC §2.6)
+    B_CABS = η tr Σ / L                                   (Balles et al. 2017)
+
+Without per-example gradients, two batch sizes B_s < B_b give unbiased
+
+    ‖G‖² ≈ (B_b‖ĝ_b‖² − B_s‖ĝ_s‖²)/(B_b − B_s),   tr Σ ≈ (‖ĝ_s‖² − ‖ĝ_b‖²)/(1/B_s − 1/B_b),
+
+whose ratio is noisy: :class:`TwoBatchEstimator` smooths numerator and denominator
+separately before dividing. Under data parallelism the per-rank and all-reduced gradients
+are the two batch sizes at no extra backward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+@dataclass(frozen=True)
+class NoiseScale:
+    """Result of :func:`noise_scale` (all from one batch of ``batch_size`` examples).
+
+    ``g_norm_sq`` is the unbiased ‖G‖² (may be negative when the signal is below the noise:
+    then ``b_simple`` is inf); ``g_hat_norm_sq`` the raw ‖ĝ‖²; ``per_layer`` maps parameter
+    names to {tr_sigma, g_norm_sq, b_simple}; ``b_star_quantiles`` summarise
+    16σ²[c]/ĝ[c]² over coordinates (ĝ² in the denominator, the plug-in estimate snr_sgd uses);
+    ``b_cabs`` is η tr Σ / L when ``lr`` was given.
+    """
+
+    batch_size: int
+    loss: float
+    tr_sigma: float
+    g_norm_sq: float
+    g_hat_norm_sq: float
+    b_simple: float
+    per_layer: dict[str, dict[str, float]] = field(default_factory=dict)
+    b_star_quantiles: dict[str, float] = field(default_factory=dict)
+    b_cabs: float | None = None
+
+    def as_record(self) -> dict[str, float]:
+        """Flat numbers for metrics.jsonl."""
+        rec = {"batch_size": self.batch_size, "loss": self.loss, "tr_sigma": self.tr_sigma,
+               "g_norm_sq": self.g_norm_sq, "g_hat_norm_sq": self.g_hat_norm_sq,
+               "b_simple": self.b_simple}
+        rec.update({f"b_star_q{int(q * 100)}": v for q, v in
+                    zip(QUANTILES, self.b_star_quantiles.values(), strict=False)})
+        if self.b_cabs is not None:
+            rec["b_cabs"] = self.b_cabs
+        return rec
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den > 0 else math.inf
+
+
+def noise_scale(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
+                lr: float | None = None, quantiles: Sequence[float] = QUANTILES) -> NoiseScale:
+    """Gradient noise scale of the batch (x, y); ``loss_fn`` returns per-example losses.
+
+    One pass for Σ_b g_b² per coordinate (:func:`sgdlab.probes.per_example.per_example_sum_sq`)
+    and one backward for ĝ. Parameters' ``.grad`` are left as they were.
+    """
+    from sgdlab.probes.per_example import per_example_sum_sq
+
+    bsz = x.shape[0]
+    if bsz < 2:
+        raise ValueError(f"noise_scale needs a batch of at least 2 examples, got {bsz}")
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    sum_sq = per_example_sum_sq(model, loss_fn, x, y)
+    loss = loss_fn(model(x), y).mean()
+    grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
+    tr_total = g_hat_total = 0.0
+    per_layer: dict[str, dict[str, float]] = {}
+    b_star: list[torch.Tensor] = []
+    for (name, p), g in zip(named.items(), grads, strict=True):
+        if name not in sum_sq:
+            continue
+        g = torch.zeros_like(p) if g is None else g.detach()
+        s = sum_sq[name].double()
+        gh = g.double()
+        var = bsz / (bsz - 1) * (s / bsz - gh * gh)              # σ²[c], unbiased
+        tr = float(var.sum())
+        g2 = float((gh * gh).sum())
+        per_layer[name] = {"tr_sigma": tr, "g_norm_sq": g2 - tr / bsz,
+                           "b_simple": _ratio(tr, g2 - tr / bsz)}
+        tr_total += tr
+        g_hat_total += g2
+        b_star.append((16 * var.clamp(min=0) / (gh * gh)).reshape(-1))
+    g_unbiased = g_hat_total - tr_total / bsz
+    allb = torch.cat(b_star) if b_star else torch.zeros(0, dtype=torch.float64)
+    finite = allb[torch.isfinite(allb)]
+    qs = {}
+    if finite.numel():
+        vals = torch.quantile(finite, torch.tensor(list(quantiles), dtype=torch.float64))
+        qs = {f"q{int(q * 100)}": float(v) for q, v in zip(quantiles, vals, strict=True)}
+    loss_v = float(loss)
+    return NoiseScale(bsz, loss_v, tr_total, g_unbiased, g_hat_total,
+                      _ratio(tr_total, g_unbiased), per_layer, qs,
+                      None if lr is None else _ratio(lr * tr_total, loss_v))
+
+
+def two_batch_estimates(g_small_sq: float, g_big_sq: float, b_small: float,
+                        b_big: float) -> tuple[float, float]:
+    """Unbiased (‖G‖², tr Σ) from ‖ĝ‖² at two batch sizes b_small < b_big (SPEC §3)."""
+    if not 0 < b_small < b_big:
+        raise ValueError(f"need 0 < b_small < b_big, got {b_small} and {b_big}")
+    g2 = (b_big * g_big_sq - b_small * g_small_sq) / (b_big - b_small)
+    tr = (g_small_sq - g_big_sq) / (1 / b_small - 1 / b_big)
+    return g2, tr
+
+
+class TwoBatchEstimator:
+    """B_simple from pairs of squared batch-gradient norms, numerator and denominator
+    smoothed separately with an exponential moving average of weight ``1 − decay`` (SPEC §3;
+    McCandlish et al. 2018, appendix A)."""
+
+    def __init__(self, decay: float = 0.95) -> None:
+        if not 0 <= decay < 1:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.g2 = self.tr = 0.0
+        self.weight = 0.0
+
+    def update(self, g_small_sq: float, g_big_sq: float, b_small: float,
+               b_big: float) -> float:
+        """Add one measurement; returns the smoothed B_simple (bias-corrected EMA)."""
+        g2, tr = two_batch_estimates(g_small_sq, g_big_sq, b_small, b_big)
+        d = self.decay
+        self.g2 = d * self.g2 + (1 - d) * g2
+        self.tr = d * self.tr + (1 - d) * tr
+        self.weight = d * self.weight + (1 - d)
+        return self.b_simple
+
+    @property
+    def b_simple(self) -> float:
+        """Smoothed tr Σ / ‖G‖² (inf while the smoothed ‖G‖² ≤ 0)."""
+        return _ratio(self.tr, self.g2)
+
+    @property
+    def g_norm_sq(self) -> float:
+        """Smoothed unbiased ‖G‖² (bias-corrected for the EMA's start at zero)."""
+        return self.g2 / self.weight if self.weight else 0.0
+
+    @property
+    def tr_sigma(self) -> float:
+        """Smoothed unbiased tr Σ (bias-corrected)."""
+        return self.tr / self.weight if self.weight else 0.0
