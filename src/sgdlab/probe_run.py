@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sgdlab import checkpoint
+from sgdlab import checkpoint, instruments
 from sgdlab import config as cfgmod
-from sgdlab import instruments
 from sgdlab.train import Trainer
 
 
