@@ -128,7 +128,8 @@ def test_two_rank_ddp_matches_single_process(tmp_path):
     """`--nproc 2` (gloo on loopback): both ranks hold identical parameters, equal to a
     single process with the same global batch to float tolerance (1e-5 relative)."""
     args = [*TRAIN, "--steps", "40", "--batch-size", "64", "--sampling", "replacement",
-            "--optimizer", "momentum", "--opt", "beta=0.9"]
+            "--optimizer", "momentum", "--opt", "beta=0.9", "--probe", "ddp_noise_scale",
+            "--probe-every", "10"]
     single = run_cli([*args, "--out", str(tmp_path / "single")])
     assert single.returncode == 0, single.stderr
     ddp = run_cli([*args, "--out", str(tmp_path / "ddp"), "--nproc", "2"])
@@ -140,3 +141,16 @@ def test_two_rank_ddp_matches_single_process(tmp_path):
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2
     assert summary["ddp_max_param_diff"] == 0.0  # every rank holds rank 0's parameters
+    # the two-batch noise scale from per-rank and all-reduced gradients (SPEC §3)
+    from sgdlab.metrics_log import read_metrics
+    probes = [r for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl")
+              if r["kind"] == "probe"]
+    assert [r["step"] for r in probes] == [10, 20, 30, 40]
+    for r in probes:
+        assert r["b_small"] == 32 and r["b_big"] == 64
+        assert r["g_small_norm_sq"] > r["g_big_norm_sq"] > 0  # smaller batch, more noise
+        # the all-reduced norm is exactly ‖ĝ‖² of the global batch
+        assert r["g_norm_sq"] == pytest.approx((64 * r["g_big_norm_sq"] - 32 *
+                                                r["g_small_norm_sq"]) / 32)
+    assert not [r for r in read_metrics(tmp_path / "single" / "metrics.jsonl")
+                if r["kind"] == "probe"]

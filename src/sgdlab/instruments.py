@@ -143,6 +143,68 @@ class NoiseScaleInstrument(Instrument):
         return rec
 
 
+class DDPNoiseScale(Instrument):
+    """Two-batch-size noise scale under DistributedDataParallel at no extra backward (SPEC §3).
+
+    A DDP communication hook records ‖ĝ_rank‖² of each rank's local gradient (batch B/W)
+    before the all-reduce; after the backward, p.grad holds the all-reduced gradient of the
+    global batch B. The ranks' local norms are averaged (one scalar all-reduce on measured
+    steps only), and :class:`~sgdlab.probes.noise.TwoBatchEstimator` turns the pair into
+    unbiased ‖G‖², tr Σ and a smoothed B_simple. Outside DDP it measures nothing.
+    """
+
+    name, tier = "ddp_noise_scale", "cheap"
+
+    def __init__(self, every: int = 50, log_spaced: bool = False, decay: float = 0.9) -> None:
+        super().__init__(every, log_spaced)
+        from sgdlab.probes.noise import TwoBatchEstimator
+
+        self.estimator = TwoBatchEstimator(decay)
+        self._trainer: Trainer | None = None
+        self._local_sq = 0.0
+        self._last: dict[str, float] = {}
+
+    def on_train_start(self, trainer: Trainer) -> None:  # noqa: D102
+        super().on_train_start(trainer)
+        ddp = trainer.train_model
+        if not isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
+            self.disabled = True
+            return
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        self._trainer = trainer
+
+        def hook(state, bucket):
+            if self.due(trainer.step + 1):
+                self._local_sq += float(bucket.buffer().double().pow(2).sum())
+            return allreduce_hook(state, bucket)
+
+        ddp.register_comm_hook(None, hook)
+
+    def after_backward(self, trainer: Trainer) -> None:  # noqa: D102
+        if not self.due(trainer.step + 1):
+            return
+        dist = torch.distributed
+        local = torch.tensor(self._local_sq, dtype=torch.float64)
+        dist.all_reduce(local)
+        self._local_sq = 0.0
+        g_small = float(local) / trainer.world
+        g_big = sum(float(p.grad.double().pow(2).sum()) for p in trainer.model.parameters()
+                    if p.grad is not None)
+        b_big = trainer.config.batch_size
+        b_small = b_big // trainer.world
+        from sgdlab.probes.noise import two_batch_estimates
+
+        g2, tr = two_batch_estimates(g_small, g_big, b_small, b_big)
+        self.estimator.update(g_small, g_big, b_small, b_big)
+        self._last = {"g_small_norm_sq": g_small, "g_big_norm_sq": g_big,
+                      "b_small": b_small, "b_big": b_big, "g_norm_sq": g2, "tr_sigma": tr,
+                      "b_simple_smoothed": self.estimator.b_simple}
+
+    def measure(self, trainer: Trainer) -> dict[str, Any]:  # noqa: D102
+        return dict(self._last)
+
+
 class Sharpness(Instrument):
     """Top Hessian eigenvalue on a fixed subset of the training set, and 2/λ_max next to the
     current learning rate (SPEC §4.3)."""
@@ -190,6 +252,7 @@ INSTRUMENTS: dict[str, type[Instrument]] = {
     "noise_scale": NoiseScaleInstrument,
     "sharpness": Sharpness,
     "snr": SNRDiagnostics,
+    "ddp_noise_scale": DDPNoiseScale,
 }
 
 
