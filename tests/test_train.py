@@ -177,3 +177,16 @@ def test_tensorboard_event_files(tmp_path):
     jsonl = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")
              if r["kind"] == "train"]
     assert [e.value for e in acc.Scalars("train/loss")] == pytest.approx(jsonl, rel=1e-6)
+
+
+def test_swa_with_batchnorm_recomputes_statistics():
+    """SWA of a BatchNorm ResNet: update_bn runs before the averaged model is evaluated, so
+    its running statistics are those of the averaged weights (not the initial ones)."""
+    t = Trainer(small(dataset="digits", model="resnet", model_options={"depth": 8, "width": 8},
+                      steps=40, average="swa", average_start=0.5, eval_every=40))
+    summary = t.fit()
+    assert summary["final"]["avg_test_acc"] > 0.5
+    bn = [m for m in t.averaged.module.modules()
+          if isinstance(m, torch.nn.BatchNorm2d)][0]
+    assert int(bn.num_batches_tracked) > 0
+    assert not torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
