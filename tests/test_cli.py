@@ -82,15 +82,20 @@ def test_divergence_exit_code_3(tmp_path, capsys):
 
 def test_config_file_with_overrides(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("dataset: digits\nmodel: cnn\noptimizer: adam\nlr: 0.003\nbatch_size: 64\n"
-                   "epochs: 1\nseed: 2\n")
+    cfg.write_text("dataset: digits\nmodel: cnn\noptimizer: adam\nlr: 3e-3\nbatch_size: 64\n"
+                   "epochs: 1\nseed: 2\noptimizer_options: {weight_decay: 1e-4}\n")
     out = tmp_path / "run"
     assert main(["train", "--config", str(cfg), "--steps", "10", "--out", str(out),
                  "--quiet"]) == 0
     import yaml
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["dataset"] == "digits" and resolved["steps"] == 10
-    assert resolved["epochs"] is None and resolved["lr"] == 0.003
+    assert resolved["epochs"] is None and resolved["lr"] == 0.003  # YAML's "3e-3" string
+    assert resolved["optimizer_options"] == {"weight_decay": 1e-4}
+    assert main(["train", "--config", str(cfg), "--steps", "5", "--out", str(tmp_path / "r2"),
+                 "--quiet", "--opt", "weight_decay=5e-4"]) == 0
+    assert yaml.safe_load((tmp_path / "r2" / "config.yaml").read_text())[
+        "optimizer_options"] == {"weight_decay": 5e-4}
 
 
 def test_sigint_checkpoints_and_resume_matches_uninterrupted(tmp_path):

@@ -33,8 +33,10 @@ def _kv(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
+    from sgdlab.config import coerce_numbers
+
     try:
-        return key.strip(), yaml.safe_load(value)
+        return key.strip(), coerce_numbers(yaml.safe_load(value))
     except yaml.YAMLError:
         return key.strip(), value
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,24 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def coerce_numbers(value: Any) -> Any:
+    """Turn strings such as ``"5e-4"`` into floats, recursively.
+
+    YAML 1.1 (PyYAML) reads exponent notation without a dot (``5e-4``) as a string; every
+    number of a config is meant as a number.
+    """
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: coerce_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [coerce_numbers(v) for v in value]
+    return value
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a mapping (safe loader only)."""
     p = Path(path)
@@ -102,7 +121,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config: {p} is not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config: {p} must hold a mapping of field: value")
-    return data
+    return coerce_numbers(data)
 
 
 def resolve(file: str | Path | None = None, **overrides: Any) -> TrainConfig:
