@@ -103,3 +103,19 @@ def test_probe_command_prints_a_table(tmp_path, capsys):
     assert "sharpness.lambda_max" in out and "effective_lr.weight_norm" in out
     assert main(["probe", str(tmp_path / "nope")]) == 2
     assert "run_dir:" in capsys.readouterr().err
+
+
+def test_noise_scale_instrument_logs_b_simple():
+    t = Trainer(cfg(model="mlp", probes=["noise_scale"], probe_every=10, steps=20))
+    t.fit()
+    rec = [r for r in t.history if r["kind"] == "probe"][-1]
+    assert rec["name"] == "noise_scale" and rec["batch_size"] == 64
+    assert rec["tr_sigma"] > 0 and "b_star_q50" in rec and "hidden.0.weight/b_simple" in rec
+
+
+def test_noise_scale_instrument_disables_itself_under_batchnorm(capsys):
+    t = Trainer(cfg(dataset="digits", model="resnet", model_options={"depth": 8, "width": 4},
+                    probes=["noise_scale"], probe_every=5, steps=10))
+    assert t.fit()["status"] == "completed"
+    assert "probe noise_scale disabled" in capsys.readouterr().err
+    assert not [r for r in t.history if r["kind"] == "probe"]

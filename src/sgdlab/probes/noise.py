@@ -106,7 +106,7 @@ def noise_scale(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.T
     if finite.numel():
         vals = torch.quantile(finite, torch.tensor(list(quantiles), dtype=torch.float64))
         qs = {f"q{int(q * 100)}": float(v) for q, v in zip(quantiles, vals, strict=True)}
-    loss_v = float(loss)
+    loss_v = float(loss.detach())
     return NoiseScale(bsz, loss_v, tr_total, g_unbiased, g_hat_total,
                       _ratio(tr_total, g_unbiased), per_layer, qs,
                       None if lr is None else _ratio(lr * tr_total, loss_v))
