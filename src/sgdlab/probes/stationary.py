@@ -47,11 +47,12 @@ temperature (Mishchenko et al. 2020). :func:`heat_capacity` warns when asked for
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -558,7 +559,8 @@ def stationary_loss(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
                     min_steps: int = 1000, max_steps: int = 200_000,
                     record_every: int | None = None, eval_subset: int | None = None,
                     eval_chunk: int | None = None, dtype: torch.dtype | None = None,
-                    engine: str = "auto") -> StationaryLoss:
+                    engine: str = "auto", num_threads: int | str | None = "auto",
+                    ) -> StationaryLoss:
     """Stationary full-training-set loss of SGD at a fixed learning rate (SPEC §4.1).
 
     Runs ``chains`` independent chains Φ ← Φ − η ĝ (or the named optimizer) from ``phi0``
@@ -609,10 +611,56 @@ def stationary_loss(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
         engine: "vmap" (chains batched with torch.func), "loop" (one model copy per chain)
             or "auto" (vmap, falling back to loop where the model cannot be vectorised,
             e.g. BatchNorm in training mode).
+        num_threads: torch intra-op threads during the run (restored afterwards). "auto":
+            1 when the problem is small (K·max(N_eval, 3B)·P ≤ 5·10⁷, P parameters per
+            chain), where thread synchronisation costs more than it saves (several-fold on
+            a busy machine); None: leave torch's setting alone.
 
     Returns:
         :class:`StationaryLoss`.
     """
+    _check_problem(model, x, y, batch_size, sampling)
+    work_size = int(chains) * max(x.shape[0] if eval_subset is None else min(eval_subset,
+                                                                        x.shape[0]),
+                             3 * batch_size) * sum(p.numel() for p in model.parameters()
+                                                   if p.requires_grad)
+    with _thread_limit(num_threads, work_size):
+        return _stationary_loss(
+            model, loss_fn, x, y, lr, batch_size, sampling=sampling, optimizer=optimizer,
+            optimizer_options=optimizer_options, objective=objective, l2=l2, phi0=phi0,
+            chains=chains, seed=seed, reference=reference, rel_se=rel_se, abs_se=abs_se,
+            n_batches=n_batches, batch_factor=batch_factor, geweke_z=geweke_z,
+            min_steps=min_steps, max_steps=max_steps, record_every=record_every,
+            eval_subset=eval_subset, eval_chunk=eval_chunk, dtype=dtype, engine=engine)
+
+
+@contextlib.contextmanager
+def _thread_limit(num_threads: int | str | None, work_size: int) -> Iterator[None]:
+    if num_threads == "auto":
+        num_threads = 1 if work_size <= 5e7 else None
+    if num_threads is None:
+        yield
+        return
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"num_threads must be 'auto', None or an integer >= 1, "
+                         f"got {num_threads!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _stationary_loss(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
+                     lr: float, batch_size: int, *, sampling: str, optimizer: Any,
+                     optimizer_options: Mapping[str, Any] | None, objective: str,
+                     l2: float | None, phi0: Any, chains: int, seed: int, reference: float,
+                     rel_se: float, abs_se: float, n_batches: int, batch_factor: float,
+                     geweke_z: float, min_steps: int, max_steps: int,
+                     record_every: int | None, eval_subset: int | None,
+                     eval_chunk: int | None, dtype: torch.dtype | None,
+                     engine: str) -> StationaryLoss:
     t_start = time.perf_counter()
     n = _check_problem(model, x, y, batch_size, sampling)
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
@@ -1044,7 +1092,7 @@ def heat_capacity(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tenso
                   fractions: Sequence[float] = (0.005, 0.01, 0.02, 0.04, 0.08),
                   sampling: str = "replacement", weight_decay: float = 0.0,
                   phi_star: nn.Module | Mapping[str, torch.Tensor] | None = None,
-                  h_max: float | None = None, chains: int = 32, seed: int = 0,
+                  h_max: float | None = None, chains: int = 64, seed: int = 0,
                   rel_se: float = 0.01, max_steps: int = 200_000, min_steps: int = 500,
                   record_every: int | None = None, level: float = 0.95,
                   gtol: float = 1e-10, dtype: torch.dtype = torch.float64,
