@@ -225,9 +225,20 @@ def test_objective_with_weight_decay_and_model_untouched():
     pen = float(0.5 * 0.1 * (phi**2).sum(1).mean())
     assert reg.trace[-1] - dat.trace[-1] == pytest.approx(pen, rel=1e-9)
     assert torch.equal(model.phi.detach(), torch.ones(4, dtype=torch.float64))
-    # coupled decay pulls Φ towards 0 compared with plain SGD
     loaded = reg.load_into(model, chain=2)
     assert torch.equal(loaded.phi.detach(), phi[2])
+    # the loss on a fixed subset of the training set (same trajectory, other records)
+    sub = stationary_loss(model, quad_loss(H), x, y, 0.2, 5, eval_subset=50, **kw)
+    torch.testing.assert_close(sub.final_params["phi"], phi)
+    assert not np.allclose(sub.trace, reg.trace)
+
+
+def test_divergence_is_reported():
+    x, y = quad_data(100)
+    res = stationary_loss(Quad(), quad_loss(H), x, y, 1.5, 5, chains=2, max_steps=2000,
+                          record_every=10)
+    assert not res.converged and "diverged" in res.reason
+    assert res.steps < 2000 and math.isnan(res.mean)
 
 
 def test_argument_checks():
@@ -306,3 +317,28 @@ def test_heat_capacity_least_squares():
     assert abs(res.ratio - 1) < 0.05, (res.ratio, res.ratio_ci)
     assert res.ratio_ci[0] <= 1 <= res.ratio_ci[1]
     assert res.ratio_ci[1] - res.ratio_ci[0] < 0.1
+
+
+def test_models_vmap_cannot_batch_fall_back_to_the_loop():
+    """BatchNorm in training mode updates its running statistics in place: chains then run
+    as separate model copies."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, generator=g)
+    y = torch.randint(0, 2, (64,), generator=g)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+    lf = lambda out, t: nn.functional.cross_entropy(out, t, reduction="none")
+    res = stationary_loss(model, lf, x, y, 0.05, 8, chains=2, min_steps=40, max_steps=40,
+                          record_every=2)
+    assert res.engine == "loop" and res.steps == 40
+    assert np.isfinite(res.trace).all() and res.trace.shape == (21,)
+    assert res.final_params["0.weight"].shape == (2, 4, 3)
+
+
+def test_fit_recovers_exact_coefficients():
+    from sgdlab.probes.stationary import _fit_c1_c2
+
+    etas = np.array([0.01, 0.02, 0.04, 0.08])
+    c1, c2, cov, chi2, dof = _fit_c1_c2(etas, 0.3 * etas + 2.0 * etas**2, 0.01 * etas)
+    assert c1 == pytest.approx(0.3, rel=1e-10) and c2 == pytest.approx(2.0, rel=1e-8)
+    assert chi2 == pytest.approx(0.0, abs=1e-12) and dof == 2
+    assert cov.shape == (2, 2) and cov[0, 0] > 0

@@ -612,17 +612,15 @@ def stationary_loss(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
             or "auto" (vmap, falling back to loop where the model cannot be vectorised,
             e.g. BatchNorm in training mode).
         num_threads: torch intra-op threads during the run (restored afterwards). "auto":
-            1 when the problem is small (K·max(N_eval, 3B)·P ≤ 5·10⁷, P parameters per
-            chain), where thread synchronisation costs more than it saves (several-fold on
-            a busy machine); None: leave torch's setting alone.
+            1 when a step is small (K·3B·P ≤ 5·10⁷ multiply-adds, P parameters per chain),
+            where thread synchronisation costs more than it saves — up to ten-fold on a busy
+            machine; None: leave torch's setting alone.
 
     Returns:
         :class:`StationaryLoss`.
     """
     _check_problem(model, x, y, batch_size, sampling)
-    work_size = int(chains) * max(x.shape[0] if eval_subset is None else min(eval_subset,
-                                                                        x.shape[0]),
-                             3 * batch_size) * sum(p.numel() for p in model.parameters()
+    work_size = int(chains) * 3 * batch_size * sum(p.numel() for p in model.parameters()
                                                    if p.requires_grad)
     with _thread_limit(num_threads, work_size):
         return _stationary_loss(
@@ -695,7 +693,7 @@ def _stationary_loss(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: to
     if eval_subset is not None and eval_subset < n:
         if eval_subset < 1:
             raise ValueError(f"eval_subset must be >= 1, got {eval_subset}")
-        g = torch.Generator().manual_seed(_chain_seed(seed, -1))
+        g = torch.Generator().manual_seed(_chain_seed(seed, 2**31))
         sub = torch.randperm(n, generator=g)[:eval_subset].to(dev)
         xe, ye = xw[sub], yw[sub]
     else:
@@ -751,8 +749,8 @@ def _stationary_loss(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: to
             if steps % r == 0:
                 recs.append(runner.losses())
                 rec_steps.append(steps)
-            if not np.isfinite(recs[-1]).all():
-                break
+                if not np.isfinite(recs[-1]).all():
+                    break
         series = np.stack(recs, axis=1)      # (K, n_records)
         if not np.isfinite(series).all():
             stats = {"reason": "diverged (non-finite loss)", "ok": False, "need": None}
