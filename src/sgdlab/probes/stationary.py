@@ -43,6 +43,12 @@ Hessians all equal H, :func:`quadratic_excess_loss` with ``sampling="shuffle"`` 
 exact value, which equals the factor-corrected formula only where ηh_i = 1 (the iterate then
 remembers a single batch) and is O(η²) as η → 0 — random reshuffling has no first-order
 temperature (Mishchenko et al. 2020). :func:`heat_capacity` warns when asked for shuffle.
+
+**Efficiency.** The K chains run as one model with parameters stacked along a leading
+dimension (``torch.func.vmap`` over ``functional_call``, one backward, one optimizer over the
+stacked tensors), so K = 64 chains of a small model cost about as much per step as one; models
+vmap cannot batch (BatchNorm in training mode) fall back to one copy per chain. Batch indices
+come from :class:`sgdlab.data.BatchSampler`, one per chain, drawn an epoch at a time.
 """
 
 from __future__ import annotations
@@ -1130,7 +1136,27 @@ def heat_capacity(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tenso
     Shuffle sampling gets a warning: the batches of
     an epoch are anti-correlated and the excess loss is O(η²) at small η (see
     :func:`quadratic_excess_loss`), so the factor-corrected slope is not what is measured.
-    Extra keyword arguments go to :func:`stationary_loss`.
+
+    Args:
+        model, loss_fn, x, y, batch_size: the problem, as for :func:`stationary_loss`
+            (``loss_fn`` per-example, reduction "none").
+        etas: explicit ladder (sorted; ≥ 2 values), else ``fractions`` × 2/h_max.
+        sampling: "replacement" (the theory) or "shuffle" (warns, see above).
+        weight_decay: λ of coupled decay; the measured objective is L + (λ/2)‖Φ‖².
+        phi_star: a known minimiser (module or name → tensor) instead of L-BFGS.
+        h_max: top Hessian eigenvalue if known (skips the power iteration).
+        chains, seed, rel_se, min_steps, max_steps, record_every, eval_subset, engine:
+            passed to :func:`stationary_loss` (per η; chain seeds differ between η).
+        level: confidence level of ``ci``. gtol: L-BFGS gradient tolerance. dtype: of Φ*
+            and of the SGD runs (float64 by default).
+        adapt, fit_pvalue, max_extensions: the ladder check of step 5.
+        **stationary_options: further :func:`stationary_loss` options (n_batches,
+            batch_factor, geweke_z, num_threads, ...).
+
+    Cost: the smallest η dominates (relaxation ∝ 1/(ηh)); on problems this small K = 64
+    vectorised chains cost little more per step than one. For a loss that costs O(d²) per
+    example (e.g. ½(Φ − x_b)ᵀQ(Φ − x_b)), precompute Qx_b and write it as
+    ½ΦᵀQΦ − Φᵀ(Qx_b) + const_b: the same function at O(d) per example.
     """
     from scipy import stats as sstats
 
