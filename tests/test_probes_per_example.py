@@ -219,15 +219,24 @@ def test_sequence_linear_gram_and_materialised(d_in, d_hidden, seq):
     assert_matches(model, ce, x, y)
 
 
-@pytest.mark.parametrize("conv", [
-    nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2),
-    nn.Conv2d(4, 6, (3, 2), dilation=(2, 1), padding="same", padding_mode="reflect", bias=False),
-    nn.Conv2d(4, 6, 3, padding=1, padding_mode="circular"),
-    nn.Conv1d(4, 8, 4, stride=3, dilation=2, groups=4),
-    nn.Conv1d(4, 6, 4, padding="same", padding_mode="replicate"),
-])
-def test_conv_options(conv):
-    spatial = (7, 9) if isinstance(conv, nn.Conv2d) else (11,)
+CONVS = [  # (class, kwargs); in_channels and out_channels come from the test
+    (nn.Conv2d, dict(kernel_size=3, stride=2, padding=1, groups=2)),
+    (nn.Conv2d, dict(kernel_size=(3, 2), dilation=(2, 1), padding="same", padding_mode="reflect",
+                     bias=False)),
+    (nn.Conv2d, dict(kernel_size=3, padding=1, padding_mode="circular")),
+    (nn.Conv2d, dict(kernel_size=(2, 3), stride=(1, 2), dilation=(1, 2), padding=(0, 2))),
+    (nn.Conv1d, dict(kernel_size=4, stride=3, dilation=2, groups=4)),
+    (nn.Conv1d, dict(kernel_size=4, padding="same", padding_mode="replicate")),
+    (nn.Conv1d, dict(kernel_size=3, stride=2, padding=1)),
+]
+
+
+@pytest.mark.parametrize("channels", [4, 8])   # channel-major and channels-last patches
+@pytest.mark.parametrize("cls, kwargs", CONVS)
+def test_conv_options(cls, kwargs, channels):
+    torch.manual_seed(0)
+    conv = cls(channels, 8, **kwargs)
+    spatial = (7, 9) if cls is nn.Conv2d else (11,)
 
     class Net(nn.Module):
         def __init__(self):
@@ -239,8 +248,9 @@ def test_conv_options(conv):
             return self.head(torch.tanh(self.conv(x)).flatten(1))
 
     model = Net().double()
-    x, y = data((4, *spatial), classes=3)
+    x, y = data((channels, *spatial), classes=3)
     model(x)                                    # materialise the lazy head
+    assert pe._layout(conv) == ("cl" if channels == 8 and conv.groups == 1 else "cm")
     assert_matches(model, ce, x, y)
     assert_matches(model, ce, x, y, norms=per_example_sq_norms(model, ce, x, y))
 

@@ -91,8 +91,10 @@ BATCHNORM_MESSAGE = (
 _HOOKED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 #: Elements of temporary storage per chunk of examples (per-example gradients, Gram matrices,
-#: unfolded inputs): 2**24 floats = 64 MiB in float32.
-_CHUNK_ELEMENTS = 1 << 24
+#: unfolded inputs): 2**19 floats = 2 MiB in float32. Small chunks stay in cache and below
+#: malloc's mmap threshold (a fresh 40 MB temporary costs more in page faults than the
+#: arithmetic on it).
+_CHUNK_ELEMENTS = 1 << 19
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,30 +105,38 @@ _CHUNK_ELEMENTS = 1 << 24
 class _Use:
     """One call of a module in the current batch."""
 
-    __slots__ = ("inputs", "in_version", "outputs", "out_version", "deltas", "pending")
+    __slots__ = ("x", "x_version", "out_meta", "deltas", "pending", "spec", "in_dims",
+                 "grad_idx")
 
-    def __init__(self, inputs, in_version, outputs, out_version) -> None:
-        self.inputs = inputs            # Linear/Conv: the input tensor; fallback: flat arg leaves
-        self.in_version = in_version
-        self.outputs = outputs          # list of output tensors that require grad
-        self.out_version = out_version  # their _version at the end of the forward
+    def __init__(self, x, outputs: list[torch.Tensor]) -> None:
+        self.x = x                      # Linear/Conv: the input; fallback: flat arg leaves
+        self.x_version = x._version if isinstance(x, torch.Tensor) else None
+        # not the outputs themselves: their tensor hooks refer to this record, and a reference
+        # back would make a cycle that keeps every activation alive until the next gc run
+        self.out_meta = [(t.shape, t.dtype, t.device) for t in outputs]
         self.deltas: list[torch.Tensor | None] = [None] * len(outputs)
         self.pending = len(outputs)     # output gradients still to arrive
+        self.spec = self.in_dims = self.grad_idx = None   # fallback only
 
 
 class _Layer:
-    """State of one module with parameters during one batch."""
+    """A module with parameters that require grad, and its calls in the current batch."""
 
-    __slots__ = ("module", "name", "fallback", "uses", "finished", "spec", "in_dims")
+    __slots__ = ("module", "name", "fallback", "shared", "uses", "finished")
 
     def __init__(self, module: nn.Module, name: str, fallback: bool) -> None:
         self.module = module
         self.name = name
         self.fallback = fallback
+        self.shared = False             # one of its parameters is owned by another module too
         self.uses: list[_Use] = []
         self.finished = False
-        self.spec = None       # fallback: pytree spec of (args, kwargs) per use (list)
-        self.in_dims = None
+
+    def deferred(self) -> bool:
+        """A 2-D Linear used once: its two dot products wait until the results are read
+        (δ is small), which keeps the backward hook to a few Python operations."""
+        return (not self.fallback and not self.shared and len(self.uses) == 1
+                and isinstance(self.module, nn.Linear) and self.uses[0].x.dim() == 2)
 
 
 @dataclass
@@ -165,40 +175,105 @@ def _positions(m: nn.Module, x: torch.Tensor, d: torch.Tensor) -> int:
     return d[0].numel() // m.out_channels
 
 
-def _unfold(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """im2col of a Conv1d/Conv2d input: (b, C_in·prod(k), L), channel-major like the weight."""
-    nd = len(m.kernel_size)
-    padding = m.padding
-    if isinstance(padding, str) or m.padding_mode != "zeros":
+def _layout(m: nn.Module) -> str:
+    """Column order of the per-example weight matrix of one layer: ``"linear"`` (the weight's
+    own), ``"cm"`` (channel-major patches, the conv weight's own order) or ``"cl"``
+    (channels-last patches: kernel offsets, then input channels; used with ≥ 8 input channels
+    and groups = 1, where it makes the im2col copy several times faster on CPU)."""
+    if isinstance(m, nn.Linear):
+        return "linear"
+    return "cl" if m.groups == 1 and m.in_channels >= 8 else "cm"
+
+
+def _padded(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input padded as the convolution pads it (any padding mode, 'same' included)."""
+    if isinstance(m.padding, str) or m.padding_mode != "zeros":
         mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
-        x = F.pad(x, m._reversed_padding_repeated_twice, mode=mode)
-        padding = (0,) * nd
-    if nd == 1:
-        return F.unfold(x.unsqueeze(2), (1, m.kernel_size[0]), dilation=(1, m.dilation[0]),
-                        padding=(0, padding[0]), stride=(1, m.stride[0]))
-    return F.unfold(x, m.kernel_size, dilation=m.dilation, padding=padding, stride=m.stride)
+        return F.pad(x, m._reversed_padding_repeated_twice, mode=mode)
+    if any(m.padding):
+        pads = []
+        for p in reversed(m.padding):
+            pads += [p, p]
+        return F.pad(x, pads)
+    return x
+
+
+def _out_size(m: nn.Module, spatial) -> list[int]:
+    k, st, dil = m.kernel_size, m.stride, m.dilation
+    return [(spatial[i] - dil[i] * (k[i] - 1) - 1) // st[i] + 1 for i in range(len(k))]
+
+
+def _patches_cl(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Channels-last im2col of a Conv1d/Conv2d input (groups = 1): (b, L, prod(k)·C_in),
+    columns ordered (kernel offsets, channel): one strided copy whose innermost axis is the
+    channel axis."""
+    xc = _padded(m, x).movedim(1, -1).contiguous()      # (b, *spatial, C)
+    nd = xc.dim() - 2
+    out = _out_size(m, xc.shape[1:-1])
+    st, dil = m.stride, m.dilation
+    strides = xc.stride()
+    view = xc.as_strided(
+        (xc.shape[0], *out, *m.kernel_size, xc.shape[-1]),
+        (strides[0], *(strides[1 + i] * st[i] for i in range(nd)),
+         *(strides[1 + i] * dil[i] for i in range(nd)), strides[-1]),
+    )
+    return view.reshape(xc.shape[0], math.prod(out), -1)
+
+
+def _patches_cm(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Channel-major im2col of a Conv1d/Conv2d input: (b, C_in·prod(k), L) in the order of
+    F.unfold and of the weight, built from prod(k) strided slices of the padded input (faster
+    than F.unfold on CPU for few channels)."""
+    xp = _padded(m, x)
+    out = _out_size(m, xp.shape[2:])
+    k, st, dil = m.kernel_size, m.stride, m.dilation
+    if len(k) == 1:
+        slices = [xp[:, :, a * dil[0]: a * dil[0] + st[0] * (out[0] - 1) + 1: st[0]]
+                  for a in range(k[0])]
+    else:
+        slices = [xp[:, :, a * dil[0]: a * dil[0] + st[0] * (out[0] - 1) + 1: st[0],
+                     c * dil[1]: c * dil[1] + st[1] * (out[1] - 1) + 1: st[1]]
+                  for a in range(k[0]) for c in range(k[1])]
+    return torch.stack(slices, 2).reshape(xp.shape[0], -1, math.prod(out))
 
 
 def _factors(m: nn.Module, x: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Channel-first factors of one use: D (b, G, O', S) and X (b, G, I', S), g = D Xᵀ."""
+    """Factors of one use: D (b, G, O', S) and X (b, G, S, I'), per-example g = D X."""
     b = x.shape[0]
     if isinstance(m, nn.Linear):
-        X = x.reshape(b, -1, m.in_features).transpose(1, 2).unsqueeze(1)
+        X = x.reshape(b, 1, -1, m.in_features)
         D = d.reshape(b, -1, m.out_features).transpose(1, 2).unsqueeze(1)
         return D, X
-    g, o, _ = _dims(m)
-    U = _unfold(m, x)
+    g, o, i = _dims(m)
     D = d.reshape(b, g, o, -1)
-    if U.shape[-1] != D.shape[-1]:  # pragma: no cover - would be a bug in _unfold
-        raise RuntimeError(f"unfolded input of {type(m).__name__} has {U.shape[-1]} positions, "
+    if _layout(m) == "cl":
+        X = _patches_cl(m, x).unsqueeze(1)
+    else:
+        X = _patches_cm(m, x).reshape(b, g, i, -1).transpose(-1, -2)
+    if X.shape[-2] != D.shape[-1]:  # pragma: no cover - would be a bug in the unfolding
+        raise RuntimeError(f"unfolded input of {type(m).__name__} has {X.shape[-2]} positions, "
                            f"its output gradient {D.shape[-1]}")
-    return D, U.reshape(b, g, -1, U.shape[-1])
+    return D, X
+
+
+def _to_param(M: torch.Tensor, m: nn.Module, shape: torch.Size) -> torch.Tensor:
+    """(..., G, O', I') in ``m``'s column layout → (..., *shape) in the weight's order."""
+    lead = M.shape[:-3]
+    if _layout(m) == "cl":
+        M = M.reshape(*lead, m.out_channels, *m.kernel_size, m.in_channels)
+        M = M.movedim(-1, len(lead) + 1)                 # (..., O, C, *k)
+    return M.reshape(*lead, *shape)
+
+
+def _sq_norm(M: torch.Tensor) -> torch.Tensor:
+    """Σ over all but the first axis of M², without an M-sized temporary."""
+    return torch.linalg.vector_norm(M.reshape(M.shape[0], -1), dim=1).square()
 
 
 def _weight_stats(contribs: list[tuple[nn.Module, torch.Tensor, torch.Tensor]],
                   shape: torch.Size, want_norms: bool, want_sum_sq: bool,
                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """‖g_b‖² and Σ_b g_b² of a Linear/Conv weight with g_b = Σ_uses D_b X_bᵀ (SPEC §3)."""
+    """‖g_b‖² and Σ_b g_b² of a Linear/Conv weight with g_b = Σ_uses D_b X_b (SPEC §3)."""
     m0, x0, d0 = contribs[0]
     B = x0.shape[0]
     G, O, I = _dims(m0)
@@ -210,39 +285,40 @@ def _weight_stats(contribs: list[tuple[nn.Module, torch.Tensor, torch.Tensor]],
         norms = d2.sum(1) * x2.sum(1) if want_norms else None
         sq = (d2.T @ x2).reshape(shape) if want_sum_sq else None
         return norms, sq
-    materialise = want_sum_sq or S * O * I <= S * S * (O + I)
-    unfolded = G * I * S if not isinstance(m0, nn.Linear) else 0
-    per_example = unfolded + (G * O * I if materialise else G * S * S * 2)
-    chunk = max(1, _CHUNK_ELEMENTS // max(per_example, 1))
+    materialise = want_sum_sq or O * I <= S * (O + I)   # S·O·I vs S²(O + I) per example
+    per_example = G * S * (I + O) + (G * O * I if materialise else 2 * G * S * S)
+    if not isinstance(m0, nn.Linear):
+        per_example += x0[0].numel() * 2                 # padded, channels-last input
+    chunk = max(1, _CHUNK_ELEMENTS // per_example)
     norms = x0.new_empty(B) if want_norms else None
     acc = x0.new_zeros(G, O, I) if want_sum_sq else None
     for lo in range(0, B, chunk):
         sl = slice(lo, min(B, lo + chunk))
         fs = [_factors(m, x[sl], d[sl]) for m, x, d in contribs]
         D = torch.cat([f[0] for f in fs], -1) if len(fs) > 1 else fs[0][0]
-        X = torch.cat([f[1] for f in fs], -1) if len(fs) > 1 else fs[0][1]
+        X = torch.cat([f[1] for f in fs], -2) if len(fs) > 1 else fs[0][1]
         if materialise:
-            M = torch.matmul(D, X.transpose(-1, -2))      # (b, G, O', I') per-example gradients
-            M = M.square_()
+            M = torch.matmul(D, X)                       # (b, G, O', I') per-example gradients
             if want_norms:
-                norms[sl] = M.sum((1, 2, 3))
+                norms[sl] = _sq_norm(M)
             if want_sum_sq:
-                acc += M.sum(0)
+                acc += M.square_().sum(0)
         else:
-            gd = torch.matmul(D.transpose(-1, -2), D)     # (b, G, S, S)
-            gx = torch.matmul(X.transpose(-1, -2), X)
-            norms[sl] = gd.mul_(gx).sum((1, 2, 3))
-    return norms, (acc.reshape(shape) if want_sum_sq else None)
+            gd = torch.matmul(D.transpose(-1, -2), D)    # (b, G, S, S)
+            gx = torch.matmul(X, X.transpose(-1, -2))
+            norms[sl] = gd.mul_(gx).reshape(gd.shape[0], -1).sum(1)
+    return norms, (_to_param(acc, m0, shape) if want_sum_sq else None)
 
 
 def _materialise(contribs, shape) -> torch.Tensor:
     """Per-example gradients (B, *shape) of a Linear/Conv weight (used only when a parameter
-    also receives fallback contributions)."""
-    fs = [_factors(m, x, d) for m, x, d in contribs]
-    D = torch.cat([f[0] for f in fs], -1)
-    X = torch.cat([f[1] for f in fs], -1)
-    M = torch.matmul(D, X.transpose(-1, -2))
-    return M.reshape(M.shape[0], *shape)
+    also receives fallback contributions, or its uses differ in layout)."""
+    total = None
+    for m, x, d in contribs:
+        D, X = _factors(m, x, d)
+        g = _to_param(torch.matmul(D, X), m, shape)
+        total = g if total is None else total + g
+    return total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,8 +332,9 @@ class PerExampleStats:
     While attached (``with PerExampleStats(model) as stats:`` or :meth:`attach` /
     :meth:`detach`), every call of ``model`` with gradients enabled starts a new batch: the
     inputs of its Linear/Conv1d/Conv2d layers (and of the other modules with parameters) are
-    recorded, and the next backward through the outputs delivers the statistics — for a single
-    Linear/Conv use already inside the backward, as the layer's output gradient arrives.
+    recorded, and the next backward through the outputs delivers the statistics — for
+    sequence and conv layers already inside the backward, as the layer's output gradient
+    arrives; reading a result finishes the rest.
 
     ``reduction`` says what scalar is backpropagated, so that the statistics always refer to
     g_b = ∇ℓ_b: ``"sum"`` for Σ_b ℓ_b, ``"mean"`` for (1/B) Σ_b ℓ_b (then the output gradients
@@ -285,6 +362,9 @@ class PerExampleStats:
         self.reduction = reduction
         self._handles: list = []
         self._recording = True
+        # (output, its _version after the layer, layer) while per_example_stats collects the
+        # targets of its backward; None otherwise
+        self._collect: list | None = None
         self._batch = 0
         self.batch_size: int | None = None
         # static structure: parameters that require grad, their names and owner modules
@@ -296,28 +376,29 @@ class PerExampleStats:
                 self._params[id(p)] = p
         self._layers: dict[int, _Layer] = {}
         self._owners: dict[int, int] = {}
-        self._modules: dict[str, nn.Module] = {}
+        self._batchnorms: list[nn.Module] = []
         for mname, m in model.named_modules():
-            self._modules[mname] = m
+            if isinstance(m, _BatchNorm):
+                self._batchnorms.append(m)
             own = [p for p in m.parameters(recurse=False) if id(p) in self._params]
-            if not own:
-                continue
-            self._layers[id(m)] = _Layer(m, mname, fallback=not isinstance(m, _HOOKED))
-            for p in own:
-                self._owners[id(p)] = self._owners.get(id(p), 0) + 1
+            if own:
+                self._layers[id(m)] = _Layer(m, mname, fallback=not isinstance(m, _HOOKED))
+                for p in own:
+                    self._owners[id(p)] = self._owners.get(id(p), 0) + 1
+        for layer in self._layers.values():
+            layer.shared = any(self._owners[id(p)] > 1 for p in self._own(layer))
         self._reset()
 
     # ------------------------------------------------------------------ attach / detach
 
     def attach(self) -> PerExampleStats:
-        """Register the hooks (idempotent use is an error: attach once)."""
+        """Register the hooks (once; :meth:`detach` removes them)."""
         if self._handles:
             raise RuntimeError("PerExampleStats is already attached")
         self._handles.append(self.model.register_forward_pre_hook(self._root_pre_hook,
                                                                   with_kwargs=True))
-        for m in self.model.modules():
-            if isinstance(m, _BatchNorm):
-                self._handles.append(m.register_forward_pre_hook(self._bn_pre_hook))
+        for m in self._batchnorms:
+            self._handles.append(m.register_forward_pre_hook(self._bn_pre_hook))
         for layer in self._layers.values():
             hook = self._fallback_hook if layer.fallback else self._layer_hook
             self._handles.append(layer.module.register_forward_hook(hook, with_kwargs=True))
@@ -339,19 +420,23 @@ class PerExampleStats:
 
     def sq_norms(self) -> torch.Tensor:
         """‖g_b‖² = Σ_params ‖∇_p ℓ_b‖² for each example of the last batch, shape (B,) (SPEC §3)."""
-        by = self.sq_norms_by_param()
-        if not by:
+        self._check_norms()
+        if self._total is None:
             raise RuntimeError("no parameter received per-example statistics: call the model "
                                "and backpropagate inside the PerExampleStats context first")
-        return torch.stack(list(by.values())).sum(0)
+        return self._total
 
     def sq_norms_by_param(self) -> dict[str, torch.Tensor]:
         """‖∇_p ℓ_b‖² per parameter name, each of shape (B,) (SPEC §3); parameters that did not
         take part in the forward are absent."""
-        if not self.want_norms:
-            raise RuntimeError("constructed with norms=False")
-        self._finalize()
-        return {self._names[k]: v for k, v in self._norms.items()}
+        self._check_norms()
+        scale = self._scale()
+        out = {}
+        for k, v in self._norms.items():
+            if isinstance(v, tuple):                    # ‖δ_b‖²‖x_b‖², kept as its factors
+                v = v[0] * v[1]
+            out[self._names[k]] = v * scale if scale != 1 else v
+        return out
 
     def sum_sq(self) -> dict[str, torch.Tensor]:
         """Σ_b (∇_p ℓ_b)² per coordinate, one tensor of p's shape per parameter name that
@@ -359,21 +444,38 @@ class PerExampleStats:
         if not self.want_sum_sq:
             raise RuntimeError("constructed with sum_sq=False")
         self._finalize()
-        return {name: self._sum_sq[k] if k in self._sum_sq else torch.zeros_like(self._params[k])
-                for k, name in self._names.items()}
+        scale = self._scale()
+        out = {}
+        for k, name in self._names.items():
+            v = self._sum_sq.get(k)
+            if v is None:
+                out[name] = torch.zeros_like(self._params[k])
+            else:
+                out[name] = v * scale if scale != 1 else v
+        return out
 
     # ------------------------------------------------------------------ internals
+
+    def _check_norms(self) -> None:
+        if not self.want_norms:
+            raise RuntimeError("constructed with norms=False")
+        self._finalize()
+
+    def _scale(self) -> float:
+        return float(self.batch_size) ** 2 if self.reduction == "mean" else 1.0
+
+    def _own(self, layer: _Layer) -> list[torch.Tensor]:
+        return [p for p in layer.module.parameters(recurse=False) if id(p) in self._params]
 
     def _reset(self) -> None:
         self._batch += 1
         for layer in self._layers.values():
             layer.uses = []
             layer.finished = False
-            layer.spec = []
-            layer.in_dims = []
         self._pending: dict[int, list] = {}
         self._done_owners: dict[int, int] = {}
-        self._norms: dict[int, torch.Tensor] = {}
+        self._norms: dict[int, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
+        self._total: torch.Tensor | None = None
         self._sum_sq: dict[int, torch.Tensor] = {}
         self._finalized = False
 
@@ -381,58 +483,66 @@ class PerExampleStats:
         if not self._recording or not torch.is_grad_enabled():
             return None
         self._reset()
-        for t in pytree.tree_leaves((args, kwargs)):
-            if isinstance(t, torch.Tensor) and t.dim() > 0:
-                self.batch_size = t.shape[0]
-                break
+        self.batch_size = None
+        first = args[0] if args else None
+        if isinstance(first, torch.Tensor) and first.dim() > 0:
+            self.batch_size = first.shape[0]
+        else:
+            for t in pytree.tree_leaves((args, kwargs)):
+                if isinstance(t, torch.Tensor) and t.dim() > 0:
+                    self.batch_size = t.shape[0]
+                    break
         return None
 
     def _bn_pre_hook(self, module, args):
         if self._recording and (module.training or module.running_mean is None):
             raise ValueError(BATCHNORM_MESSAGE)
 
-    def _check_batch(self, layer: _Layer, x: torch.Tensor) -> None:
-        if self.batch_size is None:
-            self.batch_size = x.shape[0] if x.dim() > 0 else None
-        if x.dim() < 2 or x.shape[0] != self.batch_size:
-            raise ValueError(
-                f"{type(layer.module).__name__} {layer.name!r} got an input of shape "
-                f"{tuple(x.shape)}: per-example statistics need the batch dimension "
-                f"(size {self.batch_size}) first"
-            )
+    def _bad_batch(self, layer: _Layer, x: torch.Tensor) -> None:
+        raise ValueError(
+            f"{type(layer.module).__name__} {layer.name!r} got an input of shape "
+            f"{tuple(x.shape)}: per-example statistics need the batch dimension "
+            f"(size {self.batch_size}) first"
+        )
 
     def _layer_hook(self, module, args, kwargs, output):
         if not self._recording or not isinstance(output, torch.Tensor) or not output.requires_grad:
             return None
         layer = self._layers[id(module)]
         x = args[0] if args else kwargs["input"]
-        self._check_batch(layer, x)
-        use = _Use(x.detach(), x._version, [output], [output._version])
+        if self.batch_size is None:
+            self.batch_size = x.shape[0] if x.dim() > 0 else None
+        if x.dim() < 2 or x.shape[0] != self.batch_size:
+            self._bad_batch(layer, x)
+        use = _Use(x.detach(), [output])
         layer.uses.append(use)
         output.register_hook(self._grad_hook(layer, use, 0))
+        if self._collect is not None:
+            self._collect.append((output, output._version, layer))
         return None
 
     def _fallback_hook(self, module, args, kwargs, output):
         if not self._recording:
             return None
-        outs = [t for t in pytree.tree_leaves(output)
-                if isinstance(t, torch.Tensor) and t.requires_grad]
-        if not outs:
+        leaves = pytree.tree_leaves(output)
+        grad_idx = [i for i, t in enumerate(leaves)
+                    if isinstance(t, torch.Tensor) and t.requires_grad]
+        if not grad_idx:
             return None
         layer = self._layers[id(module)]
         flat, spec = pytree.tree_flatten((args, kwargs))
         B = self.batch_size
-        in_dims = [0 if isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == B
-                   else None for t in flat]
-        flat = [t.detach() if isinstance(t, torch.Tensor) else t for t in flat]
-        use = _Use(flat, None, outs, [t._version for t in outs])
+        use = _Use(None, [leaves[i] for i in grad_idx])
+        use.in_dims = [0 if isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == B
+                       else None for t in flat]
+        use.x = [t.detach() if isinstance(t, torch.Tensor) else t for t in flat]
+        use.spec = spec
+        use.grad_idx = grad_idx
         layer.uses.append(use)
-        layer.spec.append((spec, pytree.tree_flatten(output)[1],
-                           [i for i, t in enumerate(pytree.tree_leaves(output))
-                            if isinstance(t, torch.Tensor) and t.requires_grad]))
-        layer.in_dims.append(in_dims)
-        for i, t in enumerate(outs):
+        for i, t in enumerate(leaves[j] for j in grad_idx):
             t.register_hook(self._grad_hook(layer, use, i))
+            if self._collect is not None:
+                self._collect.append((t, t._version, layer))
         return None
 
     def _grad_hook(self, layer: _Layer, use: _Use, i: int):
@@ -448,25 +558,62 @@ class PerExampleStats:
                 )
             use.deltas[i] = grad.detach()
             use.pending -= 1
-            if (not layer.fallback and not layer.finished
+            if (not layer.fallback and not layer.finished and not layer.deferred()
                     and all(u.pending == 0 for u in layer.uses)):
                 self._finish_layer(layer)
             return None
 
         return hook
 
+    def _finish_deferred(self, layer: _Layer) -> None:
+        """2-D Linear used once: ‖g_b(W)‖² = ‖δ_b‖²‖x_b‖², ‖g_b(c)‖² = ‖δ_b‖²,
+        Σ_b g_b(W)² = (δ²)ᵀ(x²), Σ_b g_b(c)² = Σ_b δ_b² (SPEC §3)."""
+        layer.finished = True
+        use = layer.uses[0]
+        layer.uses = []
+        d = use.deltas[0]
+        if d is None:
+            return
+        x = use.x
+        if x._version != use.x_version:
+            self._modified(layer)
+        m = layer.module
+        w = m.weight if id(m.weight) in self._params else None
+        b = m.bias if m.bias is not None and id(m.bias) in self._params else None
+        if self.want_norms:
+            dd = torch.linalg.vecdot(d, d)
+            if w is not None:
+                xx = torch.linalg.vecdot(x, x)
+                self._norms[id(w)] = (dd, xx)
+                term = torch.addcmul(dd, dd, xx) if b is not None else dd * xx
+            else:
+                term = dd
+            if b is not None:
+                self._norms[id(b)] = dd
+            self._total = term if self._total is None else self._total + term
+        if self.want_sum_sq:
+            d2 = d.square()
+            if w is not None:
+                self._sum_sq[id(w)] = d2.T @ x.square()
+            if b is not None:
+                self._sum_sq[id(b)] = d2.sum(0)
+
+    def _modified(self, layer: _Layer) -> None:
+        raise RuntimeError(f"the input of {layer.name!r} was modified in place after the "
+                           "forward; per-example statistics need it unchanged")
+
     def _finish_layer(self, layer: _Layer) -> None:
         """All output gradients of a Linear/Conv layer are in: hand its contributions over."""
         layer.finished = True
         m = layer.module
         uses = [u for u in layer.uses if u.deltas[0] is not None]
+        layer.uses = []
         for u in uses:
-            if u.inputs._version != u.in_version:
-                raise RuntimeError(f"the input of {layer.name!r} was modified in place after "
-                                   "the forward; per-example statistics need it unchanged")
+            if u.x._version != u.x_version:
+                self._modified(layer)
         w, b = m.weight, m.bias
         if id(w) in self._params:
-            self._add(w, [("factor", (m, u.inputs, u.deltas[0])) for u in uses])
+            self._add(w, [("factor", (m, u.x, u.deltas[0])) for u in uses])
         if b is not None and id(b) in self._params:
             dense = None
             for u in uses:
@@ -475,7 +622,6 @@ class PerExampleStats:
                        else d.reshape(d.shape[0], m.out_channels, -1).sum(2))
                 dense = per if dense is None else dense + per
             self._add(b, [("dense", dense)] if dense is not None else [])
-        layer.uses = []
 
     def _add(self, p: torch.Tensor, contribs: list, owner_done: bool = True) -> None:
         k = id(p)
@@ -490,7 +636,8 @@ class PerExampleStats:
         if not contribs:
             return
         p = self._params[k]
-        if all(c[0] == "factor" for c in contribs):
+        if (all(c[0] == "factor" for c in contribs)
+                and len({_layout(c[1][0]) for c in contribs}) == 1):
             norms, sq = _weight_stats([c[1] for c in contribs], p.shape,
                                       self.want_norms, self.want_sum_sq)
         else:
@@ -499,15 +646,11 @@ class PerExampleStats:
                 g = _materialise([c], p.shape) if kind == "factor" else c
                 g = g.reshape(g.shape[0], *p.shape)
                 total = g if total is None else total + g
-            g2 = total.square()
-            norms = g2.flatten(1).sum(1) if self.want_norms else None
-            sq = g2.sum(0) if self.want_sum_sq else None
-        if self.reduction == "mean":
-            scale = float(self.batch_size) ** 2
-            norms = None if norms is None else norms * scale
-            sq = None if sq is None else sq * scale
+            norms = _sq_norm(total) if self.want_norms else None
+            sq = total.square().sum(0) if self.want_sum_sq else None
         if norms is not None:
             self._norms[k] = norms
+            self._total = norms if self._total is None else self._total + norms
         if sq is not None:
             self._sum_sq[k] = sq
 
@@ -530,38 +673,48 @@ class PerExampleStats:
         if self._finalized:
             return
         self._finalized = True
-        called = self._called()
+        fallbacks = False
         for layer in self._layers.values():
-            if not layer.fallback and layer.uses and not layer.finished:
-                self._finish_layer(layer)   # some output gradient never arrived: it is zero
-        prev = self._recording
-        self._recording = False
-        try:
-            for layer in self._layers.values():
-                if layer.fallback and layer.uses:
-                    self._finish_fallback(layer, called)
-        finally:
-            self._recording = prev
+            if layer.uses and not layer.finished:
+                if layer.fallback:
+                    fallbacks = True
+                elif layer.deferred():
+                    self._finish_deferred(layer)
+                else:   # some output gradient never arrived: it is zero
+                    self._finish_layer(layer)
+        if fallbacks:
+            called = self._called()
+            prev = self._recording
+            self._recording = False
+            try:
+                for layer in self._layers.values():
+                    if layer.fallback and layer.uses:
+                        self._finish_fallback(layer, called)
+            finally:
+                self._recording = prev
         for k in list(self._pending):
             self._compute(k)
+        if self._total is not None and self.reduction == "mean":
+            self._total = self._total * self._scale()
 
     def _finish_fallback(self, layer: _Layer, called: set[int]) -> None:
         params = self._fallback_params(layer, called)
+        uses, layer.uses = layer.uses, []
+        layer.finished = True
         if not params:
             return
         total: dict[str, torch.Tensor] = {}
-        for use, (spec, _out_spec, grad_idx), in_dims in zip(layer.uses, layer.spec,
-                                                              layer.in_dims, strict=True):
-            deltas = [d if d is not None else torch.zeros_like(t)
-                      for d, t in zip(use.deltas, use.outputs, strict=True)]
+        for use in uses:
             if all(d is None for d in use.deltas):
                 continue
-            grads = _vmap_vjp(layer.module, params, use.inputs, in_dims, spec, grad_idx, deltas)
+            deltas = [d if d is not None else torch.zeros(meta[0], dtype=meta[1], device=meta[2])
+                      for d, meta in zip(use.deltas, use.out_meta, strict=True)]
+            grads = _vmap_vjp(layer.module, params, use.x, use.in_dims, use.spec, use.grad_idx,
+                              deltas)
             for n, g in grads.items():
                 total[n] = g if n not in total else total[n] + g
-        layer.uses = []
         for n, g in total.items():
-            self._add(params[n], [("dense", g)], owner_done=False)
+            self._add(params[n], [("dense", g.detach())], owner_done=False)
 
 
 def _vmap_vjp(module: nn.Module, params: dict[str, torch.Tensor], flat: list, in_dims: list,
@@ -609,8 +762,10 @@ def per_example_stats(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: t
     computed per layer type; BatchNorm in training mode raises ``ValueError``.
     """
     stats = PerExampleStats(model, norms=norms, sum_sq=sum_sq, reduction="sum")
+    stats._collect = collected = []
     with stats:
         losses = loss_fn(model(x), y)
+    stats._collect = None
     B = x.shape[0]
     if losses.shape != (B,):
         raise ValueError(f"loss_fn must return per-example losses of shape ({B},) (use "
@@ -619,15 +774,13 @@ def per_example_stats(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: t
     # modified in place after the layer (ReLU(inplace=True)), its parameters instead, so that
     # the layer's own backward node runs and its tensor hook sees the right δ
     targets: list[torch.Tensor] = []
+    for t, version, layer in collected:
+        if t._version == version:
+            targets.append(t)
+        else:
+            targets.extend(p for p in layer.module.parameters(recurse=False) if p.requires_grad)
+    collected.clear()
     called = stats._called()
-    for layer in stats._layers.values():
-        for use in layer.uses:
-            for t, v in zip(use.outputs, use.out_version, strict=True):
-                if t._version == v:
-                    targets.append(t)
-                else:
-                    targets.extend(p for p in layer.module.parameters(recurse=False)
-                                   if p.requires_grad)
     covered: set[int] = set()
     for k in called:
         layer = stats._layers[k]
@@ -640,7 +793,8 @@ def per_example_stats(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: t
     if targets or unseen:
         grads = torch.autograd.grad(losses.sum(), targets + [p for _, p in unseen],
                                     allow_unused=True)
-        for (n, _), g in zip(unseen, grads[len(targets):], strict=True):
+        del targets
+        for (n, _), g in zip(unseen, grads[len(grads) - len(unseen):], strict=True):
             if g is not None:
                 raise ValueError(
                     f"parameter {n!r} receives a gradient, but the module that owns it was not "
@@ -650,8 +804,7 @@ def per_example_stats(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: t
     out = PerExampleResult(losses=losses.detach())
     if norms:
         out.sq_norms_by_param = stats.sq_norms_by_param()
-        out.sq_norms = (torch.stack(list(out.sq_norms_by_param.values())).sum(0)
-                        if out.sq_norms_by_param else losses.new_zeros(B))
+        out.sq_norms = stats.sq_norms() if out.sq_norms_by_param else losses.new_zeros(B)
     if sum_sq:
         out.sum_sq = stats.sum_sq()
     return out
