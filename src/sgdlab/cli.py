@@ -113,6 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, help="examples for the per-batch quantities "
                                                    "(default: the run's batch size)")
 
+    rp = sub.add_parser("reproduce", help="measure the notes' claims; writes a report")
+    mode = rp.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_const", const="quick", dest="mode")
+    mode.add_argument("--full", action="store_const", const="full", dest="mode")
+    mode.add_argument("--smoke", action="store_const", const="smoke", dest="mode",
+                      help="tiny budgets (used by the test suite)")
+    rp.add_argument("--only", help="comma-separated claim ids")
+    rp.add_argument("--seeds", type=int)
+    rp.add_argument("--out", required=True)
+    rp.add_argument("--strict", action="store_true", help="exit 1 when any claim is FAIL")
+
     c = sub.add_parser("check", help="initial-loss and overfit checks (SPEC §4.11)")
     _add_run_arguments(c)
     c.add_argument("--overfit-examples", type=int, default=50)
@@ -287,6 +298,23 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from sgdlab import config as cfgmod
+    from sgdlab import report
+    from sgdlab.reproduce import reproduce
+
+    only = [c.strip() for c in args.only.split(",") if c.strip()] if args.only else None
+    try:
+        results = reproduce(args.out, mode=args.mode or "quick", only=only, seeds=args.seeds)
+    except cfgmod.ConfigError as err:
+        return _fail(str(err))
+    print(report.verdict_table(results))
+    print(f"report: {Path(args.out) / 'report.html'}")
+    if args.strict and any(r.verdict == "FAIL" for r in results):
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sgdlab`` console script."""
     parser = build_parser()
@@ -295,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     handler = {"train": _cmd_train, "lr-find": _cmd_lr_find, "check": _cmd_check,
-               "probe": _cmd_probe}
+               "probe": _cmd_probe, "reproduce": _cmd_reproduce}
     return handler[args.command](args)
 
 

@@ -1,0 +1,17 @@
+"""The claims of the notes as experiments with verdicts (SPEC §4); one module per claim.
+
+``CLAIMS`` maps a claim id to its module (exposing ``CLAIM`` and ``run(ctx)``).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from sgdlab.experiments import adam_bias, intrinsic_lr
+
+CLAIMS: dict[str, ModuleType] = {m.CLAIM.id: m for m in (intrinsic_lr, adam_bias)}
+
+
+def available() -> list[str]:
+    """Claim ids, in the order of the notes."""
+    return sorted(CLAIMS, key=lambda c: int(c.split("-")[0]))

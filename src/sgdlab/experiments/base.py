@@ -1,0 +1,119 @@
+"""What every claim experiment returns, and the context it runs in (SPEC §4).
+
+A claim module exposes ``CLAIM`` (a :class:`Claim`: id, title, the claim in one sentence and
+its SPEC section) and ``run(ctx) -> Result``. The verdict comes from the measurement and the
+tolerance stated up front, never from tuning until it agrees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sgdlab.metrics_log import atomic_write_json, to_jsonable
+
+VERDICTS = ("PASS", "FAIL", "INCONCLUSIVE", "ERROR")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the notes: ``id`` (e.g. "7-adam-bias-correction"), ``title``, ``statement``
+    (one sentence), ``spec`` (section, e.g. "§4.7")."""
+
+    id: str
+    title: str
+    statement: str
+    spec: str
+
+
+@dataclass
+class Check:
+    """One measured comparison: ``prediction`` vs ``measured`` (± ``uncertainty``) within
+    ``tolerance`` (described in words), with its own verdict."""
+
+    name: str
+    prediction: str
+    measured: str
+    tolerance: str
+    verdict: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    """A claim's outcome: the checks, the overall verdict (FAIL if any check fails, else
+    INCONCLUSIVE if any is, else PASS), figures (paths relative to the output dir), notes
+    and every number behind the verdict."""
+
+    claim: Claim
+    checks: list[Check] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def verdict(self) -> str:
+        """ERROR, else the worst verdict of the checks."""
+        if self.error is not None:
+            return "ERROR"
+        verdicts = {c.verdict for c in self.checks}
+        for v in ("FAIL", "INCONCLUSIVE"):
+            if v in verdicts:
+                return v
+        return "PASS" if verdicts else "INCONCLUSIVE"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for results.json."""
+        d = {"claim": asdict(self.claim), "verdict": self.verdict,
+             "checks": [asdict(c) for c in self.checks], "figures": self.figures,
+             "notes": self.notes, "error": self.error, "seconds": self.seconds}
+        return to_jsonable(d)
+
+
+def verdict(ok: bool, inconclusive: bool = False) -> str:
+    """PASS/FAIL, or INCONCLUSIVE when the measurement cannot decide."""
+    if inconclusive:
+        return "INCONCLUSIVE"
+    return "PASS" if ok else "FAIL"
+
+
+@dataclass
+class Context:
+    """Where and how hard a claim runs: ``out`` (the report directory), ``mode`` ("smoke",
+    "quick" or "full"), ``seeds``; :meth:`cached` memoises expensive runs in
+    ``out/cache`` so an interrupted ``reproduce`` resumes instead of starting over."""
+
+    out: Path
+    mode: str = "quick"
+    seeds: int = 2
+
+    @property
+    def figures(self) -> Path:
+        """The figure directory (created)."""
+        path = self.out / "figures"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def budget(self, smoke: Any, quick: Any, full: Any) -> Any:
+        """Pick a size by mode."""
+        return {"smoke": smoke, "quick": quick, "full": full}[self.mode]
+
+    def cached(self, key: dict[str, Any], fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """``fn()`` (a JSON-able dict), stored under a hash of ``key``; later calls with the
+        same key read the stored result."""
+        text = json.dumps(to_jsonable(key), sort_keys=True)
+        name = hashlib.sha256(text.encode()).hexdigest()[:20]
+        path = self.out / "cache" / f"{name}.json"
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())["value"]
+            except (json.JSONDecodeError, KeyError):
+                pass  # a damaged entry is recomputed
+        value = fn()
+        atomic_write_json(path, {"key": json.loads(text), "value": to_jsonable(value)})
+        return json.loads(json.dumps(to_jsonable(value)))

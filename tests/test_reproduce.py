@@ -1,0 +1,101 @@
+"""`sgdlab reproduce`: report structure, verdicts, crash isolation, caching, --strict."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from sgdlab import experiments
+from sgdlab.cli import main
+from sgdlab.config import ConfigError
+from sgdlab.experiments.base import Check, Claim, Context, Result
+from sgdlab.reproduce import reproduce
+
+
+def _finite_numbers(obj):
+    if isinstance(obj, dict):
+        return all(_finite_numbers(v) for v in obj.values())
+    if isinstance(obj, list):
+        return all(_finite_numbers(v) for v in obj)
+    if isinstance(obj, float):
+        return math.isfinite(obj)
+    return True
+
+
+def test_smoke_run_of_every_claim(tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["reproduce", "--smoke", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| claim | SPEC | verdict | seconds |" in text
+    results = json.loads((out / "results.json").read_text())
+    assert [r["claim"]["id"] for r in results["results"]] == experiments.available()
+    for r in results["results"]:
+        assert r["error"] is None, r["error"]
+        assert r["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
+        assert r["checks"] and _finite_numbers(r["checks"])
+        for fig in r["figures"]:
+            assert (out / fig).is_file()
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<h2" in html
+    assert "## 5-intrinsic-lr" in (out / "report.md").read_text()
+
+
+def test_exact_claims_at_their_tolerances(tmp_path):
+    """Claim 5's equivalence (1e-10 in float64) and claim 7's update ratio (1e-6) are exact:
+    they must PASS even at smoke budgets."""
+    results = reproduce(tmp_path, mode="smoke", progress=False)
+    by_id = {r.claim.id: r for r in results}
+    assert by_id["5-intrinsic-lr"].checks[0].verdict == "PASS"
+    assert by_id["7-adam-bias-correction"].checks[0].verdict == "PASS"
+
+
+def test_a_crashing_claim_is_reported_and_the_rest_still_run(tmp_path, monkeypatch):
+    class Boom:
+        CLAIM = Claim("0-boom", "boom", "always crashes", "§0")
+
+        @staticmethod
+        def run(ctx):
+            raise RuntimeError("kaboom")
+
+    class Fails:
+        CLAIM = Claim("1-fails", "fails", "always fails", "§0")
+
+        @staticmethod
+        def run(ctx):
+            return Result(Fails.CLAIM, [Check("c", "1", "2", "0", "FAIL")])
+
+    monkeypatch.setitem(experiments.CLAIMS, "0-boom", Boom)
+    monkeypatch.setitem(experiments.CLAIMS, "1-fails", Fails)
+    out = tmp_path / "rep"
+    assert main(["reproduce", "--smoke", "--only", "0-boom,1-fails", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert results[0]["verdict"] == "ERROR" and "kaboom" in results[0]["error"]
+    assert results[1]["verdict"] == "FAIL"
+    assert "kaboom" in (out / "report.md").read_text()
+    assert main(["reproduce", "--smoke", "--only", "1-fails", "--out", str(out),
+                 "--strict"]) == 1
+
+
+def test_unknown_claim_is_one_line(tmp_path, capsys):
+    assert main(["reproduce", "--only", "99-nope", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown claim '99-nope'" in err
+    with pytest.raises(ConfigError, match="mode must be one of"):
+        reproduce(tmp_path, mode="slow")
+
+
+def test_cache_resumes_instead_of_recomputing(tmp_path):
+    ctx = Context(tmp_path)
+    calls = []
+
+    def expensive():
+        calls.append(1)
+        return {"loss": 0.25, "curve": [1.0, 0.5]}
+
+    assert ctx.cached({"eta": 0.1, "seed": 0}, expensive) == {"loss": 0.25, "curve": [1.0, 0.5]}
+    assert ctx.cached({"seed": 0, "eta": 0.1}, expensive) == {"loss": 0.25, "curve": [1.0, 0.5]}
+    assert len(calls) == 1
+    ctx.cached({"eta": 0.2, "seed": 0}, expensive)
+    assert len(calls) == 2
