@@ -2,4 +2,44 @@
 
 Instruments (when and how often a quantity is computed, logged and plotted) live in
 :mod:`sgdlab.instruments`; this package only computes.
+
+========================  ==================================================================
+``per_example``           ‖g_b‖² and Σ_b g_b² per coordinate from one backward (SPEC §3)
+``noise``                 tr Σ, ‖G‖², B_simple, per-layer/per-coordinate B*, CABS, two-batch
+``curvature``             top Hessian eigenvalue by HVP power iteration, 2/λ_max
+``norms``                 weight norms, effective and intrinsic LR (SPEC §4.5)
+``stationary``            stationary loss at fixed η, heat capacity dL/dη (SPEC §4.1, §4.2)
+========================  ==================================================================
 """
+
+from sgdlab.probes.curvature import TopEigenvalue, hessian_vector_product, top_hessian_eigenvalue
+from sgdlab.probes.noise import NoiseScale, TwoBatchEstimator, noise_scale, two_batch_estimates
+from sgdlab.probes.norms import (
+    angular_update,
+    effective_lr,
+    equilibrium_norm4,
+    scale_invariant_report,
+    weight_norms,
+)
+from sgdlab.probes.per_example import (
+    PerExampleStats,
+    per_example_sq_norms,
+    per_example_stats,
+    per_example_sum_sq,
+)
+from sgdlab.probes.stationary import (
+    HeatCapacity,
+    StationaryLoss,
+    heat_capacity,
+    quadratic_excess_loss,
+    stationary_loss,
+)
+
+__all__ = [
+    "HeatCapacity", "NoiseScale", "PerExampleStats", "StationaryLoss", "TopEigenvalue",
+    "TwoBatchEstimator", "angular_update", "effective_lr", "equilibrium_norm4",
+    "heat_capacity", "hessian_vector_product", "noise_scale", "per_example_sq_norms",
+    "per_example_stats", "per_example_sum_sq", "quadratic_excess_loss",
+    "scale_invariant_report", "stationary_loss", "top_hessian_eigenvalue", "two_batch_estimates",
+    "weight_norms",
+]
