@@ -94,7 +94,7 @@ _HOOKED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 #: unfolded inputs): 2**19 floats = 2 MiB in float32. Small chunks stay in cache and below
 #: malloc's mmap threshold (a fresh 40 MB temporary costs more in page faults than the
 #: arithmetic on it).
-_CHUNK_ELEMENTS = 1 << 19
+_CHUNK_ELEMENTS = 1 << 20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,12 +122,13 @@ class _Use:
 class _Layer:
     """A module with parameters that require grad, and its calls in the current batch."""
 
-    __slots__ = ("module", "name", "fallback", "shared", "uses", "finished")
+    __slots__ = ("module", "name", "fallback", "params", "shared", "uses", "finished")
 
-    def __init__(self, module: nn.Module, name: str, fallback: bool) -> None:
+    def __init__(self, module: nn.Module, name: str, fallback: bool, params: list) -> None:
         self.module = module
         self.name = name
         self.fallback = fallback
+        self.params = params            # its own parameters that require grad
         self.shared = False             # one of its parameters is owned by another module too
         self.uses: list[_Use] = []
         self.finished = False
@@ -368,25 +369,29 @@ class PerExampleStats:
         self._batch = 0
         self.batch_size: int | None = None
         # static structure: parameters that require grad, their names and owner modules
+        # (one pass over the modules, in named_parameters' order and with its names)
         self._names: dict[int, str] = {}
         self._params: dict[int, nn.Parameter] = {}
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                self._names[id(p)] = name
-                self._params[id(p)] = p
         self._layers: dict[int, _Layer] = {}
         self._owners: dict[int, int] = {}
         self._batchnorms: list[nn.Module] = []
         for mname, m in model.named_modules():
             if isinstance(m, _BatchNorm):
                 self._batchnorms.append(m)
-            own = [p for p in m.parameters(recurse=False) if id(p) in self._params]
+            own = []
+            for pname, p in m._parameters.items():
+                if p is None or not p.requires_grad or any(p is q for q in own):
+                    continue
+                k = id(p)
+                if k not in self._names:
+                    self._names[k] = f"{mname}.{pname}" if mname else pname
+                    self._params[k] = p
+                self._owners[k] = self._owners.get(k, 0) + 1
+                own.append(p)
             if own:
-                self._layers[id(m)] = _Layer(m, mname, fallback=not isinstance(m, _HOOKED))
-                for p in own:
-                    self._owners[id(p)] = self._owners.get(id(p), 0) + 1
+                self._layers[id(m)] = _Layer(m, mname, not isinstance(m, _HOOKED), own)
         for layer in self._layers.values():
-            layer.shared = any(self._owners[id(p)] > 1 for p in self._own(layer))
+            layer.shared = any(self._owners[id(p)] > 1 for p in layer.params)
         self._reset()
 
     # ------------------------------------------------------------------ attach / detach
@@ -463,9 +468,6 @@ class PerExampleStats:
 
     def _scale(self) -> float:
         return float(self.batch_size) ** 2 if self.reduction == "mean" else 1.0
-
-    def _own(self, layer: _Layer) -> list[torch.Tensor]:
-        return [p for p in layer.module.parameters(recurse=False) if id(p) in self._params]
 
     def _reset(self) -> None:
         self._batch += 1
@@ -752,14 +754,16 @@ def _vmap_vjp(module: nn.Module, params: dict[str, torch.Tensor], flat: list, in
 
 
 def per_example_stats(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
-                      *, norms: bool = True, sum_sq: bool = True) -> PerExampleResult:
+                      *, norms: bool = True, sum_sq: bool = True,
+                      by_param: bool = True) -> PerExampleResult:
     """‖g_b‖² and Σ_b g_b² for the batch (x, y) in one forward and one backward (SPEC §3).
 
     ``loss_fn(model(x), y)`` must return the per-example losses ℓ_b, shape (B,); g_b = ∇ℓ_b
     (per-example loss, not the mean). The backward of Σ_b ℓ_b is taken with respect to the
     layer outputs (not the parameters), so the weight gradients of the ordinary backward are
     not computed and ``p.grad`` is left untouched. See the module docstring for what is
-    computed per layer type; BatchNorm in training mode raises ``ValueError``.
+    computed per layer type; BatchNorm in training mode raises ``ValueError``. ``norms`` /
+    ``sum_sq`` / ``by_param`` select the parts of the :class:`PerExampleResult` to compute.
     """
     stats = PerExampleStats(model, norms=norms, sum_sq=sum_sq, reduction="sum")
     stats._collect = collected = []
@@ -787,9 +791,8 @@ def per_example_stats(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: t
         if layer.fallback:
             covered.update(id(p) for p in stats._fallback_params(layer, called).values())
         else:
-            covered.update(id(p) for p in layer.module.parameters(recurse=False))
-    unseen = [(n, p) for n, p in model.named_parameters()
-              if p.requires_grad and id(p) not in covered]
+            covered.update(id(p) for p in layer.params)
+    unseen = [(stats._names[k], p) for k, p in stats._params.items() if k not in covered]
     if targets or unseen:
         grads = torch.autograd.grad(losses.sum(), targets + [p for _, p in unseen],
                                     allow_unused=True)
@@ -803,8 +806,10 @@ def per_example_stats(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: t
                 )
     out = PerExampleResult(losses=losses.detach())
     if norms:
-        out.sq_norms_by_param = stats.sq_norms_by_param()
-        out.sq_norms = stats.sq_norms() if out.sq_norms_by_param else losses.new_zeros(B)
+        stats._finalize()
+        out.sq_norms = stats.sq_norms() if stats._total is not None else losses.new_zeros(B)
+        if by_param:
+            out.sq_norms_by_param = stats.sq_norms_by_param()
     if sum_sq:
         out.sum_sq = stats.sum_sq()
     return out
@@ -820,7 +825,8 @@ def per_example_sq_norms(model: nn.Module, loss_fn: Callable, x: torch.Tensor,
     (‖δ_b‖²‖x_b‖²), sequence/conv layers use the cheaper of the Gram form ⟨δδᵀ, xxᵀ⟩ and a
     per-layer materialisation. ``p.grad`` is left untouched.
     """
-    return per_example_stats(model, loss_fn, x, y, norms=True, sum_sq=False).sq_norms
+    return per_example_stats(model, loss_fn, x, y, norms=True, sum_sq=False,
+                             by_param=False).sq_norms
 
 
 def per_example_sum_sq(model: nn.Module, loss_fn: Callable, x: torch.Tensor,

@@ -1,0 +1,215 @@
+"""Cost of per-example gradient statistics as a ratio to the plain training step (SPEC §3).
+
+For each model, side by side in one run (rounds interleaved, the order rotated every round,
+medians over rounds), the time of
+
+* the plain step: forward, mean cross-entropy, backward (``p.grad``), the reference 1.00;
+* sgdlab ``per_example_sq_norms`` / ``per_example_sum_sq``: forward and a backward that
+  computes only the statistics (``p.grad`` untouched);
+* sgdlab ``PerExampleStats`` in a training step: the same forward and backward as the plain
+  step, which fills ``p.grad`` *and* the statistics;
+* ``torch.func``: vmap over grad of ``functional_call``, then the norms / Σ_b g_b²;
+* BackPACK ``BatchL2Grad`` / ``SumGradSquared`` (one backward that also fills ``p.grad``);
+* Opacus ghost norms: the first backward of ``GradSampleModuleFastGradientClipping`` (ghost
+  clipping), which fills ``p.grad`` and the per-example norms, then ``get_norm_sample()``.
+
+BackPACK and Opacus are optional (``pip install --no-deps backpack-for-pytorch einops unfoldNd
+opacus opt_einsum``; without ``--no-deps`` pip replaces torch); missing ones are skipped with a
+note. Models: the MNIST-1D MLP (2 × 100), the digits CNN (conv32-pool-conv64-pool, 21k
+parameters), a 32×32×3 CNN (conv64-conv128-conv208, each with pool; 349k parameters).
+
+    python benchmarks/probes_overhead.py [--batch 128] [--rounds 7] [--threads 1]
+                                         [--models mlp,digits,cifar]
+
+Ratios are of wall-clock medians; the last column uses the thread's CPU time instead, which
+another process on the machine disturbs less.
+
+Floor: sgdlab's squared norms ≤ 1.5 × the plain step on all three models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from sgdlab import models
+from sgdlab.probes.per_example import PerExampleStats, per_example_sq_norms, per_example_sum_sq
+
+MODELS = {
+    "mlp": ("MNIST-1D MLP", lambda: models.build("mlp", "mnist1d", seed=0), (40,)),
+    "digits": ("digits CNN", lambda: models.build("cnn", "digits", seed=0), (1, 8, 8)),
+    "cifar": ("32×32×3 CNN", lambda: models.build("cnn", "cifar10", channels=(64, 128, 208),
+                                                  seed=0), (3, 32, 32)),
+}
+
+
+def ce_none(out, y):
+    return F.cross_entropy(out, y, reduction="none")
+
+
+def candidates(model: nn.Module, x: torch.Tensor, y: torch.Tensor
+               ) -> tuple[dict[str, Callable[[], object]], list[str], list[Callable[[], None]]]:
+    """name → zero-argument callable; notes on skipped rows; clean-up callables."""
+    rows: dict[str, Callable[[], object]] = {}
+    notes: list[str] = []
+    cleanup: list[Callable[[], None]] = []
+
+    def plain():
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+
+    rows["plain step (fwd + bwd)"] = plain
+    rows["sgdlab sq norms (stats only)"] = lambda: per_example_sq_norms(model, ce_none, x, y)
+
+    m_norm = copy.deepcopy(model)
+    s_norm = PerExampleStats(m_norm, sum_sq=False, reduction="mean").attach()
+    cleanup.append(s_norm.detach)
+
+    def ours_step_norms():
+        m_norm.zero_grad(set_to_none=True)
+        F.cross_entropy(m_norm(x), y).backward()
+        return s_norm.sq_norms()
+
+    rows["sgdlab sq norms + p.grad (PerExampleStats)"] = ours_step_norms
+
+    params = {n: p.detach() for n, p in model.named_parameters()}
+
+    def loss_one(ps, xb, yb):
+        return F.cross_entropy(functional_call(model, ps, (xb.unsqueeze(0),)), yb.unsqueeze(0))
+
+    per_ex = vmap(grad(loss_one), in_dims=(None, 0, 0))
+    rows["torch.func vmap(grad) sq norms"] = lambda: sum(
+        g.flatten(1).square().sum(1) for g in per_ex(params, x, y).values())
+
+    try:
+        from backpack import backpack, extend
+        from backpack.extensions import BatchL2Grad, SumGradSquared
+
+        m_bp = extend(copy.deepcopy(model))
+        loss_bp = extend(nn.CrossEntropyLoss())
+
+        def bp(ext):
+            def run():
+                m_bp.zero_grad(set_to_none=True)
+                with backpack(ext()):
+                    loss_bp(m_bp(x), y).backward()
+                attr = "batch_l2" if ext is BatchL2Grad else "sum_grad_squared"
+                return [getattr(p, attr) for p in m_bp.parameters()]
+            return run
+
+        rows["BackPACK BatchL2Grad"] = bp(BatchL2Grad)
+    except ImportError as e:
+        notes.append(f"BackPACK skipped ({e}); install with `pip install --no-deps "
+                     "backpack-for-pytorch einops unfoldNd`")
+
+    try:
+        from opacus.grad_sample import GradSampleModuleFastGradientClipping
+
+        gsm = GradSampleModuleFastGradientClipping(copy.deepcopy(model), loss_reduction="mean",
+                                                   use_ghost_clipping=True)
+
+        def opacus_norms():
+            gsm.zero_grad(set_to_none=True)
+            F.cross_entropy(gsm(x), y).backward()
+            return gsm.get_norm_sample()
+
+        rows["Opacus ghost norms"] = opacus_norms
+        cleanup.append(gsm._close if hasattr(gsm, "_close") else (lambda: None))
+    except ImportError as e:
+        notes.append(f"Opacus skipped ({e}); install with `pip install --no-deps opacus "
+                     "opt_einsum`")
+
+    # Σ_b g_b² per coordinate
+    rows["sgdlab Σ_b g² (stats only)"] = lambda: per_example_sum_sq(model, ce_none, x, y)
+    m_sq = copy.deepcopy(model)
+    s_sq = PerExampleStats(m_sq, norms=False, reduction="mean").attach()
+    cleanup.append(s_sq.detach)
+
+    def ours_step_sq():
+        m_sq.zero_grad(set_to_none=True)
+        F.cross_entropy(m_sq(x), y).backward()
+        return s_sq.sum_sq()
+
+    rows["sgdlab Σ_b g² + p.grad (PerExampleStats)"] = ours_step_sq
+    rows["torch.func vmap(grad) Σ_b g²"] = lambda: {
+        n: g.square().sum(0) for n, g in per_ex(params, x, y).items()}
+    if "BackPACK BatchL2Grad" in rows:
+        rows["BackPACK SumGradSquared"] = bp(SumGradSquared)
+    return rows, notes, cleanup
+
+
+def time_rows(rows: dict[str, Callable[[], object]], rounds: int, budget: float
+              ) -> dict[str, tuple[list[float], list[float]]]:
+    """(wall seconds, thread CPU seconds) per call, one sample per round; each round runs every
+    row once, in an order rotated from round to round."""
+    reps: dict[str, int] = {}
+    for name, fn in rows.items():            # warm up, and size the inner loop to ~budget s
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        reps[name] = max(1, int(budget / max(dt, 1e-6)))
+    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in rows}
+    names = list(rows)
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            fn, n = rows[name], reps[name]
+            w0, c0 = time.perf_counter(), time.thread_time()
+            for _ in range(n):
+                fn()
+            times[name][0].append((time.perf_counter() - w0) / n)
+            times[name][1].append((time.thread_time() - c0) / n)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--budget", type=float, default=0.3, help="seconds per row and round")
+    ap.add_argument("--models", default="mlp,digits,cifar")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a shared 2-core machine two OpenMP "
+                         "threads stall whenever another process holds a core)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=UserWarning)   # BackPACK/Opacus hook notices
+    print(f"# per-example statistics vs the plain step, batch {args.batch}, medians of "
+          f"{args.rounds} interleaved rounds, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} thread(s)")
+    for key in args.models.split(","):
+        title, make, shape = MODELS[key]
+        torch.manual_seed(0)
+        model = make()
+        x = torch.randn(args.batch, *shape)
+        y = torch.randint(0, 10, (args.batch,))
+        n_params = sum(p.numel() for p in model.parameters())
+        rows, notes, cleanup = candidates(model, x, y)
+        times = time_rows(rows, args.rounds, args.budget)
+        for fn in cleanup:
+            fn()
+        ref_wall = statistics.median(times["plain step (fwd + bwd)"][0])
+        ref_cpu = statistics.median(times["plain step (fwd + bwd)"][1])
+        print(f"\n## {title} ({n_params:,} parameters), batch {args.batch}\n")
+        print("| method | ms (median) | min | max | × plain step | × plain (CPU time) |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, (wall, cpu) in times.items():
+            med = statistics.median(wall)
+            print(f"| {name} | {1e3 * med:.2f} | {1e3 * min(wall):.2f} | {1e3 * max(wall):.2f} "
+                  f"| {med / ref_wall:.2f} | {statistics.median(cpu) / ref_cpu:.2f} |")
+        for note in notes:
+            print(f"\n{note}")
+
+
+if __name__ == "__main__":
+    main()
