@@ -21,7 +21,7 @@ parameters), a 32×32×3 CNN (conv64-conv128-conv208, each with pool; 349k param
     python benchmarks/probes_overhead.py [--batch 128] [--rounds 7] [--threads 1]
                                          [--models mlp,digits,cifar]
 
-Ratios are of wall-clock medians; the last column uses the thread's CPU time instead, which
+Ratios are of wall-clock medians; the last column uses the process CPU time instead, which
 another process on the machine disturbs less.
 
 Floor: sgdlab's squared norms ≤ 1.5 × the plain step on all three models.
@@ -149,7 +149,7 @@ def candidates(model: nn.Module, x: torch.Tensor, y: torch.Tensor
 
 def time_rows(rows: dict[str, Callable[[], object]], rounds: int, budget: float
               ) -> dict[str, tuple[list[float], list[float]]]:
-    """(wall seconds, thread CPU seconds) per call, one sample per round; each round runs every
+    """(wall seconds, process CPU seconds) per call, one sample per round; each round runs every
     row once, in an order rotated from round to round."""
     reps: dict[str, int] = {}
     for name, fn in rows.items():            # warm up, and size the inner loop to ~budget s
@@ -164,11 +164,11 @@ def time_rows(rows: dict[str, Callable[[], object]], rounds: int, budget: float
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             fn, n = rows[name], reps[name]
-            w0, c0 = time.perf_counter(), time.thread_time()
+            w0, c0 = time.perf_counter(), time.process_time()
             for _ in range(n):
                 fn()
             times[name][0].append((time.perf_counter() - w0) / n)
-            times[name][1].append((time.thread_time() - c0) / n)
+            times[name][1].append((time.process_time() - c0) / n)
     return times
 
 
@@ -201,7 +201,7 @@ def main() -> None:
         ref_wall = statistics.median(times["plain step (fwd + bwd)"][0])
         ref_cpu = statistics.median(times["plain step (fwd + bwd)"][1])
         print(f"\n## {title} ({n_params:,} parameters), batch {args.batch}\n")
-        print("| method | ms (median) | min | max | × plain step | × plain (CPU time) |")
+        print("| method | ms (median) | min | max | × plain step | × plain (process CPU time) |")
         print("|---|---:|---:|---:|---:|---:|")
         for name, (wall, cpu) in times.items():
             med = statistics.median(wall)

@@ -27,6 +27,14 @@ RTOL = 1e-5
 B = 12
 
 
+@pytest.fixture(autouse=True)
+def _seed():
+    """Hand-made modules below draw their initial weights from the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+
+
 def ce(out, y):
     return F.cross_entropy(out, y, reduction="none")
 
@@ -103,6 +111,7 @@ def test_convenience_functions_agree_and_leave_grad_alone():
     sum_sq = per_example_sum_sq(model, ce, x, y)
     assert_matches(model, ce, x, y, norms=norms, sum_sq=sum_sq)
     assert all(bool((p.grad == 7.0).all()) for p in model.parameters())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     # Σ_b ‖g_b‖² = Σ_coordinates Σ_b g_b²
     total = sum(float(v.sum()) for v in sum_sq.values())
     assert float(norms.sum()) == pytest.approx(total, rel=1e-10)
@@ -268,6 +277,9 @@ def test_inplace_relu_after_conv():
                           nn.Linear(4 * 6, 3)).double()
     x, y = data((2, 8), classes=3)
     assert_matches(model, ce, x, y)
+    with PerExampleStats(model) as stats:
+        ce(model(x), y).sum().backward()
+        assert_matches(model, ce, x, y, norms=stats.sq_norms(), sum_sq=stats.sum_sq())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,3 +443,13 @@ def test_context_manager_ignores_no_grad_forward():
         with pytest.raises(RuntimeError, match="sum_sq=False"):
             stats.sum_sq()
     assert_matches(model, ce, x, y, norms=norms)
+
+
+def test_second_backward_through_the_same_forward_raises():
+    model = TwiceLinear().double()
+    x, y = data((6,), classes=3)
+    with PerExampleStats(model):
+        loss = ce(model(x), y).sum()
+        loss.backward(retain_graph=True)
+        with pytest.raises(RuntimeError, match="one backward per forward"):
+            loss.backward()
