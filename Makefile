@@ -10,7 +10,7 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.sgdlab-setup
 PYTEST_ARGS ?= -n 2
 
-.PHONY: setup test lint run bench clean
+.PHONY: setup test lint run bench bench-extras clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,13 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/optim_step.py
+	$(PY) benchmarks/trainer_throughput.py
+	$(PY) benchmarks/probes_overhead.py
+
+# Optional baselines for benchmarks/probes_overhead.py. --no-deps: BackPACK declares
+# torchvision, which would replace the pinned torch; it imports fine without it.
+bench-extras: setup
+	$(PY) -m pip install -q --no-deps backpack-for-pytorch einops unfoldNd opacus opt_einsum
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
