@@ -1,0 +1,356 @@
+"""Claim 2: the heat capacity of SGD, dL/dη at η → 0 (SPEC §4.2).
+
+Near a minimum Φ* with H = ∇²L positive definite, SGD Φ ← Φ − η ĝ (batches of B drawn with
+replacement) has a stationary distribution whose mean loss is
+
+    L(η) − L(Φ*) = η · tr Σ(Φ*) / (4B) + O(η²),
+
+Σ = Cov_b(g_b) the per-example gradient covariance, so the heat capacity dL/dη|₀ is
+E_b‖g_b(Φ*)‖²/(4B) (G(Φ*) = 0). The stationary covariance S of Φ − Φ* solves
+HS + SH − ηHSH = (η/B)Σ; when H and Σ commute, with eigenvalues h_i and σ_i², this gives the
+exact closed form L(η) − L* = Σ_i ησ_i² / (B(4 − 2ηh_i)).
+
+Measurements (all with ``sampling="replacement"``, the theory's sampling):
+
+(a)–(c) slope: :func:`sgdlab.probes.stationary.heat_capacity` finds Φ* (float64 L-BFGS),
+predicts c₁ = tr Σ(Φ*)/(4B) from the per-example gradients at Φ*, measures L(η) − L* with
+:func:`~sgdlab.probes.stationary.stationary_loss` on a ladder η = (0.01 … 0.08)·2/h_max and
+fits c₁η + c₂η² (weighted). The ratio measured/predicted is compared with 1 on
+(a) least squares (``linreg``, B = 10), tolerance 5 %;
+(b) DeepOBS ``quadratic_deep`` (B = 128; ℓ_b written as ½ΦᵀQΦ − Φᵀ(Qx_b) + ½x_bᵀQx_b, the
+    same function at O(d) per example), tolerance 5 %;
+(c) softmax regression on ``digits`` with coupled L2 λ = 1e-2 (so Φ* is finite; the measured
+    objective is L + (λ/2)‖Φ‖²), B = 32, tolerance 15 %.
+(d) closed form: a diagonal noisy quadratic ℓ_b = ½Σ_i h_i(Φ_i − x_{b,i})² with the data
+    standardised so that σ_i² = h_i² v_i exactly; the stationary excess at several η up to
+    ηh_max = 1 (where the exact value is twice the linear one) against
+    Σ_i ησ_i²/(B(4 − 2ηh_i)), tolerance 2 % at every η.
+
+Verdict per check: INCONCLUSIVE when the 95 % interval of the ratio is wider than the
+tolerance on either side of the estimate, else PASS when |ratio − 1| ≤ tolerance, else FAIL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sgdlab import data
+from sgdlab.experiments.base import Check, Claim, Context, Result, verdict
+
+CLAIM = Claim("2-heat-capacity", "Heat capacity",
+              "Near a minimum the stationary loss of SGD rises as L(η) − L* = "
+              "η·tr Σ(Φ*)/(4B) + O(η²), exactly Σ_i ησ_i²/(B(4 − 2ηh_i)) for a quadratic "
+              "with commuting H and Σ.", "§4.2")
+
+Z95 = 1.959963984540054
+
+
+# --------------------------------------------------------------------------- problems
+
+
+class _FastQuadratic(nn.Module):
+    """ℓ_b(Φ) = ½ΦᵀQΦ − Φᵀq_b + c_b with q_b = Qx_b, c_b = ½x_bᵀQx_b packed as the input
+    [q_b, c_b]: the forward returns the per-example losses (O(d) per example)."""
+
+    def __init__(self, Q: np.ndarray, phi0: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("Q", torch.as_tensor(Q, dtype=torch.float64))
+        self.phi = nn.Parameter(torch.as_tensor(phi0, dtype=torch.float64).clone())
+
+    def forward(self, xin: torch.Tensor) -> torch.Tensor:
+        d = self.phi.shape[-1]
+        quad = 0.5 * (self.phi @ (self.Q @ self.phi))
+        return quad - xin[:, :d] @ self.phi + xin[:, d]
+
+
+class _DiagQuad(nn.Module):
+    """Forward returns x − Φ; the loss weighs it with h."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.phi = nn.Parameter(torch.zeros(d, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.phi
+
+
+def _identity_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return out
+
+
+def _squares_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (out - y).pow(2).sum(-1)
+
+
+def _ce_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(out, y, reduction="none")
+
+
+def _problem(name: str) -> tuple[nn.Module, Callable, torch.Tensor, torch.Tensor, dict]:
+    """(model, per-example loss, x, y, extra) of one slope problem."""
+    if name == "least squares":
+        ds = data.load("linreg", seed=0)
+        torch.manual_seed(0)
+        model = nn.Linear(ds.x_train.shape[1], 1, bias=False)
+        star = {"weight": torch.as_tensor(ds.meta["phi_star"], dtype=torch.float64)[None]}
+        return model, _squares_loss, ds.x_train, ds.y_train, {
+            "L_star_exact": float(ds.meta["loss_star"]), "phi_star": star}
+    if name == "quadratic_deep":
+        ds = data.load("quadratic_deep", seed=0)
+        Q = np.asarray(ds.meta["hessian"], dtype=np.float64)
+        X = ds.x_train.double().numpy()
+        q = X @ Q
+        c = 0.5 * np.einsum("ni,ni->n", q, X)
+        xin = torch.as_tensor(np.hstack([q, c[:, None]]), dtype=torch.float64)
+        model = _FastQuadratic(Q, ds.meta["phi_star"])
+        return model, _identity_loss, xin, ds.y_train, {
+            "L_star_exact": float(ds.meta["loss_star"]),
+            "h_max": float(np.max(ds.meta["eigenvalues"])),
+            "phi_star": {"phi": torch.as_tensor(ds.meta["phi_star"], dtype=torch.float64)}}
+    if name == "logistic (digits)":
+        ds = data.load("digits", seed=0, flatten=True)
+        torch.manual_seed(0)
+        model = nn.Linear(ds.x_train.shape[1], 10)
+        try:                 # BLAS threads on these small matrices only contend (×10 slower)
+            from threadpoolctl import threadpool_limits
+            limit: Any = threadpool_limits(1)
+        except ImportError:  # pragma: no cover
+            limit = contextlib.nullcontext()
+        with limit:
+            star, h_max = _softmax_optimum(ds.x_train, ds.y_train, SLOPE_PROBLEMS[name][1])
+        return model, _ce_loss, ds.x_train, ds.y_train, {"phi_star": star, "h_max": h_max}
+    raise KeyError(name)
+
+
+def _softmax_optimum(x: torch.Tensor, y: torch.Tensor, lam: float, classes: int = 10
+                     ) -> tuple[dict[str, torch.Tensor], float]:
+    """Φ* of mean_b CE(Wx_b + c, y_b) + (λ/2)(‖W‖² + ‖c‖²) in float64 (scipy L-BFGS, then one
+    Newton step with the exact Hessian) and the Hessian's top eigenvalue (λ included).
+    Cheaper here than the probe's generic torch L-BFGS and HVP power iteration."""
+    from scipy.optimize import minimize
+
+    X = x.double().numpy()
+    n, d = X.shape
+    Xt = np.hstack([X, np.ones((n, 1))])
+    T = np.eye(classes)[y.numpy()]
+
+    def probs(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        z = Xt @ w.reshape(classes, d + 1).T
+        z = z - z.max(1, keepdims=True)
+        lse = np.log(np.exp(z).sum(1))
+        return z, np.exp(z - lse[:, None]), lse
+
+    def fun(w: np.ndarray) -> tuple[float, np.ndarray]:
+        z, p, lse = probs(w)
+        loss = float(np.mean(lse - (z * T).sum(1)) + 0.5 * lam * w @ w)
+        return loss, (((p - T).T @ Xt) / n).ravel() + lam * w
+
+    w = minimize(fun, np.zeros(classes * (d + 1)), jac=True, method="L-BFGS-B",
+                 options={"maxiter": 5000, "gtol": 1e-12, "ftol": 0.0, "maxcor": 30}).x
+    _, p, _ = probs(w)
+    H = np.empty((classes, d + 1, classes, d + 1))
+    for a in range(classes):
+        for b in range(classes):
+            c = p[:, a] * (float(a == b) - p[:, b])
+            H[a, :, b, :] = (Xt * c[:, None]).T @ Xt / n
+    H = H.reshape(classes * (d + 1), -1) + lam * np.eye(classes * (d + 1))
+    w = w - np.linalg.solve(H, fun(w)[1])
+    W = w.reshape(classes, d + 1)
+    star = {"weight": torch.as_tensor(W[:, :d].copy()), "bias": torch.as_tensor(W[:, d].copy())}
+    return star, float(np.linalg.eigvalsh(H)[-1])
+
+
+# η·h_max/2 on the ladder. The probe's default starts at 0.005; the smallest η dominates
+# the cost (relaxation ∝ 1/(ηh)), and on digits (h down to λ = 1e-2) the chains at 0.005 are
+# far from relaxed in their slowest modes within the steps the budget allows.
+FRACTIONS = (0.01, 0.02, 0.04, 0.08)
+
+
+def _slope_budget(ctx: Context, name: str) -> dict[str, Any]:
+    """Options for heat_capacity per mode and problem (quick: ≲ 40 s for the whole claim on
+    2 busy cores; full: a few minutes)."""
+    smoke = {"chains": 8, "rel_se": 0.2, "min_steps": 100, "max_steps": 200,
+             "fractions": (0.02, 0.04, 0.08), "adapt": False}
+    quick = {"least squares": (96, 0.02), "quadratic_deep": (32, 0.04),
+             "logistic (digits)": (16, 0.06)}[name]
+    full = {"least squares": (128, 0.01), "quadratic_deep": (64, 0.01),
+            "logistic (digits)": (64, 0.02)}[name]
+    chains, rel_se = ctx.budget(None, quick, full) or (0, 0.0)
+    return ctx.budget(smoke, {"chains": chains, "rel_se": rel_se, "min_steps": 300,
+                              "max_steps": 60_000, "fractions": FRACTIONS, "adapt": True},
+                      {"chains": chains, "rel_se": rel_se, "min_steps": 500,
+                       "max_steps": 200_000, "fractions": FRACTIONS, "adapt": True})
+SLOPE_PROBLEMS = {
+    # name: (batch size, weight decay, tolerance)
+    "least squares": (10, 0.0, 0.05),
+    "quadratic_deep": (128, 0.0, 0.05),
+    "logistic (digits)": (32, 1e-2, 0.15),
+}
+
+
+def _slope_run(name: str, budget: dict[str, Any], seed: int) -> dict[str, Any]:
+    from sgdlab.probes.stationary import heat_capacity
+
+    b, lam, _ = SLOPE_PROBLEMS[name]
+    model, lf, x, y, extra = _problem(name)
+    star = extra.pop("phi_star", None)
+    r = heat_capacity(model, lf, x, y, b, sampling="replacement", weight_decay=lam,
+                      phi_star=star, h_max=extra.get("h_max"), seed=seed, **budget)
+    return {
+        "predicted": r.predicted, "measured": r.measured, "measured_se": r.measured_se,
+        "ratio": r.ratio, "ratio_ci": list(r.ratio_ci), "c2": r.c2, "c2_se": r.c2_se,
+        "chi2": r.chi2, "dof": r.dof, "fit_pvalue": r.fit_pvalue,
+        "etas": r.etas.tolist(), "losses": r.losses.tolist(), "ses": r.ses.tolist(),
+        "in_fit": r.in_fit.tolist(), "steps": r.steps.tolist(),
+        "converged": r.converged.tolist(), "L_star": r.L_star,
+        "phi_star_grad_norm": r.phi_star_grad_norm, "tr_sigma": r.tr_sigma,
+        "h_max": r.h_max, "batch_size": b, "weight_decay": lam, "seconds": r.seconds,
+        **extra}
+
+
+# --------------------------------------------------------------------------- closed form
+
+DIAG_H = np.array([0.5, 1.0, 1.5, 2.0])
+DIAG_V = np.array([1.0, 0.5, 0.3, 0.2])
+DIAG_B = 4
+DIAG_ETAS = (0.05, 0.2, 0.5)           # η·h_max = 0.1, 0.4, 1.0
+
+
+def _diag_data(n: int = 1000, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, DIAG_V.size, generator=g, dtype=torch.float64)
+    x = x - x.mean(0)
+    return x / x.std(0, unbiased=False) * torch.as_tensor(DIAG_V).sqrt()
+
+
+def _diag_run(eta: float, budget: dict[str, Any], seed: int) -> dict[str, Any]:
+    from sgdlab.probes.stationary import quadratic_excess_loss, stationary_loss
+
+    h = torch.as_tensor(DIAG_H)
+    x = _diag_data()
+    y = torch.zeros(x.shape[0], dtype=torch.float64)
+    l_star = float(0.5 * (DIAG_H * DIAG_V).sum())
+    sigma2 = DIAG_H**2 * DIAG_V
+    r = stationary_loss(_DiagQuad(DIAG_H.size), lambda out, t: 0.5 * (out * out * h).sum(-1),
+                        x, y, eta, DIAG_B, sampling="replacement", seed=seed,
+                        reference=l_star, **budget)
+    exact = quadratic_excess_loss(eta, DIAG_H, sigma2, DIAG_B)
+    return {"eta": eta, "excess": r.excess, "se": r.se, "exact": exact,
+            "linear": float(eta * sigma2.sum() / (4 * DIAG_B)), "ratio": r.excess / exact,
+            "ratio_se": r.se / exact, "steps": r.steps, "converged": r.converged,
+            "reason": r.reason, "tau_int": r.tau_int, "seconds": r.seconds}
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def _judge(ratio: float, lo: float, hi: float, tol: float, stationary: bool = True) -> str:
+    """INCONCLUSIVE when a run did not pass the stationarity tests (its mean may still be
+    rising from Φ*) or the 95% interval reaches further than ``tol`` from the estimate."""
+    if not stationary or not all(math.isfinite(v) for v in (ratio, lo, hi)):
+        return "INCONCLUSIVE"
+    wide = max(ratio - lo, hi - ratio) > tol
+    return verdict(abs(ratio - 1) <= tol, inconclusive=wide)
+
+
+def run(ctx: Context) -> Result:
+    """Measure the claim; see the module docstring."""
+    t0 = time.perf_counter()
+    res = Result(CLAIM)
+    seed = 0
+    slopes: dict[str, dict[str, Any]] = {}
+    budgets: dict[str, dict[str, Any]] = {}
+    for name, (b, lam, tol) in SLOPE_PROBLEMS.items():
+        budget = _slope_budget(ctx, name)
+        budgets[name] = budget
+        key = {"claim": CLAIM.id, "part": "slope", "problem": name, "B": b, "lambda": lam,
+               "seed": seed, "sampling": "replacement", **budget}
+        r = ctx.cached(key, lambda name=name, budget=budget: _slope_run(name, budget, seed))
+        slopes[name] = r
+        lo, hi = r["ratio_ci"]
+        reg = f", λ = {lam:g}" if lam else ""
+        res.checks.append(Check(
+            f"slope: {name}",
+            f"c₁ = tr Σ(Φ*)/(4B) = {r['predicted']:.5g} (B = {b}{reg})",
+            f"c₁ = {r['measured']:.5g} ± {r['measured_se']:.2g}; ratio {r['ratio']:.3f} "
+            f"(95% CI {lo:.3f}–{hi:.3f}); fit on {sum(r['in_fit'])} of {len(r['etas'])} η, "
+            f"p = {r['fit_pvalue']:.2f}",
+            f"ratio within {tol:.0%} of 1 (INCONCLUSIVE if the 95% CI is wider)",
+            _judge(r["ratio"], lo, hi, tol, stationary=all(
+                c for c, f in zip(r["converged"], r["in_fit"], strict=True) if f)),
+            {**r, "tolerance": tol}))
+    # closed form on the diagonal quadratic
+    dbudget = ctx.budget({"chains": 8, "rel_se": 0.2, "min_steps": 100, "max_steps": 200},
+                         {"chains": 32, "rel_se": 0.008, "max_steps": 60_000},
+                         {"chains": 128, "rel_se": 0.003, "max_steps": 200_000})
+    diag = []
+    for eta in DIAG_ETAS:
+        key = {"claim": CLAIM.id, "part": "closed form", "eta": eta, "B": DIAG_B,
+               "h": DIAG_H, "v": DIAG_V, "seed": seed, **dbudget}
+        diag.append(ctx.cached(key, lambda eta=eta: _diag_run(eta, dbudget, seed)))
+    tol = 0.02
+    per = [_judge(d["ratio"], d["ratio"] - Z95 * d["ratio_se"],
+                  d["ratio"] + Z95 * d["ratio_se"], tol, stationary=d["converged"])
+           for d in diag]
+    overall = ("FAIL" if "FAIL" in per else "INCONCLUSIVE" if "INCONCLUSIVE" in per
+               else "PASS")
+    res.checks.append(Check(
+        "closed form: diagonal quadratic",
+        "Σ_i ησ_i²/(B(4 − 2ηh_i)): " + ", ".join(
+            f"{d['exact']:.4g} at η = {d['eta']:g}" for d in diag),
+        "; ".join(f"η = {d['eta']:g}: {d['excess']:.4g} ± {d['se']:.2g} "
+                  f"(ratio {d['ratio']:.4f} ± {d['ratio_se']:.4f})" for d in diag),
+        f"every η within {tol:.0%} (INCONCLUSIVE if a 95% CI is wider)", overall,
+        {"points": diag, "verdicts": per, "h": DIAG_H, "v": DIAG_V, "B": DIAG_B,
+         "tolerance": tol}))
+    res.figures.append(_figure(ctx, slopes, diag))
+    res.notes.append(
+        "Slopes: heat_capacity from probes.stationary (float64, sampling with replacement, "
+        "target relative se per η of the excess loss, refit without the largest η while the "
+        "quadratic fit is rejected at p < 0.01); budgets: " + "; ".join(
+            f"{n}: {bu['chains']} chains, rel. se {bu['rel_se']:g}, ladder "
+            f"{tuple(bu['fractions'])}·2/h_max" for n, bu in budgets.items()) + ".")
+    res.notes.append(
+        "quadratic_deep uses the O(d)-per-example form ½ΦᵀQΦ − Φᵀ(Qx_b) + ½x_bᵀQx_b of "
+        "½(Φ − x_b)ᵀQ(Φ − x_b); digits uses a linear softmax model (650 parameters) with "
+        "coupled L2 λ = 1e-2 on weights and bias, Φ* by scipy L-BFGS plus a Newton step and "
+        "h_max from the exact Hessian.")
+    not_conv = [n for n, r in slopes.items() if not all(r["converged"])]
+    not_conv += [f"diagonal η = {d['eta']:g}" for d in diag if not d["converged"]]
+    if not_conv:
+        res.notes.append("Stationarity tests (burn-in, τ_int, Geweke, precision) not all "
+                         "passed within the step limit for: " + ", ".join(not_conv)
+                         + "; a check that uses such a run is INCONCLUSIVE.")
+    res.notes.append(f"wall time {time.perf_counter() - t0:.1f} s (mode {ctx.mode})")
+    return res
+
+
+def _figure(ctx: Context, slopes: dict[str, dict[str, Any]], diag: list[dict[str, Any]]
+            ) -> str:
+    from sgdlab.plots import plot_curves
+
+    series: dict[str, tuple[Any, Any]] = {}
+    for name, r in slopes.items():
+        etas = np.asarray(r["etas"])
+        grid = np.geomspace(etas.min(), etas.max(), 30)
+        series[f"{name}: measured"] = (etas, np.asarray(r["losses"]))
+        series[f"{name}: tangent tr Σ/(4B)·η"] = (grid, r["predicted"] * grid)
+    e = np.array([d["eta"] for d in diag])
+    grid = np.geomspace(e.min(), e.max(), 30)
+    from sgdlab.probes.stationary import quadratic_excess_loss
+
+    exact = [quadratic_excess_loss(g, DIAG_H, DIAG_H**2 * DIAG_V, DIAG_B) for g in grid]
+    series["diagonal quadratic: measured"] = (e, np.array([d["excess"] for d in diag]))
+    series["diagonal quadratic: exact Σησ²/(B(4−2ηh))"] = (grid, np.array(exact))
+    path = ctx.figures / "claim2_heat_capacity.png"
+    plot_curves(series, path, "learning rate η", "L(η) − L*",
+                "Stationary excess loss and the predicted tangent", logx=True, logy=True)
+    return f"figures/{path.name}"
