@@ -1,0 +1,236 @@
+"""Claim 8: Robbins–Monro step sizes (SPEC §4.8).
+
+Model: a 1-D quadratic L(Φ) = ½hΦ² (Φ* = 0) with Gaussian gradient noise,
+Φ_t = Φ_{t−1} − η_t (hΦ_{t−1} + σξ_t), ξ_t ~ N(0, 1), Φ_0 = 1, h = σ = 1.
+The second moment m_t = E(Φ_t − Φ*)² obeys exactly m_t = (1 − η_t h)² m_{t−1} + η_t² σ².
+
+* η_t = c/t, 2ch > 1: m_t ≈ c²σ²/((2ch − 1) t) asymptotically (the correction is
+  O(t^(1−2ch)) relative, so it is slow for 2ch near 1). Judged for t in [10³, T].
+* η_t = c/t, 2ch < 1: m_t = K t^(−2ch) + c²σ²/((2ch − 1) t) + …, so the log-log slope
+  tends to −2ch; fitted over t in [10³, T] and compared with −2ch within ±0.05.
+* constant η: the stationary value solves v = (1 − ηh)² v + η²σ², i.e.
+  v = ησ²/(h(2 − ηh)) — SGD stalls at its temperature (§4.2) instead of converging.
+
+All schedules run as one batched tensor of independent chains, simulated step by step
+(not from the recursion); standard errors of m_t come from the spread over chains, those
+of fitted slopes and time-averaged plateaus from 20 groups of chains. The exact recursion
+for m_t is computed alongside, as a check of the simulation and to say from which t the
+asymptotic formula holds within 15%.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from sgdlab.experiments.base import Check, Claim, Context, Result, verdict
+
+CLAIM = Claim("8-robbins-monro", "Robbins–Monro step sizes",
+              "With η_t = c/t on a noisy quadratic E(Φ_t − Φ*)² ≈ c²σ²/((2ch − 1)t) when "
+              "2ch > 1, decays only as t^(−2ch) when 2ch < 1, and a constant η stalls at "
+              "its temperature ησ²/(h(2 − ηh)).", "§4.8")
+
+H, SIGMA, PHI0 = 1.0, 1.0, 1.0
+FAST_C = (0.75, 1.0, 2.0)        # 2ch = 1.5, 2, 4
+SLOW_C = (0.25, 0.4)             # 2ch = 0.5, 0.8
+CONST_ETA = (0.1, 0.01)
+REL_TOL, SLOPE_TOL = 0.15, 0.05
+
+
+def _schedules() -> list[tuple[str, float]]:
+    return ([("c/t", c) for c in FAST_C] + [("c/t", c) for c in SLOW_C]
+            + [("const", e) for e in CONST_ETA])
+
+
+def _record_points(T: int, n: int = 60) -> np.ndarray:
+    return np.unique(np.round(np.logspace(0, math.log10(T), n)).astype(int))
+
+
+def _simulate(T: int, chains: int, groups: int, seed: int) -> dict:
+    """Step-by-step SGD for every schedule at once: x has shape (S, groups, chains/groups)."""
+    torch.set_num_threads(1)
+    sched = _schedules()
+    S, per = len(sched), chains // groups
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.full((S, groups, per), PHI0, dtype=torch.float64)
+    noise = torch.empty_like(x)
+    val = torch.tensor([v for _, v in sched], dtype=torch.float64).view(S, 1, 1)
+    const = torch.tensor([k == "const" for k, _ in sched]).view(S, 1, 1)
+    rec = set(_record_points(T).tolist())
+    ts, m, sd = [], [], []
+    t_half = T // 2
+    acc = torch.zeros(S, groups, dtype=torch.float64)
+    for t in range(1, T + 1):
+        eta = torch.where(const, val, val / t)
+        torch.randn(x.shape, generator=gen, out=noise, dtype=torch.float64)
+        x.sub_(eta * (H * x + SIGMA * noise))
+        if t > t_half:
+            acc += x.pow(2).mean(-1)
+        if t in rec:
+            ts.append(t)
+            sq = x.pow(2)
+            m.append(sq.mean(-1).tolist())             # (S, groups)
+            sd.append(sq.reshape(S, -1).std(-1).tolist())  # (S,), over all chains
+    return {"t": ts, "m": m, "sd": sd, "plateau": (acc / (T - t_half)).tolist(),
+            "schedules": [list(s) for s in sched]}
+
+
+def _exact(ts: np.ndarray, kind: str, v: float) -> np.ndarray:
+    """The exact recursion m_t = (1 − η_t h)² m_{t−1} + η_t² σ² at the times ``ts``."""
+    T = int(ts.max())
+    t = np.arange(1, T + 1, dtype=float)
+    eta = np.full(T, v) if kind == "const" else v / t
+    m, out = PHI0**2, np.empty(T)
+    a, b = (1 - eta * H) ** 2, eta**2 * SIGMA**2
+    for i in range(T):
+        m = a[i] * m + b[i]
+        out[i] = m
+    return out[ts - 1]
+
+
+def _judge(dev: float, se: float, tol: float) -> str:
+    """PASS within tol, FAIL beyond tol + 3 se, else INCONCLUSIVE."""
+    if not math.isfinite(dev):
+        return "FAIL"
+    if dev <= tol:
+        return "PASS"
+    return "FAIL" if dev > tol + 3 * se else "INCONCLUSIVE"
+
+
+def run(ctx: Context) -> Result:
+    """Measure the claim; see the module docstring."""
+    T = ctx.budget(2_000, 20_000, 100_000)
+    chains = ctx.budget(1_000, 4_000, 10_000)
+    groups = 20
+    t_lo = ctx.budget(100, 1_000, 1_000)
+    res = Result(CLAIM)
+    start = time.time()
+    sim = ctx.cached({"claim": CLAIM.id, "T": T, "chains": chains, "groups": groups,
+                      "seed": 0, "h": H, "sigma": SIGMA, "phi0": PHI0,
+                      "schedules": _schedules(), "v": 3},
+                     lambda: _simulate(T, chains, groups, seed=0))
+    ts = np.array(sim["t"], dtype=int)
+    m_g = np.array(sim["m"]).transpose(1, 2, 0)               # (S, groups, n_t)
+    m = m_g.mean(1)
+    m_se = np.array(sim["sd"]).T / math.sqrt(groups * (chains // groups))   # (S, n_t)
+    sched = [tuple(s) for s in sim["schedules"]]
+    window = (ts >= t_lo) & (ts <= T)
+    curves, exact_all = {}, {}
+
+    # simulation against the exact second-moment recursion (all schedules, all t)
+    zmax, zwhere = 0.0, ("", 0)
+    for i, (kind, v) in enumerate(sched):
+        ex = _exact(ts, kind, v)
+        exact_all[i] = ex
+        z = np.abs(m[i] - ex) / m_se[i]
+        if z.max() > zmax:
+            zmax, zwhere = float(z.max()), (f"{kind} {v:g}", int(ts[np.argmax(z)]))
+    n_pts = len(ts) * len(sched)
+    res.checks.append(Check(
+        "simulation vs exact recursion", "m_t = (1 − η_t h)² m_{t−1} + η_t² σ² (exact)",
+        f"largest deviation {zmax:.2f} standard errors ({zwhere[0]} at t = {zwhere[1]}) "
+        f"over {n_pts} (schedule, t) points",
+        "every point within 4.5 standard errors (Bonferroni-level for ~400 points)",
+        verdict(zmax <= 4.5), {"max_z": zmax, "max_z_schedule": zwhere[0],
+                               "max_z_t": zwhere[1], "points": n_pts, "chains": chains,
+                               "groups": groups, "T": T}))
+
+    # 2ch > 1: c²σ²/((2ch − 1) t) within 15% for t in [t_lo, T]
+    for i, (kind, c) in enumerate(sched):
+        if kind != "c/t" or 2 * c * H <= 1:
+            continue
+        pred = c**2 * SIGMA**2 / ((2 * c * H - 1) * ts)
+        ratio = m[i] / pred
+        rse = m_se[i] / pred
+        dev = np.abs(ratio - 1)
+        j = int(np.argmax(np.where(window, dev, -1)))
+        exr = exact_all[i] / pred
+        bad = np.nonzero(np.abs(exr - 1) > REL_TOL)[0]
+        t15 = int(ts[bad[-1] + 1]) if len(bad) and bad[-1] + 1 < len(ts) else (
+            int(ts[0]) if not len(bad) else None)
+        res.checks.append(Check(
+            f"1/t, 2ch = {2 * c * H:g}", f"E(Φ_t − Φ*)² = c²σ²/((2ch − 1)t) = "
+            f"{c**2 * SIGMA**2 / (2 * c * H - 1):.4g}/t",
+            f"measured/predicted over t ∈ [{t_lo}, {T}]: {ratio[window].min():.3f}–"
+            f"{ratio[window].max():.3f}; worst {ratio[j]:.3f} ± {rse[j]:.3f} at t = {ts[j]}",
+            f"within {REL_TOL:.0%} at every t in [{t_lo}, {T}] (FAIL beyond 15% + 3 se)",
+            _judge(float(dev[j]), float(rse[j]), REL_TOL),
+            {"c": c, "two_ch": 2 * c * H, "t_lo": t_lo, "T": T, "worst_t": int(ts[j]),
+             "worst_ratio": float(ratio[j]), "worst_ratio_se": float(rse[j]),
+             "ratio_at_T": float(ratio[-1]), "ratio_at_T_se": float(rse[-1]),
+             "exact_ratio_at_t_lo": float(np.interp(t_lo, ts, exr)),
+             "exact_ratio_at_T": float(exr[-1]), "exact_within_15pct_from_t": t15,
+             "ratios": ratio[window].tolist(), "t": ts[window].tolist()}))
+        curves[f"η = {c:g}/t (2ch = {2 * c * H:g})"] = (ts, m[i])
+        curves[f"  c²σ²/((2ch−1)t), c = {c:g}"] = (ts, pred)
+
+    # 2ch < 1: log-log slope −2ch
+    for i, (kind, c) in enumerate(sched):
+        if kind != "c/t" or 2 * c * H >= 1:
+            continue
+        lx = np.log(ts[window])
+        slopes = [float(np.polyfit(lx, np.log(m_g[i, g, window]), 1)[0]) for g in range(groups)]
+        slope = float(np.polyfit(lx, np.log(m[i, window]), 1)[0])
+        se = float(np.std(slopes, ddof=1) / math.sqrt(groups))
+        ex_slope = float(np.polyfit(lx, np.log(exact_all[i][window]), 1)[0])
+        dev = abs(slope + 2 * c * H)
+        res.checks.append(Check(
+            f"1/t, 2ch = {2 * c * H:g}", f"slope of log E(Φ_t − Φ*)² vs log t = −2ch = "
+            f"{-2 * c * H:g}",
+            f"{slope:.4f} ± {se:.4f} over t ∈ [{t_lo}, {T}] (exact recursion: {ex_slope:.4f})",
+            f"|slope + 2ch| ≤ {SLOPE_TOL} (FAIL beyond {SLOPE_TOL} + 3 se)",
+            _judge(dev, se, SLOPE_TOL),
+            {"c": c, "two_ch": 2 * c * H, "slope": slope, "slope_se": se,
+             "predicted": -2 * c * H, "exact_recursion_slope": ex_slope, "t_lo": t_lo, "T": T,
+             "tolerance": SLOPE_TOL}))
+        anchor = m[i, window][-1] * (ts / ts[window][-1]) ** (-2 * c * H)
+        curves[f"η = {c:g}/t (2ch = {2 * c * H:g})"] = (ts, m[i])
+        curves[f"  ∝ t^(−{2 * c * H:g})"] = (ts, anchor)
+
+    # constant η: stationary value ησ²/(h(2 − ηh))
+    plateau = np.array(sim["plateau"])
+    for i, (kind, eta) in enumerate(sched):
+        if kind != "const":
+            continue
+        pred = eta * SIGMA**2 / (H * (2 - eta * H))
+        meas = float(plateau[i].mean())
+        se = float(plateau[i].std(ddof=1) / math.sqrt(groups))
+        z = abs(meas - pred) / se
+        rel_se = se / pred
+        v = verdict(z <= 3, inconclusive=z <= 3 and rel_se > 0.02)
+        res.checks.append(Check(
+            f"constant η = {eta:g}", f"plateau ησ²/(h(2 − ηh)) = {pred:.6g}",
+            f"{meas:.6g} ± {se:.2g} (time average over t ∈ ({T // 2}, {T}]; "
+            f"ratio {meas / pred:.4f})",
+            "within 3 standard errors (INCONCLUSIVE if the relative se exceeds 2%)", v,
+            {"eta": eta, "predicted": pred, "measured": meas, "se": se, "z": z,
+             "ratio": meas / pred, "m_at_T": float(m[i, -1])}))
+        curves[f"η = {eta:g} constant"] = (ts, m[i])
+        curves[f"  ησ²/(h(2−ηh)), η = {eta:g}"] = (ts, np.full(len(ts), pred))
+
+    res.figures.append(_figure(ctx, curves))
+    res.notes.append(
+        f"1-D quadratic h = {H:g}, σ = {SIGMA:g}, Φ_0 = {PHI0:g}, Gaussian gradient noise; "
+        f"{chains} independent chains per schedule simulated step by step for T = {T} steps "
+        f"(float64); standard errors of m_t from the spread of (Φ_t − Φ*)² over all chains, "
+        f"of slopes and plateaus from {groups} groups of chains; {time.time() - start:.1f} s "
+        "(≈0 if cached).")
+    res.notes.append(
+        "c²σ²/((2ch − 1)t) is asymptotic: the exact recursion's ratio to it is recorded per "
+        "schedule (exact_within_15pct_from_t: the t from which it stays within 15%); for "
+        "2ch near 1 the O(t^(1−2ch)) correction decays slowly. For 2ch < 1 the slope is "
+        "biased towards −1 by the c²σ²/((2ch − 1)t) term at finite t; the exact recursion's "
+        "slope over the same window is reported next to the measurement.")
+    return res
+
+
+def _figure(ctx: Context, curves: dict) -> str:
+    from sgdlab.plots import plot_curves
+
+    path = ctx.figures / "claim8_robbins_monro.png"
+    plot_curves(curves, path, "step t", "E(Φ_t − Φ*)²",
+                "Robbins–Monro: measured (chains) and predictions", logx=True, logy=True)
+    return f"figures/{path.name}"
