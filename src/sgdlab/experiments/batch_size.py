@@ -1,0 +1,335 @@
+"""Claim 3: batch size and temperature (SPEC §4.3, seed 000).
+
+Plain SGD Φ ← Φ − η ĝ_B with batches of B examples drawn with replacement. Near a minimum
+with Hessian H and per-example gradient covariance Σ (SPEC §4.2) the stationary excess loss is
+
+    L(η, B) − L* = η tr Σ / (4B) + O(η²),
+
+and for commuting H, Σ with eigenvalues h_i, σ_i² exactly
+
+    L(η, B) − L* = Σ_i η σ_i² / (B (4 − 2ηh_i))       (0 < ηh_i < 2).
+
+Hence (a) at fixed η the excess falls as 1/B (log-log slope −1); (b) with η = Bη₀ it is
+η₀ tr Σ/4, flat in B to first order, and (c) it blows up as Bη₀h_max → 2 (beyond 2 SGD
+diverges). (d) The sum-of-gradients update Φ ← Φ − η₀ Σ_{b∈batch} g_b is the mean-gradient
+update with η = Bη₀: the same statement, written differently.
+
+Problem: a diagonal noisy quadratic built from a finite data set (seed 0): N = 1000 points
+x_b ∈ R^10, x_b ~ N(0, I), ℓ_b(Φ) = ½ Σ_i h_i (Φ_i − x_{b,i})² with h_i geometric from 1 to
+1/4. Every per-example Hessian is H = diag(h), so the gradient noise does not depend on Φ and
+the formula above is exact with σ_i² = h_i² Var_b(x_{b,i}) (population variance over the N
+points), Φ* = mean_b x_b, L* = ½ Σ_i h_i Var_b(x_{b,i}) (float64).
+
+Measurements (all with :func:`sgdlab.probes.stationary.stationary_loss`, replacement sampling,
+float64, chains started at Φ*; the stationarity tests and batch-means standard errors are the
+probe's):
+
+1. h_max with the sharpness probe (HVP power iteration) at Φ*; the learning rates are set from
+   it: fixed η = 0.1/h_max, η₀ = 0.012/h_max.
+2. fixed η, B ∈ {1, 2, 4, 8, 16, 32}: weighted least-squares fit of log(L − L*) against
+   log B (weights from the per-point se, se(log) = se/excess); slope and its standard error
+   (inflated by √(χ²/dof) when χ²/dof > 1). Tolerance: slope = −1 ± 0.1.
+3. η = Bη₀, B ∈ {1, 2, 4, 8, 16} (Bη₀h_max ≤ 0.192 < 0.2): ratio max/min of the excess,
+   with its se from the two points. Tolerance: max/min ≤ 1.10 ("within 10% of flat").
+4. the blow-up: η = Bη₀ with B up to Bη₀h_max = 1.97 against the exact formula (10%), and
+   one B with Bη₀h_max ≈ 2.2, which must diverge (a diverged run is a result).
+5. the sum-of-gradients identity, step by step on the same batches, float64 (1e-10).
+
+Verdicts from intervals: PASS when the measured value ± 2 se lies inside the tolerance, FAIL
+when it lies outside by more than 2 se, INCONCLUSIVE otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sgdlab.experiments.base import Check, Claim, Context, Result, verdict
+from sgdlab.probes.stationary import quadratic_excess_loss, stationary_loss
+
+CLAIM = Claim("3-batch-size", "Batch size and temperature",
+              "At fixed η the stationary excess loss falls as 1/B (log-log slope −1); with "
+              "η = Bη₀ it is flat in B to first order until Bη₀h_max approaches 2, where it "
+              "blows up.", "§4.3")
+
+DIM, N_TRAIN, SEED = 10, 1000, 0
+FIXED_ETA_H = 0.1            # fixed η = 0.1 / h_max
+ETA0_H = 0.012               # η₀ = 0.012 / h_max, so Bη₀h_max = 0.012 B
+DIVERGE_AT = 2.2            # Bη₀h_max of the run that must diverge
+DIVERGED_LOSS = 1e6          # chain-averaged L − L* at the end of a run counted as divergence
+FLAT_LIMIT = 0.2             # linear-scaling flatness is claimed while Bη₀h_max < 0.2
+SLOPE_TOL, FLAT_TOL, BLOWUP_TOL = 0.1, 0.10, 0.10
+
+
+class DiagonalQuadratic(nn.Module):
+    """Per-example losses ℓ_b(Φ) = ½ Σ_i h_i (Φ_i − x_{b,i})² (the forward returns them;
+    use ``loss_fn = lambda out, y: out``)."""
+
+    def __init__(self, h: np.ndarray, phi: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("h", torch.as_tensor(np.asarray(h, dtype=np.float64)))
+        self.phi = nn.Parameter(torch.as_tensor(np.asarray(phi, dtype=np.float64)).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * ((self.phi - x).pow(2) * self.h).sum(-1)
+
+
+def _loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return out
+
+
+def problem() -> dict[str, Any]:
+    """The diagonal noisy quadratic of the module docstring: data, h, σ², Φ*, L*."""
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((N_TRAIN, DIM))
+    h = np.geomspace(1.0, 0.25, DIM)
+    var = x.var(axis=0)                   # population variance over the N points
+    return {"x": x, "h": h, "sigma2": h * h * var, "phi_star": x.mean(axis=0),
+            "L_star": 0.5 * float(np.sum(h * var))}
+
+
+def _measure(prob: dict[str, Any], eta: float, batch: int, *, chains: int, rel_se: float,
+             max_steps: int, seed: int, record_every: int, min_steps: int = 1000
+             ) -> dict[str, Any]:
+    model = DiagonalQuadratic(prob["h"], prob["phi_star"])
+    x = torch.as_tensor(prob["x"])
+    y = torch.zeros(x.shape[0], dtype=torch.float64)
+    t0 = time.perf_counter()
+    r = stationary_loss(model, _loss_fn, x, y, eta, batch, sampling="replacement",
+                        chains=chains, seed=seed, reference=prob["L_star"], rel_se=rel_se,
+                        min_steps=min(min_steps, max_steps), max_steps=max_steps,
+                        record_every=record_every)
+    final = float(r.trace[-1] - prob["L_star"])
+    diverged = (not math.isfinite(r.mean)) or r.reason.startswith("diverged") \
+        or not math.isfinite(final) or final > DIVERGED_LOSS
+    return {"excess": r.excess if not diverged else math.inf, "se": r.se, "steps": r.steps,
+            "converged": r.converged, "reason": r.reason, "diverged": diverged,
+            "final_excess": final, "tau_int": r.tau_int,
+            "seconds": time.perf_counter() - t0}
+
+
+def _interval_verdict(lo_ok: bool, hi_fail: bool) -> str:
+    """PASS when the whole ±2 se interval is inside the tolerance, FAIL when it is all outside."""
+    if lo_ok:
+        return "PASS"
+    return verdict(False, inconclusive=not hi_fail)
+
+
+def _fit_slope(bs: np.ndarray, ex: np.ndarray, se: np.ndarray) -> dict[str, float]:
+    """Weighted least squares log ex = a + s log B; se of log ex = se/ex."""
+    lx, ly, sl = np.log(bs), np.log(ex), se / ex
+    w = 1.0 / sl**2
+    X = np.stack([np.ones_like(lx), lx], axis=1)
+    A = X.T @ (X * w[:, None])
+    cov = np.linalg.inv(A)
+    coef = cov @ (X.T @ (w * ly))
+    res = ly - X @ coef
+    chi2 = float(np.sum(w * res * res))
+    dof = int(lx.size - 2)
+    inflate = chi2 / dof if dof > 0 and chi2 > dof else 1.0
+    return {"slope": float(coef[1]), "slope_se": float(math.sqrt(cov[1, 1] * inflate)),
+            "intercept": float(coef[0]), "chi2": chi2, "dof": dof}
+
+
+def _sum_identity(prob: dict[str, Any], eta0: float, batch: int, steps: int) -> float:
+    """max |Φ_sum − Φ_mean| over ``steps`` steps on the same batches: Φ − η₀ Σ_b g_b against
+    Φ − (Bη₀) mean_b g_b."""
+    from sgdlab import optim
+
+    x = torch.as_tensor(prob["x"])
+    m_sum = DiagonalQuadratic(prob["h"], np.zeros(DIM))
+    m_mean = DiagonalQuadratic(prob["h"], np.zeros(DIM))
+    o_sum = optim.create("sgd", m_sum.parameters(), lr=eta0)
+    o_mean = optim.create("sgd", m_mean.parameters(), lr=batch * eta0)
+    gen = torch.Generator().manual_seed(SEED)
+    worst = 0.0
+    for _ in range(steps):
+        idx = torch.randint(0, x.shape[0], (batch,), generator=gen)
+        for model, opt, red in ((m_sum, o_sum, "sum"), (m_mean, o_mean, "mean")):
+            opt.zero_grad()
+            out = model(x[idx])
+            (out.sum() if red == "sum" else out.mean()).backward()
+            opt.step()
+        worst = max(worst, float((m_sum.phi - m_mean.phi).detach().abs().max()))
+    return worst
+
+
+def run(ctx: Context) -> Result:
+    """Measure the claim; see the module docstring."""
+    from sgdlab.probes.curvature import top_hessian_eigenvalue
+
+    res = Result(CLAIM)
+    prob = problem()
+    h, s2 = prob["h"], prob["sigma2"]
+    chains = ctx.budget(8, 64, 128)
+    rel_fixed = ctx.budget(0.08, 0.015, 0.007)
+    rel_flat = ctx.budget(0.08, 0.007, 0.004)
+    rel_blow = ctx.budget(0.15, 0.03, 0.015)
+    max_steps = ctx.budget(2000, 60_000, 200_000)
+    fixed_bs = ctx.budget([1, 4, 32], [1, 2, 4, 8, 16, 32], [1, 2, 4, 8, 16, 32])
+    flat_bs = ctx.budget([1, 16], [1, 2, 4, 8, 16], [1, 2, 4, 8, 16])
+    blow_fracs = ctx.budget([1.9], [0.4, 1.2, 1.9, 1.97],
+                            [0.4, 0.8, 1.2, 1.6, 1.8, 1.9, 1.95, 1.97])
+    record_every = ctx.budget(5, 5, 10)
+    first = ctx.budget(500, 500, 1000)        # first segment of every run (steps)
+
+    # 1. sharpness at Φ*
+    model = DiagonalQuadratic(h, prob["phi_star"])
+    xt = torch.as_tensor(prob["x"])
+    top = top_hessian_eigenvalue(model, _loss_fn, xt, torch.zeros(N_TRAIN, dtype=torch.float64),
+                                 iters=500, tol=1e-10, seed=SEED)
+    h_max = float(top.lambda_max)
+    eta_fixed = FIXED_ETA_H / h_max
+    eta0 = ETA0_H / h_max
+
+    def measure(eta: float, batch: int, rel_se: float, steps: int, tag: int,
+                min_steps: int = first) -> dict[str, Any]:
+        key = {"claim": CLAIM.id, "problem": [DIM, N_TRAIN, SEED], "eta": eta, "B": batch,
+               "chains": chains, "rel_se": rel_se, "max_steps": steps, "min_steps": min_steps,
+               "record_every": record_every, "seed": tag}
+        return ctx.cached(key, lambda: _measure(prob, eta, batch, chains=chains, rel_se=rel_se,
+                                                max_steps=steps, seed=tag,
+                                                record_every=record_every,
+                                                min_steps=min_steps))
+
+    # 2. fixed η
+    fixed = [measure(eta_fixed, b, rel_fixed, max_steps, 100 + i) for i, b in enumerate(fixed_bs)]
+    fb = np.array(fixed_bs, dtype=float)
+    fex = np.array([r["excess"] for r in fixed])
+    fse = np.array([r["se"] for r in fixed])
+    ftheory = np.array([quadratic_excess_loss(eta_fixed, h, s2, b) for b in fixed_bs])
+    ok_pts = np.isfinite(fex) & (fex > 0) & np.isfinite(fse) & (fse > 0)
+    if ok_pts.sum() >= 3:
+        fit = _fit_slope(fb[ok_pts], fex[ok_pts], fse[ok_pts])
+        dev = abs(fit["slope"] + 1.0)
+        v = _interval_verdict(dev + 2 * fit["slope_se"] <= SLOPE_TOL,
+                              dev - 2 * fit["slope_se"] > SLOPE_TOL)
+        meas = f"slope {fit['slope']:.3f} ± {fit['slope_se']:.3f} (χ² = {fit['chi2']:.1f}, " \
+               f"dof = {fit['dof']})"
+    else:
+        fit, v, meas = {"slope": math.nan, "slope_se": math.nan}, "INCONCLUSIVE", \
+            "fewer than 3 usable points"
+    res.checks.append(Check(
+        "fixed η: slope", f"log-log slope of L − L* against B is −1 (η h_max = {FIXED_ETA_H})",
+        meas, "−1 ± 0.1 (±2 se inside: PASS; outside by > 2 se: FAIL)", v,
+        {**fit, "eta": eta_fixed, "h_max": h_max, "B": fixed_bs, "excess": fex, "se": fse,
+         "theory": ftheory, "ratio_to_exact": fex / ftheory,
+         "steps": [r["steps"] for r in fixed], "converged": [r["converged"] for r in fixed]}))
+
+    # 3. η = Bη₀, Bη₀h_max < 0.2
+    flat = [measure(b * eta0, b, rel_flat, max_steps, 200 + i) for i, b in enumerate(flat_bs)]
+    lex = np.array([r["excess"] for r in flat])
+    lse = np.array([r["se"] for r in flat])
+    ltheory = np.array([quadratic_excess_loss(b * eta0, h, s2, b) for b in flat_bs])
+    if np.all(np.isfinite(lex)) and np.all(lex > 0):
+        imax, imin = int(np.argmax(lex)), int(np.argmin(lex))
+        ratio = float(lex[imax] / lex[imin])
+        rse = ratio * math.hypot(lse[imax] / lex[imax], lse[imin] / lex[imin])
+        v = _interval_verdict(ratio + 2 * rse <= 1 + FLAT_TOL, ratio - 2 * rse > 1 + FLAT_TOL)
+        meas = f"max/min = {ratio:.3f} ± {rse:.3f} over B = {flat_bs} " \
+               f"(largest Bη₀h_max = {flat_bs[-1] * ETA0_H:.3f})"
+    else:
+        ratio, rse, v, meas = math.nan, math.nan, "INCONCLUSIVE", "a run did not give a value"
+    theory_ratio = float(ltheory.max() / ltheory.min())
+    res.checks.append(Check(
+        "η = Bη₀: flat", "L − L* = η₀ tr Σ/4 independent of B to first order "
+        f"(exact formula: max/min = {theory_ratio:.3f})", meas,
+        "max/min ≤ 1.10 while Bη₀h_max < 0.2", v,
+        {"ratio": ratio, "ratio_se": rse, "theory_ratio": theory_ratio, "eta0": eta0,
+         "B": flat_bs, "excess": lex, "se": lse, "theory": ltheory,
+         "first_order": eta0 * float(np.sum(s2)) / 4,
+         "steps": [r["steps"] for r in flat], "converged": [r["converged"] for r in flat]}))
+
+    # 4. blow-up as Bη₀h_max → 2, and divergence beyond
+    blow_bs = sorted({max(1, round(f / ETA0_H)) for f in blow_fracs})
+    blow = [measure(b * eta0, b, rel_blow, max_steps, 300 + i) for i, b in enumerate(blow_bs)]
+    bex = np.array([r["excess"] for r in blow])
+    bse = np.array([r["se"] for r in blow])
+    btheory = np.array([quadratic_excess_loss(b * eta0, h, s2, b) if b * eta0 * h_max < 2
+                        else math.inf for b in blow_bs])
+    brat = bex / btheory
+    bdev = np.abs(brat - 1)
+    brse = bse / btheory
+    # beyond 2: a run of fixed length (|1 − ηh_max| = 1.2, so the top mode grows ≈ 1.44× per
+    # step; the loss stays finite in float64 for these lengths and is judged by its size)
+    b_div = round(DIVERGE_AT / ETA0_H)
+    div_steps = ctx.budget(300, 500, 500)
+    div = measure(b_div * eta0, b_div, rel_blow, div_steps, 399, min_steps=div_steps)
+    finite = np.isfinite(bex)
+    inside = bool(np.all(finite) and np.all(bdev + 2 * brse <= BLOWUP_TOL))
+    outside = bool(np.any(~finite) or np.any(bdev - 2 * brse > BLOWUP_TOL))
+    growth = float(bex[-1] / lex.min()) if finite[-1] and np.all(lex > 0) else math.nan
+    v = "FAIL" if (outside or not div["diverged"]) else _interval_verdict(inside, False)
+    res.checks.append(Check(
+        "η = Bη₀: blow-up near Bη₀h_max = 2",
+        "exact Σ_i ησ_i²/(B(4 − 2ηh_i)), → ∞ as Bη₀h_max → 2; divergence beyond 2",
+        f"measured/exact = {', '.join(f'{r:.3f}' for r in brat)} at Bη₀h_max = "
+        f"{', '.join(f'{b * ETA0_H:.2f}' for b in blow_bs)}; excess at "
+        f"{blow_bs[-1] * ETA0_H:.2f} is {growth:.1f}× the flat minimum; at "
+        f"Bη₀h_max = {b_div * ETA0_H:.2f}: {'diverged' if div['diverged'] else 'did not diverge'} "
+        f"(L − L* = {div['final_excess']:.1e} after {div['steps']} steps)",
+        "each point within 10% of the exact formula (±2 se); the run beyond 2 diverges "
+        "(L − L* > 1e6)", v,
+        {"B": blow_bs, "B_eta0_hmax": [b * ETA0_H for b in blow_bs], "excess": bex, "se": bse,
+         "theory": btheory, "ratio_to_exact": brat, "growth_over_flat": growth,
+         "diverge_B": b_div, "diverge_B_eta0_hmax": b_div * ETA0_H,
+         "diverged": div["diverged"], "diverge_final_excess": div["final_excess"],
+         "diverge_steps": div["steps"], "diverged_threshold": DIVERGED_LOSS,
+         "steps": [r["steps"] for r in blow], "converged": [r["converged"] for r in blow]}))
+
+    # 5. sum of gradients ≡ η = Bη₀
+    sum_b, sum_steps = 10, ctx.budget(50, 500, 2000)
+    worst = _sum_identity(prob, eta0, sum_b, sum_steps)
+    res.checks.append(Check(
+        "sum of gradients", "Φ − η₀ Σ_b g_b equals Φ − (Bη₀) mean_b g_b at every step",
+        f"max |ΔΦ| over {sum_steps} steps (B = {sum_b}): {worst:.1e}", "1e-10 (float64)",
+        verdict(worst < 1e-10), {"max_abs_diff": worst, "B": sum_b, "steps": sum_steps}))
+
+    res.notes.append(
+        f"Problem: diagonal noisy quadratic, d = {DIM}, N = {N_TRAIN} points x_b ~ N(0, I) "
+        f"(seed {SEED}), h from 1 to 1/4; float64; {chains} chains per run started at Φ*; "
+        f"sharpness probe h_max = {h_max:.8f} (exact {h.max():.8f}); fixed η = "
+        f"{eta_fixed:.4g}, η₀ = {eta0:.4g}.")
+    res.notes.append(
+        "Every per-example Hessian equals H here, so the gradient noise is additive and the "
+        "formula is exact at every η < 2/h_max; on least squares (data.load('linreg')) the "
+        "noise also grows with Φ − Φ* and adds ≈ η(d + 2)h/(2B) relative to the excess, which "
+        "bends the fixed-η slope unless ηd h_max/B ≪ 1.")
+    not_conv = [f"B={r_b}" for r_b, r in zip(fixed_bs + flat_bs + blow_bs,
+                                             fixed + flat + blow, strict=True)
+                if not r["converged"]]
+    if not_conv:
+        res.notes.append("Runs that did not pass every stationarity test (se still reported): "
+                         + ", ".join(not_conv))
+    res.figures.append(_figure(ctx, prob, h_max, eta_fixed, eta0, fixed_bs, fex, flat_bs + blow_bs,
+                               np.concatenate([lex, bex])))
+    return res
+
+
+def _figure(ctx: Context, prob: dict[str, Any], h_max: float, eta_fixed: float, eta0: float,
+            fixed_bs: list[int], fex: np.ndarray, lin_bs: list[int], lex: np.ndarray) -> str:
+    from sgdlab.plots import plot_curves
+
+    h, s2 = prob["h"], prob["sigma2"]
+    bmax = 2.0 / (eta0 * h_max)
+    grid_f = np.geomspace(1, max(fixed_bs), 60)
+    grid_l = np.unique(np.concatenate([np.geomspace(1, bmax * 0.999, 200),
+                                       bmax * (1 - np.geomspace(0.1, 1e-3, 40))]))
+    th_f = [quadratic_excess_loss(eta_fixed, h, s2, b) for b in grid_f]
+    th_l = [quadratic_excess_loss(b * eta0, h, s2, b) if b * eta0 * h_max < 2 else math.nan
+            for b in grid_l]
+    path = ctx.figures / "claim3_batch_size.png"
+    plot_curves({f"fixed η = {eta_fixed:.3g}: measured": (fixed_bs, fex),
+                 "fixed η: exact Σ ησ²/(B(4 − 2ηh))": (grid_f, th_f),
+                 f"η = Bη₀ (η₀ = {eta0:.3g}): measured": (lin_bs, lex),
+                 "η = Bη₀: exact (blows up at Bη₀h_max = 2)": (grid_l, th_l),
+                 "η = Bη₀: first order η₀ tr Σ/4": (grid_l, np.full(grid_l.shape,
+                                                                     eta0 * s2.sum() / 4))},
+                path, "batch size B", "stationary L − L*", "Batch size and temperature",
+                logx=True, logy=True, marker=".")
+    return f"figures/{path.name}"
