@@ -7,9 +7,19 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from sgdlab.experiments import adam_bias, intrinsic_lr
+from sgdlab.experiments import (
+    adam_bias,
+    batch_size,
+    heat_capacity,
+    intrinsic_lr,
+    momentum,
+    robbins_monro,
+)
 
-CLAIMS: dict[str, ModuleType] = {m.CLAIM.id: m for m in (intrinsic_lr, adam_bias)}
+CLAIMS: dict[str, ModuleType] = {
+    m.CLAIM.id: m
+    for m in (heat_capacity, batch_size, intrinsic_lr, momentum, adam_bias, robbins_monro)
+}
 
 
 def available() -> list[str]:
