@@ -63,12 +63,13 @@ def _simulate(T: int, chains: int, groups: int, seed: int) -> dict:
     ts, m, sd = [], [], []
     t_half = T // 2
     acc = torch.zeros(S, groups, dtype=torch.float64)
+    n_rm = sum(k != "const" for k, _ in sched)      # constant-η rows come last
     for t in range(1, T + 1):
         eta = torch.where(const, val, val / t)
         torch.randn(x.shape, generator=gen, out=noise, dtype=torch.float64)
-        x.sub_(eta * (H * x + SIGMA * noise))
+        x.sub_(noise.mul_(SIGMA).add_(x, alpha=H).mul_(eta))   # x −= η(hx + σξ), in place
         if t > t_half:
-            acc += x.pow(2).mean(-1)
+            acc[n_rm:] += x[n_rm:].pow(2).mean(-1)             # plateaus: constant η only
         if t in rec:
             ts.append(t)
             sq = x.pow(2)
