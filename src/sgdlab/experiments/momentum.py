@@ -25,12 +25,13 @@ Measurements (every stationary loss by :func:`stationary_loss`, optimizer "momen
 chains started from the β = 0 stationary distribution so the transient is short; MSER still
 detects and drops it):
 
-1. β-independence where η′h_max ≪ 1 − β for every claimed β (η′ = 10⁻³, η′h_max =
-   0.1(1 − 0.99)): R_β = (L_β − L*)/(L_0 − L*) for β ∈ {.5, .9, .99}, within 10 %;
+1. β-independence where η′h_max ≪ 1 − β for every claimed β (the smallest η′ of the ladder:
+   10⁻³ = 0.1(1 − 0.99)/h_max in full and smoke, 2·10⁻³ in quick to keep it under ~30 s):
+   R_β = (L_β − L*)/(L_0 − L*) for β ∈ {.5, .9, .99}, within 10 %;
 2. each L_β − L* against the first-order η′ tr Σ/(4B), within 10 %;
 3. where it stops holding: R_β at η′h_max = 1 − β for β ∈ {.5, .9, .99} (the SPEC's
-   condition says the β dependence should appear there), plus a ladder η′ ∈ {10⁻³, 10⁻²,
-   0.1, 0.5, 1} for every β (the figure);
+   condition says the β dependence should appear there), from a ladder of η′ up to 0.5
+   (quick) or 1 (full) for every β (the figure), which also locates the onset;
 4. heavy ball at η = η′(1 − β) against EMA at η′ (independent seeds): stationary losses agree
    within 3 combined standard errors;
 5. the exact identity: with the same batches in float64, hand-written EMA and heavy-ball
@@ -207,10 +208,10 @@ def run(ctx: Context) -> Result:
     """Measure the claim; see the module docstring."""
     res = Result(CLAIM)
     chains = ctx.budget(32, 64, 128)
-    rel_se = ctx.budget(0.1, 0.02, 0.01)
-    max_steps = ctx.budget(400, 40_000, 200_000)
-    min_steps = ctx.budget(400, 1000, 2000)
-    ladder = ctx.budget((1e-3, 0.1), (1e-3, 1e-2, 0.1, 0.5, 1.0),
+    rel_se = ctx.budget(0.1, 0.025, 0.015)
+    max_steps = ctx.budget(300, 40_000, 200_000)
+    min_steps = ctx.budget(300, 500, 2000)
+    ladder = ctx.budget((1e-3, 0.1), (2e-3, 1e-2, 0.1, 0.5),
                         (1e-3, 3e-3, 1e-2, 0.03, 0.1, 0.2, 0.5, 1.0))
     prob = _problem(0)
     h, s2 = prob["h"], prob["sigma2"]
@@ -349,6 +350,14 @@ def run(ctx: Context) -> Result:
                 logx=True, marker="o")
     res.figures.append("figures/momentum_beta.png")
 
+    zs = {k: (v["excess"] - v["exact"]) / v["se"] for k, v in table.items()
+          if v["se"] > 0 and math.isfinite(v["se"])}
+    if zs:
+        worst_k = max(zs, key=lambda k: abs(zs[k]))
+        res.notes.append(
+            f"Measured against the exact β-dependent theory over all {len(zs)} (η′, β) runs: "
+            f"max |z| = {abs(zs[worst_k]):.1f} ({worst_k}), mean z = "
+            f"{float(np.mean(list(zs.values()))):+.2f} (se as reported by stationary_loss).")
     not_conv = [k for k, v in table.items() if not v["converged"]]
     res.notes.append(
         "Problem: diagonal noisy quadratic, d = 20, h ∈ [0.5, 1] geometric, N = 1000, B = 1, "
