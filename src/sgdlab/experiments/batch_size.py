@@ -147,6 +147,18 @@ def _sum_identity(prob: dict[str, Any], eta0: float, batch: int, steps: int) -> 
     o_sum = optim.create("sgd", m_sum.parameters(), lr=eta0)
     o_mean = optim.create("sgd", m_mean.parameters(), lr=batch * eta0)
     gen = torch.Generator().manual_seed(SEED)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)       # 10-element tensors: thread start-up costs more than the step
+    try:
+        worst = _sum_identity_steps(x, m_sum, m_mean, o_sum, o_mean, gen, batch, steps)
+    finally:
+        torch.set_num_threads(threads)
+    return worst
+
+
+def _sum_identity_steps(x: torch.Tensor, m_sum: nn.Module, m_mean: nn.Module,
+                        o_sum: torch.optim.Optimizer, o_mean: torch.optim.Optimizer,
+                        gen: torch.Generator, batch: int, steps: int) -> float:
     worst = 0.0
     for _ in range(steps):
         idx = torch.randint(0, x.shape[0], (batch,), generator=gen)
@@ -167,6 +179,9 @@ def run(ctx: Context) -> Result:
     prob = problem()
     h, s2 = prob["h"], prob["sigma2"]
     chains = ctx.budget(8, 64, 128)
+    # η = Bη₀ at small B: relaxation ∝ 1/(Bη₀h_min) is slow and a step costs about the same
+    # for 64 or 256 chains there, so those runs use more chains (precision per second)
+    chains_flat = ctx.budget(8, 256, 256)
     rel_fixed = ctx.budget(0.08, 0.015, 0.007)
     rel_flat = ctx.budget(0.08, 0.007, 0.004)
     rel_blow = ctx.budget(0.15, 0.03, 0.015)
@@ -175,7 +190,7 @@ def run(ctx: Context) -> Result:
     flat_bs = ctx.budget([1, 16], [1, 2, 4, 8, 16], [1, 2, 4, 8, 16])
     blow_fracs = ctx.budget([1.9], [0.4, 1.2, 1.9, 1.97],
                             [0.4, 0.8, 1.2, 1.6, 1.8, 1.9, 1.95, 1.97])
-    record_every = ctx.budget(5, 5, 10)
+    rec_min = ctx.budget(5, 5, 10)
     first = ctx.budget(500, 500, 1000)        # first segment of every run (steps)
 
     # 1. sharpness at Φ*
@@ -188,11 +203,14 @@ def run(ctx: Context) -> Result:
     eta0 = ETA0_H / h_max
 
     def measure(eta: float, batch: int, rel_se: float, steps: int, tag: int,
-                min_steps: int = first) -> dict[str, Any]:
+                min_steps: int = first, k: int = chains) -> dict[str, Any]:
+        # records ≈ 10 per relaxation time 1/(ηh_min) of the slowest mode: evaluating the full
+        # loss of every chain is the expensive part when records are denser than needed
+        record_every = int(min(50, max(rec_min, round(0.1 / (eta * float(h.min()))))))
         key = {"claim": CLAIM.id, "problem": [DIM, N_TRAIN, SEED], "eta": eta, "B": batch,
-               "chains": chains, "rel_se": rel_se, "max_steps": steps, "min_steps": min_steps,
+               "chains": k, "rel_se": rel_se, "max_steps": steps, "min_steps": min_steps,
                "record_every": record_every, "seed": tag}
-        return ctx.cached(key, lambda: _measure(prob, eta, batch, chains=chains, rel_se=rel_se,
+        return ctx.cached(key, lambda: _measure(prob, eta, batch, chains=k, rel_se=rel_se,
                                                 max_steps=steps, seed=tag,
                                                 record_every=record_every,
                                                 min_steps=min_steps))
@@ -222,7 +240,8 @@ def run(ctx: Context) -> Result:
          "steps": [r["steps"] for r in fixed], "converged": [r["converged"] for r in fixed]}))
 
     # 3. η = Bη₀, Bη₀h_max < 0.2
-    flat = [measure(b * eta0, b, rel_flat, max_steps, 200 + i) for i, b in enumerate(flat_bs)]
+    flat = [measure(b * eta0, b, rel_flat, max_steps, 200 + i, k=chains_flat)
+            for i, b in enumerate(flat_bs)]
     lex = np.array([r["excess"] for r in flat])
     lse = np.array([r["se"] for r in flat])
     ltheory = np.array([quadratic_excess_loss(b * eta0, h, s2, b) for b in flat_bs])
@@ -292,7 +311,8 @@ def run(ctx: Context) -> Result:
 
     res.notes.append(
         f"Problem: diagonal noisy quadratic, d = {DIM}, N = {N_TRAIN} points x_b ~ N(0, I) "
-        f"(seed {SEED}), h from 1 to 1/4; float64; {chains} chains per run started at Φ*; "
+        f"(seed {SEED}), h from 1 to 1/4; float64; {chains} chains per run ({chains_flat} "
+        f"for η = Bη₀ with Bη₀h_max < 0.2), started at Φ*; "
         f"sharpness probe h_max = {h_max:.8f} (exact {h.max():.8f}); fixed η = "
         f"{eta_fixed:.4g}, η₀ = {eta0:.4g}.")
     res.notes.append(
@@ -306,30 +326,53 @@ def run(ctx: Context) -> Result:
     if not_conv:
         res.notes.append("Runs that did not pass every stationarity test (se still reported): "
                          + ", ".join(not_conv))
-    res.figures.append(_figure(ctx, prob, h_max, eta_fixed, eta0, fixed_bs, fex, flat_bs + blow_bs,
-                               np.concatenate([lex, bex])))
+    res.figures.append(_figure(ctx, prob, h_max, eta_fixed, eta0, (fixed_bs, fex, fse),
+                               (flat_bs + blow_bs, np.concatenate([lex, bex]),
+                                np.concatenate([lse, bse])), b_div))
     return res
 
 
 def _figure(ctx: Context, prob: dict[str, Any], h_max: float, eta_fixed: float, eta0: float,
-            fixed_bs: list[int], fex: np.ndarray, lin_bs: list[int], lex: np.ndarray) -> str:
-    from sgdlab.plots import plot_curves
+            fixed: tuple[list[int], np.ndarray, np.ndarray],
+            linear: tuple[list[int], np.ndarray, np.ndarray], b_div: int) -> str:
+    """Excess loss against B, log-log: measured points (± 2 se) and the exact formula for
+    fixed η and for η = Bη₀, the first-order level η₀ tr Σ/4, the limit Bη₀h_max = 2 and the
+    diverged run."""
+    from sgdlab.plots import _figure as new_figure
+    from sgdlab.plots import _save
 
     h, s2 = prob["h"], prob["sigma2"]
     bmax = 2.0 / (eta0 * h_max)
-    grid_f = np.geomspace(1, max(fixed_bs), 60)
+    grid_f = np.geomspace(1, max(fixed[0]), 60)
     grid_l = np.unique(np.concatenate([np.geomspace(1, bmax * 0.999, 200),
-                                       bmax * (1 - np.geomspace(0.1, 1e-3, 40))]))
+                                       bmax * (1 - np.geomspace(0.1, 2e-4, 60))]))
     th_f = [quadratic_excess_loss(eta_fixed, h, s2, b) for b in grid_f]
-    th_l = [quadratic_excess_loss(b * eta0, h, s2, b) if b * eta0 * h_max < 2 else math.nan
-            for b in grid_l]
+    th_l = [quadratic_excess_loss(b * eta0, h, s2, b) for b in grid_l]
+    fig, axes = new_figure(1, 1, figsize=(7.0, 4.6))
+    ax = axes[0, 0]
+    ax.plot(grid_f, th_f, color="tab:blue", linewidth=1.2,
+            label="fixed η: exact Σ ησ²/(B(4 − 2ηh)) ∝ 1/B")
+    ax.plot(grid_l, th_l, color="tab:red", linewidth=1.2,
+            label="η = Bη₀: exact (→ ∞ at Bη₀h_max = 2)")
+    ax.axhline(eta0 * float(s2.sum()) / 4, color="tab:red", linestyle=":", linewidth=1,
+               label="η = Bη₀: first order η₀ tr Σ/4")
+    ax.axvline(bmax, color="gray", linestyle="--", linewidth=1, label="Bη₀h_max = 2")
+    for (bs, ex, se), col, lab in ((fixed, "tab:blue", f"fixed η = {eta_fixed:.3g}"),
+                                   (linear, "tab:red", f"η = Bη₀, η₀ = {eta0:.3g}")):
+        ok = np.isfinite(ex) & (np.asarray(ex) > 0)
+        b = np.asarray(bs, dtype=float)[ok]
+        ax.errorbar(b, np.asarray(ex)[ok], yerr=2 * np.asarray(se)[ok], fmt="o", color=col,
+                    markersize=4, capsize=2, label=f"{lab}: measured (± 2 se)")
+    top = max(float(np.nanmax(th_l)), float(np.nanmax(linear[1][np.isfinite(linear[1])])))
+    ax.plot([b_div], [top], marker="x", color="black", linestyle="none", markersize=7,
+            label=f"B = {b_div} (Bη₀h_max = {b_div * eta0 * h_max:.2f}): diverged")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size B")
+    ax.set_ylabel("stationary L − L*")
+    ax.set_title("Batch size and temperature (diagonal noisy quadratic, replacement)")
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper center")
     path = ctx.figures / "claim3_batch_size.png"
-    plot_curves({f"fixed η = {eta_fixed:.3g}: measured": (fixed_bs, fex),
-                 "fixed η: exact Σ ησ²/(B(4 − 2ηh))": (grid_f, th_f),
-                 f"η = Bη₀ (η₀ = {eta0:.3g}): measured": (lin_bs, lex),
-                 "η = Bη₀: exact (blows up at Bη₀h_max = 2)": (grid_l, th_l),
-                 "η = Bη₀: first order η₀ tr Σ/4": (grid_l, np.full(grid_l.shape,
-                                                                     eta0 * s2.sum() / 4))},
-                path, "batch size B", "stationary L − L*", "Batch size and temperature",
-                logx=True, logy=True, marker=".")
+    _save(fig, path)
     return f"figures/{path.name}"
