@@ -32,6 +32,7 @@ import bisect
 import inspect
 import math
 import numbers
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -123,7 +124,7 @@ def _floored(floor: float, x: float) -> float:
 # --------------------------------------------------------------------------- schedules
 
 
-class Schedule:
+class Schedule(ABC):
     """Base class: a closed-form multiplier ``f(t)`` of the optimizer step (SPEC §2.5).
 
     Subclasses are frozen dataclasses; ``f(t)`` depends on ``t`` only (no hidden state),
@@ -135,12 +136,13 @@ class Schedule:
     def __call__(self, t: int) -> float:
         return self._value(_check_t(t))
 
-    def _value(self, t: int) -> float:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _value(self, t: int) -> float:
+        """The multiplier at a validated step t."""
 
+    @abstractmethod
     def to_dict(self) -> dict[str, Any]:
         """Plain-type description ``{"name": ..., **hyper-parameters}``; see :func:`from_dict`."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
 
 @dataclass(frozen=True)
