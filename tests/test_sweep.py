@@ -53,6 +53,8 @@ def test_every_model_matches_its_own_torch_sgd_run(ds, nesterov, vectorise):
         for name, t in ref.items():
             torch.testing.assert_close(res.params[name][k], t, rtol=1e-10, atol=1e-12)
         assert res.train_loss[k, -1] == pytest.approx(loss, rel=1e-10)
+        assert res.sq_norm[k, -1] == pytest.approx(sum(float(t.pow(2).sum())
+                                                       for t in ref.values()), rel=1e-10)
 
 
 def test_independent_batches_use_each_points_seed(ds):

@@ -63,7 +63,9 @@ def grid(**axes: Iterable[Any]) -> list[dict[str, Any]]:
 class SweepResult:
     """Curves of K models: ``points`` (the hyper-parameters of each), ``steps`` (n_evals,)
     where they were evaluated, ``train_loss`` / ``test_loss`` / ``test_acc`` (K, n_evals),
-    NaN after a divergence; ``diverged_at`` (K,) the step of divergence or −1; ``params``
+    NaN after a divergence; ``sq_norm`` (K, n_evals) ‖Φ‖² over all trainable parameters
+    (so L + (λ/2)‖Φ‖², the objective SGD with coupled decay λ descends, is
+    ``train_loss + 0.5 * λ * sq_norm``); ``diverged_at`` (K,) the step of divergence or −1; ``params``
     (stacked final parameters, name → (K, ...)); ``seconds`` of training; ``engine``."""
 
     points: list[dict[str, Any]]
@@ -72,6 +74,7 @@ class SweepResult:
     test_loss: np.ndarray
     test_acc: np.ndarray
     diverged_at: np.ndarray
+    sq_norm: np.ndarray
     params: dict[str, torch.Tensor] = field(repr=False)
     seconds: float = 0.0
     engine: str = "vmap"
@@ -271,7 +274,7 @@ def train_many(dataset: Dataset, model: str | Callable[[int], nn.Module],
     every = eval_every if eval_every > 0 else steps
     eval_steps = sorted({0, *range(every, steps + 1, every), steps})
     tr = np.full((k, len(eval_steps)), np.nan)
-    te, acc = tr.copy(), tr.copy()
+    te, acc, sq = tr.copy(), tr.copy(), tr.copy()
     diverged = np.full(k, -1)
     alive = torch.ones(k, dtype=torch.bool)
 
@@ -291,9 +294,11 @@ def train_many(dataset: Dataset, model: str | Callable[[int], nn.Module],
                 arr[:, j] = (tot / x.shape[0]).numpy()
                 if acc_arr is not None:
                     acc_arr[:, j] = (cor / x.shape[0]).numpy()
+            sq[:, j] = sum(p.detach().double().pow(2).reshape(k, -1).sum(1)
+                           for p in eng.params).numpy()
         eng.train(True)
         dead = ~alive.numpy()
-        for arr in (tr, te, acc):
+        for arr in (tr, te, acc, sq):
             arr[dead, j] = np.nan
 
     t0 = time.perf_counter()
@@ -328,7 +333,7 @@ def train_many(dataset: Dataset, model: str | Callable[[int], nn.Module],
             j += 1
     seconds = time.perf_counter() - t0
     return SweepResult([dict(p) for p in points], np.array(eval_steps), tr, te, acc, diverged,
-                       eng.stacked(), seconds, "vmap" if eng.vectorise else "loop")
+                       sq, eng.stacked(), seconds, "vmap" if eng.vectorise else "loop")
 
 
 def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
