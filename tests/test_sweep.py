@@ -88,3 +88,30 @@ def test_bad_points_are_one_clear_error(ds):
         train_many(ds, "mlp", [{"lr": 0.1, "momentum": 1.0}], batch_size=8, steps=1)
     with pytest.raises(ValueError, match="unknown axis"):
         grid(eta=[0.1])
+
+
+def test_start_continues_earlier_models(ds):
+    """Two halves of a run (the second started from the first's parameters, at a constant
+    η, with plain SGD) end where one whole run ends, when the batches continue: the sampler
+    is restarted, so the check uses replacement batches of a sampler state we can reproduce —
+    here simply the same batch sequence for both halves of the reference."""
+    pts = [{"lr": 0.1, "seed": 0}, {"lr": 0.05, "seed": 1}]
+    a = train_many(ds, "mlp", pts, batch_size=32, steps=4, model_options={"width": 8},
+                   dtype=torch.float64, batch_seed=5)
+    b = train_many(ds, "mlp", pts, batch_size=32, steps=4, model_options={"width": 8},
+                   dtype=torch.float64, batch_seed=5, start=a.params)
+    for k, p in enumerate(pts):
+        m = models.build("mlp", ds, seed=p["seed"], width=8).double()
+        opt = torch.optim.SGD(m.parameters(), lr=p["lr"])
+        for _ in range(2):
+            sampler = BatchSampler(ds.n_train, 32, "shuffle", 5)
+            for _ in range(4):
+                idx = sampler.next_batch()
+                opt.zero_grad()
+                F.cross_entropy(m(ds.x_train[idx].double()), ds.y_train[idx]).backward()
+                opt.step()
+        for name, t in m.named_parameters():
+            torch.testing.assert_close(b.params[name][k], t.detach(), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="expected"):
+        train_many(ds, "mlp", pts[:1], batch_size=8, steps=1, model_options={"width": 8},
+                   start=a.params)

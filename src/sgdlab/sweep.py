@@ -150,6 +150,20 @@ def _build_models(model: str | Callable[[int], nn.Module], dataset: Dataset,
     return [build(model, dataset, seed=s, **dict(options)) for s in seeds]
 
 
+def _load_start(models: list[nn.Module], start: Mapping[str, torch.Tensor]) -> None:
+    """Copy stacked (K, ...) parameters into the K models (one clear error on a mismatch)."""
+    for k, m in enumerate(models):
+        for name, p in m.named_parameters():
+            if name not in start:
+                raise ValueError(f"train_many: start has no entry for parameter {name!r}")
+            t = start[name]
+            if tuple(t.shape) != (len(models), *p.shape):
+                raise ValueError(f"train_many: start[{name!r}] has shape {tuple(t.shape)}; "
+                                 f"expected {(len(models), *p.shape)}")
+            with torch.no_grad():
+                p.copy_(t[k])
+
+
 def _has_batchnorm(m: nn.Module) -> bool:
     return any(isinstance(x, nn.modules.batchnorm._BatchNorm) for x in m.modules())
 
@@ -225,8 +239,8 @@ def train_many(dataset: Dataset, model: str | Callable[[int], nn.Module],
                batch_seed: int = 0, same_batches: bool = True, eval_every: int = 0,
                eval_train: bool = True, model_options: Mapping[str, Any] | None = None,
                nesterov: bool = False, dtype: torch.dtype = torch.float32,
-               vectorise: bool = True, callback: Callable[[int, _Engine], None] | None = None
-               ) -> SweepResult:
+               vectorise: bool = True, callback: Callable[[int, _Engine], None] | None = None,
+               start: Mapping[str, torch.Tensor] | None = None) -> SweepResult:
     """Train one model per point of ``points`` (dicts with ``lr`` and optionally
     ``momentum``, ``weight_decay``, ``seed`` — the init seed, and with
     ``same_batches=False`` also the batch seed) on ``dataset`` for ``steps`` SGD steps, all at
@@ -236,7 +250,10 @@ def train_many(dataset: Dataset, model: str | Callable[[int], nn.Module],
     seed → module. ``schedule`` multiplies every model's η (SPEC §2.5). ``eval_every`` (0:
     only at the start and the end) sets when the full training loss, test loss and test
     accuracy are measured. ``callback(step, engine)`` runs after every step (for
-    instruments). Returns a :class:`SweepResult`.
+    instruments). ``start``: initial parameters, name → stacked (K, ...) tensor (e.g. the
+    ``params`` of an earlier result, to continue its models at other hyper-parameters;
+    momentum buffers start at zero); default: each model's own initialisation.
+    Returns a :class:`SweepResult`.
     """
     if not points:
         raise ValueError("train_many: points must not be empty")
@@ -255,6 +272,8 @@ def train_many(dataset: Dataset, model: str | Callable[[int], nn.Module],
     mean_loss, _ = loss_functions(task)
     seeds = [int(p.get("seed", 0)) for p in points]
     models = [m.to(dtype) for m in _build_models(model, dataset, seeds, model_options or {})]
+    if start is not None:
+        _load_start(models, start)
     eng = _Engine(models, mean_loss, vectorise)
     like = eng.params[0]
     opt = StackedSGD(eng.params, _per_model(points, "lr", 0.0, like),
