@@ -342,3 +342,37 @@ def test_fit_recovers_exact_coefficients():
     assert c1 == pytest.approx(0.3, rel=1e-10) and c2 == pytest.approx(2.0, rel=1e-8)
     assert chi2 == pytest.approx(0.0, abs=1e-12) and dof == 2
     assert cov.shape == (2, 2) and cov[0, 0] > 0
+
+
+def test_analyse_records_on_ar1_matches_the_closed_form_se():
+    """AR(1) x_t = ρx_{t−1} + e_t, Var e = 1: stationary variance 1/(1 − ρ²), τ_int =
+    (1 + ρ)/(1 − ρ); se of the mean of n records = √(τ_int/((1 − ρ²) n)). Over 40 seeded
+    series the mean reported se matches within 20 % and the z-scores have sd within 0.7–1.4."""
+    from sgdlab.probes.stationary import analyse_records
+
+    rho, n = 0.8, 20_000
+    theory = math.sqrt((1 + rho) / (1 - rho) / (1 - rho**2) / n)
+    ses, zs = [], []
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        e = rng.standard_normal(n)
+        x = np.empty(n)
+        x[0] = e[0] / math.sqrt(1 - rho**2)
+        for t in range(1, n):
+            x[t] = rho * x[t - 1] + e[t]
+        out = analyse_records(3.0 + x, 10)
+        assert out["ok"], out["reason"]
+        ses.append(out["se"])
+        zs.append((out["mean"] - 3.0) / out["se"])
+    assert np.mean(ses) == pytest.approx(theory, rel=0.2)
+    assert 0.7 < np.std(zs) < 1.4
+
+
+def test_analyse_records_flags_a_transient():
+    from sgdlab.probes.stationary import analyse_records
+
+    t = np.arange(2000)
+    rng = np.random.default_rng(0)
+    series = np.exp(-t / 3000) + 0.01 * rng.standard_normal(2000)
+    out = analyse_records(series, 1)
+    assert not out["ok"] and "burn-in" in out["reason"]

@@ -30,6 +30,7 @@ from sgdlab.probes.per_example import (
 from sgdlab.probes.stationary import (
     HeatCapacity,
     StationaryLoss,
+    analyse_records,
     heat_capacity,
     quadratic_excess_loss,
     stationary_loss,
@@ -37,7 +38,7 @@ from sgdlab.probes.stationary import (
 
 __all__ = [
     "HeatCapacity", "NoiseScale", "PerExampleStats", "StationaryLoss", "TopEigenvalue",
-    "TwoBatchEstimator", "angular_update", "effective_lr", "equilibrium_norm4",
+    "TwoBatchEstimator", "analyse_records", "angular_update", "effective_lr", "equilibrium_norm4",
     "heat_capacity", "hessian_vector_product", "noise_scale", "per_example_sq_norms",
     "per_example_stats", "per_example_sum_sq", "quadratic_excess_loss",
     "scale_invariant_report", "stationary_loss", "top_hessian_eigenvalue", "two_batch_estimates",

@@ -781,6 +781,23 @@ def _stationary_loss(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: to
         engine=runner.engine)
 
 
+def analyse_records(series: np.ndarray, record_every: int, *, n_batches: int = 20,
+                    batch_factor: float = 5.0, geweke_z: float = 3.0) -> dict[str, Any]:
+    """The stationarity analysis of :func:`stationary_loss` applied to records that are
+    already there (e.g. the loss curves of a fixed-length run, SPEC §4.1): ``series`` (K, n)
+    — K chains, one record every ``record_every`` steps — or (n,).
+
+    Returns a dict: ``mean``, ``se`` (batch means over all chains after the MSER-5 burn-in),
+    ``burn_in`` (records), ``tau`` (τ_int in records), ``n_batches``, ``batch_len``, ``z``
+    (Geweke drift statistic), ``ok`` (burn-in over, batches ≥ ``batch_factor``·τ_int,
+    |z| ≤ ``geweke_z``) and ``reason`` (the failed tests, or "ok").
+    """
+    arr = np.atleast_2d(np.asarray(series, dtype=float))
+    out = _analyse(arr, record_every, n_batches, batch_factor, geweke_z, 0.0, 0.0, math.inf)
+    out.pop("need", None)
+    return out
+
+
 def _nan_stats() -> dict[str, Any]:
     return {"mean": math.nan, "se": math.nan, "burn_in": 0, "n_batches": 0, "batch_len": 0,
             "tau": math.nan, "z": math.nan}
