@@ -21,7 +21,7 @@ each model separately (tested to agree step for step).
 Batches: with ``same_batches=True`` (the default) every model sees the same batch sequence
 (common random numbers: differences between sweep points are not blurred by different batch
 noise; the input is shared, so the forward costs one gather). With ``same_batches=False`` model
-k draws its own batches from a sampler seeded with its ``seed``.
+k draws its own batches from a sampler seeded with ``batch_seed`` + its ``seed``.
 
 Evaluation every ``eval_every`` steps: the full training loss (data term only, mean over the
 whole training set — the L(Φ) of SPEC §1), test loss and test accuracy of every model, as
@@ -288,7 +288,7 @@ def train_many(dataset: Dataset, model: str | Callable[[int], nn.Module],
     if same_batches:
         samplers = [BatchSampler(n, batch_size, sampling, batch_seed)]
     else:
-        samplers = [BatchSampler(n, batch_size, sampling, s) for s in seeds]
+        samplers = [BatchSampler(n, batch_size, sampling, batch_seed + s) for s in seeds]
     k = len(points)
     every = eval_every if eval_every > 0 else steps
     eval_steps = sorted({0, *range(every, steps + 1, every), steps})
