@@ -14,11 +14,13 @@ from sgdlab.experiments import (
     intrinsic_lr,
     momentum,
     robbins_monro,
+    temperature,
 )
 
 CLAIMS: dict[str, ModuleType] = {
     m.CLAIM.id: m
-    for m in (heat_capacity, batch_size, intrinsic_lr, momentum, adam_bias, robbins_monro)
+    for m in (temperature, heat_capacity, batch_size, intrinsic_lr, momentum, adam_bias,
+              robbins_monro)
 }
 
 
