@@ -26,8 +26,12 @@ $(STAMP): pyproject.toml Makefile
 
 # The main job: a 1-D CNN on MNIST-1D from nothing (~15 s of training on 2 CPU cores);
 # prints the run directory and the final test accuracy.
+# The main job: a short training run, then every claim of the notes measured at --quick
+# budgets (fresh, not from an earlier run's cache); prints the verdict table and the report path.
 run: setup
 	$(VENV)/bin/sgdlab train --config configs/mnist1d_cnn.yaml
+	rm -rf runs/reproduce-quick
+	$(VENV)/bin/sgdlab reproduce --quick --out runs/reproduce-quick
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -39,6 +43,7 @@ bench: setup
 	$(PY) benchmarks/optim_step.py
 	$(PY) benchmarks/trainer_throughput.py
 	$(PY) benchmarks/probes_overhead.py
+	$(PY) benchmarks/sweep.py
 
 # Optional baselines for benchmarks/probes_overhead.py. --no-deps: BackPACK declares
 # torchvision, which would replace the pinned torch; it imports fine without it.
