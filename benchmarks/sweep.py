@@ -81,7 +81,8 @@ def main() -> None:
     ref = statistics.median(times["sequential"])
     print(f"# MNIST-1D MLP, batch {args.batch}, {args.points} learning rates x {args.steps} "
           f"steps, {args.rounds} rounds, torch {torch.__version__}, {args.threads} thread(s); "
-          f"final train losses agree within 2% (float32, different op order; exact agreement is tested in float64) for {sum(ok)}/{len(ok)} finite points")
+          f"final train losses agree within 2% for {sum(ok)}/{len(ok)} finite points (float32, "
+          "different op order; the exact agreement is tested in float64)")
     print("| sweep | seconds (median) | min | max | speed-up over sequential |")
     print("|---|---:|---:|---:|---:|")
     for name, values in times.items():

@@ -5,7 +5,8 @@ launches), not arithmetic. :func:`train_many` stacks the K models' parameters al
 dimension (``torch.func.stack_module_state``), runs the forward pass of all K with
 ``torch.func.vmap(functional_call)`` and one backward of the sum of their losses (the models do
 not interact, so each stacked slice receives its own model's gradient), and updates all of them
-with one vectorised SGD step whose η, β, λ are per-model tensors. Models vmap cannot batch
+with one vectorised SGD step whose η, β, λ are per-model tensors. sgdlab's MLP has a
+hand-batched forward (one ``baddbmm`` per layer, no vmap overhead). Models vmap cannot batch
 (BatchNorm in training mode) fall back to a loop over K separate copies with the same update.
 
 The update is SGD of SPEC §2.1–2.2 with coupled weight decay, per model k, from zero buffers:
@@ -47,6 +48,7 @@ from sgdlab.data import BatchSampler, Dataset
 from sgdlab.schedules import Schedule
 
 HYPER = ("lr", "momentum", "weight_decay", "seed")
+ENGINES = ("auto", "mlp", "vmap", "loop")
 
 
 def grid(**axes: Iterable[Any]) -> list[dict[str, Any]]:
@@ -65,8 +67,8 @@ class SweepResult:
     where they were evaluated, ``train_loss`` / ``test_loss`` / ``test_acc`` (K, n_evals),
     NaN after a divergence; ``sq_norm`` (K, n_evals) ‖Φ‖² over all trainable parameters
     (so L + (λ/2)‖Φ‖², the objective SGD with coupled decay λ descends, is
-    ``train_loss + 0.5 * λ * sq_norm``); ``diverged_at`` (K,) the step of divergence or −1; ``params``
-    (stacked final parameters, name → (K, ...)); ``seconds`` of training; ``engine``."""
+    ``train_loss + 0.5 * λ * sq_norm``); ``diverged_at`` (K,) the step of divergence or −1;
+    ``params`` (stacked final parameters, name → (K, ...)); ``seconds`` of training; ``engine``."""
 
     points: list[dict[str, Any]]
     steps: np.ndarray
@@ -172,11 +174,22 @@ class _Engine:
     """K models: ``loss(idx)`` (sum over models of their batch losses, for backward),
     ``evaluate(x, y)`` → (K,) mean loss and accuracy, ``params`` (list of stacked tensors)."""
 
-    def __init__(self, models: list[nn.Module], loss_fn: Callable, vectorise: bool) -> None:
+    def __init__(self, models: list[nn.Module], loss_fn: Callable, engine: str) -> None:
         from torch.func import functional_call, stack_module_state, vmap
 
+        from sgdlab.models import MLP
+
         self.loss_fn = loss_fn
-        self.vectorise = vectorise and not _has_batchnorm(models[0])
+        if engine not in ENGINES:
+            raise ValueError(f"train_many: engine must be one of {', '.join(ENGINES)}, "
+                             f"got {engine!r}")
+        if engine == "auto":
+            engine = ("mlp" if isinstance(models[0], MLP) else
+                      "loop" if _has_batchnorm(models[0]) else "vmap")
+        if engine == "mlp" and not isinstance(models[0], MLP):
+            raise ValueError("train_many: engine 'mlp' needs sgdlab's mlp model")
+        self.engine = engine
+        self.vectorise = engine != "loop"
         self.k = len(models)
         if self.vectorise:
             params, buffers = stack_module_state(models)
@@ -207,6 +220,8 @@ class _Engine:
 
     def forward(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
         """Outputs (K, n, ...) for a shared input (n, ...) or per-model inputs (K, n, ...)."""
+        if self.engine == "mlp":
+            return self._mlp(x, shared)
         if self.vectorise:
             return (self._shared if shared else self._own)(self.P, self.buffers, x)
         from torch.func import functional_call
@@ -216,6 +231,20 @@ class _Engine:
             p = {n: t[k] for n, t in zip(self.names, self._stacked, strict=True)}
             outs.append(functional_call(m, p, (x if shared else x[k],)))
         return torch.stack(outs)
+
+    def _mlp(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
+        """sgdlab's MLP with batched parameters: h ← act(h Wᵀ + b) as one ``baddbmm`` per
+        layer for all K models (what vmap does, without its per-op overhead: ~30 % faster)."""
+        base, p = self.base, self.P
+        k = self.k
+        h = x.reshape(x.shape[0], -1) if shared else x.reshape(k, x.shape[1], -1)
+        if shared:
+            h = h.unsqueeze(0).expand(k, -1, -1)
+        for i, act in enumerate(base.acts):
+            w, b = p[f"hidden.{i}.weight"], p[f"hidden.{i}.bias"]
+            z = act(torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2)))
+            h = h + z if (base.residual and i > 0) else z
+        return torch.baddbmm(p["head.bias"].unsqueeze(1), h, p["head.weight"].transpose(1, 2))
 
     def stacked(self) -> dict[str, torch.Tensor]:
         """Current parameters, name → (K, ...)."""
@@ -239,7 +268,7 @@ def train_many(dataset: Dataset, model: str | Callable[[int], nn.Module],
                batch_seed: int = 0, same_batches: bool = True, eval_every: int = 0,
                eval_train: bool = True, model_options: Mapping[str, Any] | None = None,
                nesterov: bool = False, dtype: torch.dtype = torch.float32,
-               vectorise: bool = True, callback: Callable[[int, _Engine], None] | None = None,
+               engine: str = "auto", callback: Callable[[int, _Engine], None] | None = None,
                start: Mapping[str, torch.Tensor] | None = None) -> SweepResult:
     """Train one model per point of ``points`` (dicts with ``lr`` and optionally
     ``momentum``, ``weight_decay``, ``seed`` — the init seed, and with
@@ -250,7 +279,10 @@ def train_many(dataset: Dataset, model: str | Callable[[int], nn.Module],
     seed → module. ``schedule`` multiplies every model's η (SPEC §2.5). ``eval_every`` (0:
     only at the start and the end) sets when the full training loss, test loss and test
     accuracy are measured. ``callback(step, engine)`` runs after every step (for
-    instruments). ``start``: initial parameters, name → stacked (K, ...) tensor (e.g. the
+    instruments). ``engine``: "vmap" (``torch.func.vmap`` over ``functional_call``), "mlp"
+    (sgdlab's MLP written with batched matrix products), "loop" (K copies; the fallback for
+    BatchNorm) or "auto" (mlp for an MLP, vmap where possible, else loop). ``start``:
+    initial parameters, name → stacked (K, ...) tensor (e.g. the
     ``params`` of an earlier result, to continue its models at other hyper-parameters;
     momentum buffers start at zero); default: each model's own initialisation.
     Returns a :class:`SweepResult`.
@@ -274,7 +306,7 @@ def train_many(dataset: Dataset, model: str | Callable[[int], nn.Module],
     models = [m.to(dtype) for m in _build_models(model, dataset, seeds, model_options or {})]
     if start is not None:
         _load_start(models, start)
-    eng = _Engine(models, mean_loss, vectorise)
+    eng = _Engine(models, mean_loss, engine)
     like = eng.params[0]
     opt = StackedSGD(eng.params, _per_model(points, "lr", 0.0, like),
                      _per_model(points, "momentum", 0.0, like),
@@ -352,7 +384,7 @@ def train_many(dataset: Dataset, model: str | Callable[[int], nn.Module],
             j += 1
     seconds = time.perf_counter() - t0
     return SweepResult([dict(p) for p in points], np.array(eval_steps), tr, te, acc, diverged,
-                       sq, eng.stacked(), seconds, "vmap" if eng.vectorise else "loop")
+                       sq, eng.stacked(), seconds, eng.engine)
 
 
 def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
