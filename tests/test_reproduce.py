@@ -100,3 +100,16 @@ def test_cache_resumes_instead_of_recomputing(tmp_path):
     assert len(calls) == 1
     ctx.cached({"eta": 0.2, "seed": 0}, expensive)
     assert len(calls) == 2
+
+
+def test_heat_capacity_closed_form_at_its_real_tolerance(tmp_path):
+    """Claim 2's exact part: on the diagonal quadratic the measured stationary excess loss
+    matches Σ_i ησ_i²/(B(4 − 2ηh_i)) within 2 % (the claim's tolerance) at the quick budget;
+    seed 0, the probe's own stationarity tests must pass. η = 0.2 and 0.5 (≈ 3 s)."""
+    from sgdlab.experiments import heat_capacity as hc
+
+    budget = {"chains": 32, "rel_se": 0.008, "max_steps": 60_000}
+    for eta in (0.2, 0.5):
+        d = hc._diag_run(eta, budget, seed=0)
+        assert d["converged"], d["reason"]
+        assert abs(d["ratio"] - 1) < 0.02, d
