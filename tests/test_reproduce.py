@@ -113,3 +113,8 @@ def test_heat_capacity_closed_form_at_its_real_tolerance(tmp_path):
         d = hc._diag_run(eta, budget, seed=0)
         assert d["converged"], d["reason"]
         assert abs(d["ratio"] - 1) < 0.02, d
+
+
+def test_only_accepts_claim_numbers(tmp_path):
+    results = reproduce(tmp_path, mode="smoke", progress=False, only=["7"])
+    assert [r.claim.id for r in results] == ["7-adam-bias-correction"]

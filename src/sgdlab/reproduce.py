@@ -26,7 +26,8 @@ def reproduce(out: str | Path, mode: str = "quick", only: list[str] | None = Non
     """
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    names = only or experiments.available()
+    by_number = {c.split("-")[0]: c for c in experiments.available()}
+    names = [by_number.get(n, n) for n in only] if only else experiments.available()
     unknown = [n for n in names if n not in experiments.CLAIMS]
     if unknown:
         raise ConfigError(f"only: unknown claim {unknown[0]!r}; known: "
