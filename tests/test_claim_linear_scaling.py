@@ -107,6 +107,10 @@ def test_statistics_by_hand():
     assert ls.gap_verdict(0.10, 0.03) == "PASS"
     assert ls.gap_verdict(0.0, 0.005) == "FAIL"         # 0 + 1 < 2 pp: no degradation
     assert ls.gap_verdict(0.01, 0.01) == "INCONCLUSIVE"
+    # a finite run at the class prior (train loss ≈ ln 10) is flagged, a diverged one is not
+    assert ls.at_chance({"diverged": False, "train_loss": 2.3026})
+    assert not ls.at_chance({"diverged": False, "train_loss": 1.0})
+    assert not ls.at_chance({"diverged": True, "train_loss": None})
 
 
 def _finite_or_none(x):

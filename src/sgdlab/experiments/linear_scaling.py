@@ -32,7 +32,8 @@ steps are replaced by this rule.
 
 Measurements (each run: final test accuracy of the last iterate, seeds 0..n−1 setting both the
 initialisation and the batch order; a run that diverges — non-finite loss, recorded by the
-Trainer — scores chance, 1/10, and is counted):
+Trainer — scores chance, 1/10, and is counted; so is a finite run that ends at the class
+prior, final train loss ≥ 0.95·ln 10, "at chance"):
 
 (a) with warmup, at every B of the ladder, Δ(B) = acc(B) − acc(B_ref) (means over seeds).
     Tolerance fixed before measuring: |Δ| ≤ 2 percentage points ("nearly constant"), judged
@@ -143,6 +144,12 @@ def train_one(cfg) -> dict[str, Any]:
             "seconds": time.perf_counter() - t0}
 
 
+def at_chance(r: dict[str, Any]) -> bool:
+    """A finite run that ended at the class prior: final train loss ≥ 0.95·ln 10."""
+    loss = r.get("train_loss")
+    return (not r["diverged"]) and loss is not None and loss >= 0.95 * math.log(10)
+
+
 def _finite(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
@@ -238,6 +245,7 @@ def _run(ctx: Context) -> Result:
     mean = {k: float(np.mean(v)) for k, v in acc.items()}
     sd = {k: _sd(v) for k, v in acc.items()}
     div = {k: int(sum(r["diverged"] for r in v)) for k, v in runs.items()}
+    stuck = {k: int(sum(at_chance(r) for r in v)) for k, v in runs.items()}
     lengths = [run_length(b, epochs, n_train) for b in batches]
 
     # (a) with warmup: every B within the band of B_ref
@@ -284,6 +292,7 @@ def _run(ctx: Context) -> Result:
          "acc_sd": [sd[(b, True)] for b in batches],
          "acc_runs": [acc[(b, True)] for b in batches],
          "diverged": [div[(b, True)] for b in batches],
+         "at_chance": [stuck[(b, True)] for b in batches],
          "diff_vs_ref": diffs, "diff_se": ses, "per_B_verdict": per_b,
          "smallest_B_in_band": lo, "largest_B_in_band": hi}))
 
@@ -312,6 +321,7 @@ def _run(ctx: Context) -> Result:
          "acc_no_warmup_sd_all": [sd[(b, False)] for b in batches],
          "acc_no_warmup_runs_all": [acc[(b, False)] for b in batches],
          "no_warmup_diverged_all": [div[(b, False)] for b in batches],
+         "no_warmup_at_chance_all": [stuck[(b, False)] for b in batches],
          "train_loss_warmup_mean": [_mean_or_none([r["train_loss"] for r in runs[(b, True)]])
                                     for b in batches],
          "train_loss_no_warmup_mean": [
@@ -321,14 +331,17 @@ def _run(ctx: Context) -> Result:
     # table and notes
     def fmt(k: tuple[int, bool]) -> str:
         s = sd[k]
-        d = f", {div[k]} diverged" if div[k] else ""
+        d = (f", {div[k]} diverged" if div[k] else "") + (
+            f", {stuck[k]} at chance" if stuck[k] else "")
         return f"{100 * mean[k]:.1f}" + (f" ± {100 * s:.1f}" if s is not None else "") + d
 
     res.notes.append(
         f"MNIST-1D CNN, momentum β = {BETA}, weight decay {WEIGHT_DECAY}, η = {LR_REF}·B/{B_REF}, "
         f"cosine after a {WARMUP_FRACTION * epochs:.2f}-epoch warmup (or constant η for those "
         f"steps), {epochs} epochs of N = {n_train} for every B, {n_seeds} seed(s); accuracies "
-        "in % (mean ± sd over seeds); a diverged run scores 10%.")
+        "in % (mean ± sd over seeds); a diverged run scores 10%; 'at chance': a finite run "
+        "whose final train loss is within 5% of ln 10 (it predicts the class prior — the "
+        "collapse at too large η that does not produce NaN).")
     res.notes.append("B | η | steps | warmup steps | acc with warmup | acc without warmup")
     for b, (t, w) in zip(batches, lengths, strict=True):
         res.notes.append(f"{b} | {scaled_lr(b):.4g} | {t} | {w} | {fmt((b, True))} | "
