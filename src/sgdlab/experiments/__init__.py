@@ -12,6 +12,7 @@ from sgdlab.experiments import (
     batch_size,
     heat_capacity,
     intrinsic_lr,
+    linear_scaling,
     momentum,
     robbins_monro,
     temperature,
@@ -19,8 +20,8 @@ from sgdlab.experiments import (
 
 CLAIMS: dict[str, ModuleType] = {
     m.CLAIM.id: m
-    for m in (temperature, heat_capacity, batch_size, intrinsic_lr, momentum, adam_bias,
-              robbins_monro)
+    for m in (temperature, heat_capacity, batch_size, linear_scaling, intrinsic_lr, momentum,
+              adam_bias, robbins_monro)
 }
 
 
