@@ -211,9 +211,10 @@ class NormRecorder:
 
     @torch.no_grad()
     def __call__(self, step: int, eng: Any) -> None:
-        ws = [p.detach().flatten(1).double() for p in eng.params]
+        ws = [p.detach().flatten(1).to(torch.float64, copy=True) for p in eng.params]
         if self.prev is None and self.start is not None:
-            self.prev = [self.start[n].flatten(1).double() for n in eng.names]
+            self.prev = [self.start[n].flatten(1).to(torch.float64, copy=True)
+                         for n in eng.names]
             self.x.append(torch.stack([(w * w).sum(1) for w in self.prev]))
         if not self.x:
             self.x.append(torch.full((len(ws), len(self.lr)), math.nan, dtype=torch.float64))
@@ -563,13 +564,18 @@ def _check_relaxation(out: dict[str, Any], b: dict[str, Any]) -> Check:
     early = a2 < MIN_TAUS * relaxation_time(ETA, min(ladder) / ETA)
     v = "INCONCLUSIVE" if early else _band(abs(slope + 1), se, TOL_SLOPE)
     prod = [4 * el * t for el, t in zip(ladder, pooled, strict=True)]
+    gq = {d: [_f(f["G_first_tau_over_final"]) for f in fits if f["direction"] == d]
+          for d in ("up", "down")}
+    g_txt = "; G over the first τ after the kick / final G: " + ", ".join(
+        f"{d} {min(v):.2f}–{max(v):.2f}" for d, v in gq.items() if v)
     return Check(
         "relaxation time ∝ 1/(ηλ)",
         "‖w‖⁴ relaxes at rate ≈ 4ηλ per step: τ ≈ 1/(4ηλ), log-log slope of τ against ηλ = −1",
         f"slope {slope:.3f} ± {se:.3f}; pooled τ (steps) "
         + ", ".join(f"ηλ={el:g}: {t:.1f}" for el, t in zip(ladder, pooled, strict=True))
         + "; 4ηλτ " + ", ".join(f"{p:.2f}" for p in prod)
-        + "; slopes per direction/layer " + ", ".join(f"{k}: {s:.2f}" for k, s in per.items()),
+        + "; slopes per direction/layer " + ", ".join(f"{k}: {s:.2f}" for k, s in per.items())
+        + g_txt,
         f"slope −1 ± {TOL_SLOPE} (±2 se of the fit inside); u_∞ window ≥ {MIN_TAUS:g} τ in",
         v, {"slope": slope, "slope_se": se,
             "pooled_tau": dict(zip(map(str, ladder), pooled, strict=True)),
