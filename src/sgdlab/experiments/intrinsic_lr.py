@@ -41,8 +41,9 @@ Phases (quick sizes; full doubles lengths, adds ηλ = 1e-3 and seeds):
 1. from init, T₁ = 1500 steps: the ladder ηλ ∈ {2e-3, 4e-3, 1e-2, 2e-2} at η = 0.1, and the
    equal-ηλ configurations (η, λ) ∈ {(0.05, 0.08), (0.1, 0.04), (0.2, 0.02)} (ηλ = 4e-3), each
    for every seed; the equilibrium window is the last 40 % (≥ 7 relaxation times);
-2. kick: every ladder model's final state with each layer rescaled so that ‖w‖⁴ ×10 or ×0.1
-   (directions, hence Γ, unchanged at the kick), then T₂ = 1250 steps at the same (η, λ);
+2. kick: the ladder models' final states (2 seeds in quick, all in full) with each layer
+   rescaled so that ‖w‖⁴ ×10 or ×0.1 (directions, hence Γ, unchanged at the kick), then
+   T₂ = 1250 steps at the same (η, λ);
 3. decay: the ladder models at ηλ = 1e-2 continue with η/10 (ηλ = 1e-3, τ = 250 steps) for
    T₃ = 2500 steps; the new equilibrium window is the last 40 % (≥ 6 τ).
 
@@ -59,7 +60,9 @@ a window that starts before 6 predicted relaxation times makes its check INCONCL
    30 % of phase 2); τ_fit = −1/slope of the least-squares line of log|d̄_t| against t from the
    kick until |d̄_t| first falls below 0.2; pooled τ(ηλ) = geometric mean over layers and both
    kick directions; log-log slope of τ against ηλ = −1 ± 0.15. Reported beside it: 4ηλτ
-   (theory ≈ 1), the slopes per layer and direction, and the steps until |d̄| < 0.1.
+   (theory ≈ 1), the slopes per layer and direction, the steps until |d̄| < 0.1, and how far
+   G moves after the kick (mean Γ over the first predicted τ / over the final window): the
+   theory's rate assumes G constant, and the network's G responds to the changed effective LR.
 4. ×0.1 decay: the ratio of mean effective LR η/‖w‖² (phase-1 window) to that at the new
    equilibrium (phase-3 window), per layer, = √10 within 10 % (the claim).
 5. the same ratio against :func:`decay_ratio` with the measured G_pre, G_post, within 10 %
