@@ -33,7 +33,7 @@ AdamW lr 3e-3, decoupled weight decay 0.1, B = 100).
 4. Schedules (CNN recipe, no warm-up, base lr η_b = the geometric mean over seeds of η̂ from
    3 — the recipe's step 3 feeding step 4): step = ×0.1 at T/3 and 2T/3 (the ResNet recipe's
    30/60 of 90 epochs, scaled), cosine over T, linear over T, E epochs (T = E·⌊N/B⌋ steps;
-   E = 1/6/20), seeds 0..n−1, K evaluations per run (K = 8/16/16). The notes rank nothing:
+   E = 3/6/20), seeds 0..n−1, K evaluations per run (K = 8/16/16). The notes rank nothing:
    they list the three as common choices (ResNets, SGDR/GPT, BERT), so the check is a
    table: PASS when every run trains (no divergence, final test accuracy ≥ 20 % = 2×
    chance), FAIL otherwise; the table gives mean ± sd per schedule, the ranking and each
@@ -216,7 +216,7 @@ def _run(ctx: Context) -> Result:
     n_sched = ctx.budget(1, 2, 4)
     overfit_steps = ctx.budget(150, 300, 500)
     find_steps = ctx.budget(100, 200, 200)
-    epochs = ctx.budget(1, 6, 20)
+    epochs = ctx.budget(3, 6, 20)
     n_evals = ctx.budget(8, 16, 16)
     slope_last = n_evals // 4
     grid_seeds = ctx.budget(0, 1, n_check)

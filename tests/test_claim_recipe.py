@@ -1,0 +1,115 @@
+"""Claim 11 (the recipe, SPEC §4.11): smoke run, and the exact parts against independent
+references (float64 cross-entropy, sgdlab.recipe.check, closed-form schedules, numpy)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sgdlab.experiments import recipe_claim as rc
+from sgdlab.experiments.base import VERDICTS, Context
+
+
+def _finite_numbers(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            _finite_numbers(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _finite_numbers(v)
+    elif isinstance(obj, float):
+        assert math.isfinite(obj)
+
+
+def test_recipe_claim_smoke(tmp_path):
+    res = rc.run(Context(tmp_path, mode="smoke"))
+    assert res.claim.id == "11-recipe"
+    assert res.verdict in VERDICTS
+    assert len(res.checks) == 5
+    for c in res.checks:
+        assert c.verdict in ("PASS", "FAIL", "INCONCLUSIVE")
+        assert c.prediction and c.measured and c.tolerance and c.numbers
+        _finite_numbers(c.numbers)
+    init = res.checks[0].numbers
+    assert init["ln_c"] == pytest.approx(math.log(10))
+    # the recipe's own check reports the same initial loss as the claim's helper
+    for key, value in res.checks[1].numbers["recipe_check_initial_loss"].items():
+        model, seed = key.split("/")
+        assert value == pytest.approx(init[f"{model}_loss"][int(seed)], rel=1e-6)
+    table = res.checks[3].numbers
+    assert set(table["acc"]) == set(rc.SCHEDULES)
+    assert table["base_lr"] > 0
+    assert len(res.figures) == 2
+    for f in res.figures:
+        assert (tmp_path / f).is_file()
+
+
+@pytest.mark.parametrize("model", ["cnn", "mlp"])
+def test_initial_loss_float64(model):
+    """initial_loss against a float64 log-sum-exp re-derivation of the mean cross-entropy of
+    the same freshly built model."""
+    from sgdlab import data, models
+
+    cfg = rc.config(model, 3)
+    got = rc.initial_loss(cfg)
+    ds = data.load("mnist1d", seed=3)
+    net = models.build(cfg.model, ds, seed=3, **cfg.model_options).double()
+    with torch.no_grad():
+        z = net(ds.x_train.double())
+    lse = z.max(1).values + torch.log(torch.exp(z - z.max(1, keepdim=True).values).sum(1))
+    ref = float((lse - z[torch.arange(len(ds.y_train)), ds.y_train]).mean())
+    assert got["loss"] == pytest.approx(ref, rel=1e-5)
+    assert abs(got["loss"] - math.log(10)) < 0.1 * math.log(10)
+
+
+def test_schedules_match_closed_forms():
+    """The three schedules of (4), as the Trainer builds them, against SPEC §2.5's closed
+    forms: step ×0.1 at T/3 and 2T/3, cosine ½(1 + cos(πt/T)), linear 1 − t/T."""
+    from sgdlab import train
+
+    n_train = 4000
+    for name in rc.SCHEDULES:
+        cfg = rc.schedule_config(name, 0, 0.05, 3, n_train)
+        run = train.build(cfg)
+        T = cfg.steps
+        assert T == 3 * (n_train // 128)
+        assert cfg.warmup_steps == 0
+        for t in (0, 1, T // 3 - 1, T // 3, round(T / 3), T // 2, round(2 * T / 3), T - 1):
+            if name == "step":
+                ref = 0.1 ** sum(t >= m for m in (round(T / 3), round(2 * T / 3)))
+            elif name == "cosine":
+                ref = 0.5 * (1 + math.cos(math.pi * t / T))
+            else:
+                ref = 1 - t / T
+            assert run.schedule(t) == pytest.approx(ref, abs=1e-12), (name, t)
+
+
+def test_drop_config_is_constant_100_iterations():
+    from sgdlab import train
+
+    cfg = rc.drop_config(0, 0.03)
+    assert cfg.steps == rc.DROP_ITERS == 100 and cfg.schedule == "constant"
+    run = train.build(cfg)
+    assert all(run.schedule(t) == 1.0 for t in (0, 50, 99))
+    assert run.optimizer.param_groups[0]["lr"] == pytest.approx(0.03)
+
+
+def test_end_slope_against_polyfit():
+    rng = np.random.default_rng(0)
+    epochs = np.linspace(0.5, 10, 20)
+    acc = 0.3 + 0.02 * epochs + 0.01 * rng.standard_normal(20)
+    curve = [{"epoch": float(e), "test_acc": float(a)} for e, a in zip(epochs, acc, strict=True)]
+    for last in (2, 4, 5):
+        ref = np.polyfit(epochs[-last:], acc[-last:], 1)[0]
+        assert rc.end_slope(curve, last) == pytest.approx(ref, rel=1e-10)
+    assert rc.end_slope(curve[:1], 4) is None
+
+
+def test_sd_floor():
+    # two equal accuracies: the sd is the binomial floor √(p(1 − p)/n)
+    assert rc._sd_floor([0.5, 0.5], 1000) == pytest.approx(math.sqrt(0.25 / 1000))
+    assert rc._sd_floor([0.0, 0.0], 1000, p=0.5, pairs=True) == pytest.approx(
+        math.sqrt(0.5 / 1000))
+    assert rc._sd_floor([0.1, 0.9], 1000) == pytest.approx(np.std([0.1, 0.9], ddof=1))
+    assert rc._sd_floor([0.3], 1000) is None
