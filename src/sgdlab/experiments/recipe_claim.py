@@ -466,6 +466,9 @@ def _figure_lr(ctx: Context, finds: list[dict], found: list[dict], grid: dict) -
         ax.plot(f["lrs"], f["smoothed_losses"], linewidth=1.2, label=f"seed {s}")
         ax.axvline(f["suggestion"], linestyle="--", linewidth=0.8,
                    color=ax.lines[-1].get_color())
+    start = [f["smoothed_losses"][0] for f in finds if f["smoothed_losses"]]
+    if start:  # the blow-up at the end would hide the curve
+        ax.set_ylim(0, 1.5 * max(start))
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("smoothed batch loss")
