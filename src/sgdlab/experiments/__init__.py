@@ -14,14 +14,16 @@ from sgdlab.experiments import (
     intrinsic_lr,
     linear_scaling,
     momentum,
+    recipe_claim,
     robbins_monro,
+    swa,
     temperature,
 )
 
 CLAIMS: dict[str, ModuleType] = {
     m.CLAIM.id: m
     for m in (temperature, heat_capacity, batch_size, linear_scaling, intrinsic_lr, momentum,
-              adam_bias, robbins_monro)
+              adam_bias, robbins_monro, swa, recipe_claim)
 }
 
 
