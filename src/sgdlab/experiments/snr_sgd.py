@@ -40,6 +40,8 @@ against the same quantities from the true B*.
   tuning uses the final *validation* accuracy (10 % of the training split held out, the
   same split for every optimizer) for classifiers and the final *training* excess loss for
   the quadratics — never the test set; the tuned lr's own runs are the ones reported;
+* on the quadratics also plain SGD (SPEC §2.1, constant lr, no momentum) tuned on the same
+  grid — for reference, not judged;
 * Adam at its defaults (lr 1e-3, β = (0.9, 0.999), ε = 1e-8), no schedule;
 * Prodigy (``prodigyopt``) and schedule-free AdamW (``schedulefree``) at their defaults, only
   when installed (``pip install sgdlab[peers]``).
@@ -102,8 +104,8 @@ HMAX_EXAMPLES = 1024            # training examples for the h_max probe on netwo
 QUAD_TARGET = 1.0               # training excess loss L − L*
 PEERS = {"prodigy": "prodigyopt", "schedulefree": "schedulefree"}
 LABELS = {"snr_sgd": "snr_sgd (lr = 1/(2h_max))", "sgd_cosine": "SGD+mom 0.9+cosine (tuned)",
-          "adam": "Adam (defaults)", "prodigy": "Prodigy (defaults)",
-          "schedulefree": "schedule-free AdamW (defaults)"}
+          "sgd_constant": "plain SGD, constant lr (tuned)", "adam": "Adam (defaults)",
+          "prodigy": "Prodigy (defaults)", "schedulefree": "schedule-free AdamW (defaults)"}
 
 
 @dataclass(frozen=True)
@@ -135,9 +137,9 @@ WORKLOADS = (
     Workload("mnist1d_mlp", "MNIST-1D MLP (residual 2×100)", "classifier", "mnist1d", "mlp",
              {"residual": True}, 128, (100, 1500, 3000), 0.60, _CGRID),
     Workload("mnist1d_cnn", "MNIST-1D CNN", "classifier", "mnist1d", "cnn", {}, 128,
-             (100, 1500, 2000), 0.85, _CGRID),
+             (100, 1500, 1500), 0.85, _CGRID),
     Workload("digits_cnn", "digits CNN", "classifier", "digits", "cnn", {}, 64,
-             (100, 300, 600), 0.95, _CGRID),
+             (100, 300, 300), 0.95, _CGRID),
     Workload("mnist_mlp", "MNIST MLP (2×100)", "classifier", "mnist", "mlp", {}, 128,
              (50, 350, 700), 0.96, _CGRID, evals=10, flatten=True),
 )
@@ -391,6 +393,8 @@ def _make_optimizer(name: str, params: list[torch.Tensor], lr: float | None, ste
     if name == "sgd_cosine":
         opt = optim.create("momentum", params, lr=lr, beta=BETA)
         return opt, schedules.to_torch(opt, schedules.cosine(total=steps)), False
+    if name == "sgd_constant":
+        return optim.create("sgd", params, lr=lr), None, False
     if name == "adam":
         return optim.create("adam", params), None, False
     if name == "prodigy":
@@ -512,9 +516,12 @@ def train_run(w: Workload, name: str, lr: float | None, seed: int, steps: int
             "snr_diagnostics": diag}
 
 
-def _rows() -> list[str]:
-    """The table's optimizer rows that can run here (the peers only when installed)."""
-    return ["snr_sgd", "sgd_cosine", "adam"] + [p for p in PEERS if _peer_available(p)]
+def _rows(kind: str = "classifier") -> list[str]:
+    """The table's optimizer rows that can run here (the peers only when installed; plain
+    constant-lr SGD on the quadratics only)."""
+    const = ["sgd_constant"] if kind == "quadratic" else []
+    return (["snr_sgd", "sgd_cosine"] + const + ["adam"]
+            + [p for p in PEERS if _peer_available(p)])
 
 
 def _score(w: Workload, results: list[dict[str, Any]]) -> float:
@@ -582,14 +589,20 @@ def _workload(ctx: Context, w: Workload, seeds: list[int]) -> dict[str, Any]:
     scores = {lr: _score(w, rs) for lr, rs in grid_runs.items()}
     best = max(lrs, key=lambda lr: scores[lr])
     runs["sgd_cosine"] = grid_runs[best]
-    for name in _rows()[2:]:
+    const, const_runs = {}, {}
+    if w.kind == "quadratic":     # SPEC §2.1 SGD, no momentum, no schedule, same grid
+        const_runs = {lr: [one("sgd_constant", lr, s) for s in seeds] for lr in lrs}
+        const = {lr: _score(w, rs) for lr, rs in const_runs.items()}
+        runs["sgd_constant"] = const_runs[max(lrs, key=lambda lr: const[lr])]
+    for name in _rows(w.kind)[len(runs):]:
         runs[name] = [one(name, None, s) for s in seeds]
     rows = {name: _summary(w, rs) for name, rs in runs.items()}
     return {"workload": w, "steps": steps, "seeds": seeds, "h_max": hmax, "eig_max": eig_max,
             "grid": lrs, "grid_units": list(grid), "grid_scores": scores, "best_lr": best,
             "best_at_edge": best in (lrs[0], lrs[-1]) and len(lrs) > 1,
             "grid_summary": {lr: _summary(w, rs) for lr, rs in grid_runs.items()},
-            "grid_runs": grid_runs, "runs": runs, "rows": rows}
+            "grid_runs": grid_runs, "runs": runs, "rows": rows, "constant_scores": const,
+            "constant_runs": const_runs}
 
 
 def _paired(a: list[float | None], b: list[float | None]) -> tuple[float, float, int]:
@@ -639,7 +652,7 @@ def _table(wres: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|\n")
     lines = []
     for name, r in wres["rows"].items():
-        lr = "default" if name in ("adam", "prodigy", "schedulefree") else f"{r['lr']:.3g}"
+        lr = "default" if r["lr"] is None else f"{r['lr']:.3g}"
         reach = f" ({r['reached']}/{r['seeds']})" if r["reached"] < r["seeds"] else ""
         st = _fmt(r["steps_to_target_mean"], r["steps_to_target_sd"]) + reach
         ss = _fmt(r["seconds_to_target_mean"], r["seconds_to_target_sd"], 2)
@@ -655,6 +668,11 @@ def _table(wres: dict[str, Any]) -> str:
     tail = (f"\n\nSGD grid (lr: final, mean over seeds): {grid}; chosen by {crit}: "
             f"{wres['best_lr']:.3g}" + (" — at the edge of the grid" if wres["best_at_edge"]
                                         else "") + ".")
+    if wres["constant_scores"]:
+        tail += (" Plain constant-lr SGD on the same grid (lr: final L − L*, geometric mean "
+                 "over seeds): ") + ", ".join(
+            f"{lr:.3g}: " + (f"{math.exp(-sc):.3g}" if math.isfinite(sc) else "diverged")
+            for lr, sc in wres["constant_scores"].items()) + "."
     d = wres["rows"]["snr_sgd"]["snr_final_diagnostics"]
     if d and None not in d.values():
         tail += (f" snr_sgd at the end (diagnostics, mean over seeds): mean step fraction "
@@ -754,8 +772,10 @@ def _check_frames(res: Result, al: dict[str, Any], ro: dict[str, Any]) -> None:
     """Check 2: SGD + momentum + cosine is rotation-equivariant, so its final excess is the
     same in both frames at every grid point and seed (float64 round-off only)."""
     rel = []
-    for la, lr_ in zip(al["grid"], ro["grid"], strict=True):
-        for a, b in zip(al["grid_runs"][la], ro["grid_runs"][lr_], strict=True):
+    pairs = [(al[k][la], ro[k][lr_]) for k in ("grid_runs", "constant_runs")
+             for la, lr_ in zip(al["grid"], ro["grid"], strict=True)]
+    for ra, rb in pairs:
+        for a, b in zip(ra, rb, strict=True):
             if a["final"] is None or b["final"] is None:
                 rel.append(0.0 if a["final"] == b["final"] else math.inf)
             else:
@@ -763,8 +783,8 @@ def _check_frames(res: Result, al: dict[str, Any], ro: dict[str, Any]) -> None:
     worst = float(max(rel))
     res.checks.append(Check(
         "control: the two quadratic frames are one problem",
-        "SGD + momentum + cosine gives the same final L − L* on the axis-aligned and the "
-        "rotated quadratic (same problem in another basis, same batches)",
+        "SGD (with momentum + cosine, and plain constant-lr) gives the same final L − L* on the "
+        "axis-aligned and the rotated quadratic (same problem in another basis, same batches)",
         f"max relative difference over {len(rel)} runs (every grid lr and seed): {worst:.1e}",
         "≤ 1e-6 (float64)", verdict(worst <= 1e-6),
         {"max_rel_diff": _fin(worst), "runs": len(rel)}))
@@ -775,6 +795,8 @@ def _check_aligned(res: Result, al: dict[str, Any]) -> None:
     snr, sgd = al["rows"]["snr_sgd"], al["rows"]["sgd_cosine"]
     mean, se, n = _paired(snr["log_final"], sgd["log_final"])
     v = _direction_verdict(mean, se, -1)
+    const = al["rows"]["sgd_constant"]
+    mc, sec, _ = _paired(snr["log_final"], const["log_final"])
     res.checks.append(Check(
         "axis-aligned quadratic: snr_sgd beats tuned SGD",
         "snr_sgd ends with a lower training excess loss than SGD + momentum + cosine "
@@ -782,13 +804,18 @@ def _check_aligned(res: Result, al: dict[str, Any]) -> None:
         f"L − L*: snr_sgd {_fmt(snr['final_mean'], snr['final_sd'])} vs SGD "
         f"{_fmt(sgd['final_mean'], sgd['final_sd'])} (lr {sgd['lr']:.3g}); mean log ratio "
         f"{mean:+.3f} ± {se:.3f} over {n} seeds; steps to L − L* ≤ {QUAD_TARGET:g}: "
-        f"{_fmt(snr['steps_to_target_mean'], None)} vs {_fmt(sgd['steps_to_target_mean'], None)}",
+        f"{_fmt(snr['steps_to_target_mean'], None)} vs {_fmt(sgd['steps_to_target_mean'], None)}"
+        f". Not judged, for reference: against plain constant-lr SGD (SPEC §2.1, tuned on the "
+        f"same grid, lr {const['lr']:.3g}, L − L* {_fmt(const['final_mean'], const['final_sd'])}"
+        f") the log ratio is {mc:+.3f} ± {sec:.3f}",
         "log(snr/SGD) < 0 by more than 2 se (paired by seed): PASS; > 0 by 2 se: FAIL", v,
         {"log_ratio_mean": _fin(mean), "log_ratio_se": _fin(se), "seeds": n,
          "snr_final": snr["final"], "sgd_final": sgd["final"], "sgd_lr": sgd["lr"],
          "snr_lr": snr["lr"], "sgd_lr_at_grid_edge": al["best_at_edge"],
          "snr_steps_to_target": snr["steps_to_target"],
-         "sgd_steps_to_target": sgd["steps_to_target"]}))
+         "sgd_steps_to_target": sgd["steps_to_target"],
+         "constant_sgd_lr": const["lr"], "constant_sgd_final": const["final"],
+         "vs_constant_sgd_log_ratio_mean": _fin(mc), "vs_constant_sgd_log_ratio_se": _fin(sec)}))
 
 
 def _check_rotated(res: Result, al: dict[str, Any], ro: dict[str, Any]) -> None:
@@ -860,31 +887,32 @@ def _check_table(res: Result, ctx: Context, results: dict[str, dict[str, Any]],
         "produced a result (a divergence is a result)",
         "PASS" if not skipped else "INCONCLUSIVE",
         {"table": table, "skipped": skipped, "planned": list(planned),
-         "rows": _rows()}))
+         "rows": {k: list(v["rows"]) for k, v in results.items()}}))
 
 
 def _figure_part1(ctx: Context, p1: dict[str, Any]) -> str:
-    """Estimated against true B*/B (log-log), with the window range and the control whose
-    window is fixed at the true B*/B."""
+    """B*_est/B* against the true B*/B: snr_sgd (± 2 se) and the control whose window is
+    fixed at the true B*/B, with the window range and the ±0.1 (log) tolerance band."""
     from sgdlab.plots import _figure, _save
 
     rho, lr, se, fixed = p1["rho"], p1["log_ratio"], p1["se"], p1["fixed"]
     fig, axes = _figure(1, 1, figsize=(7.0, 4.6))
     ax = axes[0, 0]
     ax.axvspan(1 / W_MAX, 1 / W_MIN, color="tab:green", alpha=0.12,
-               label="window = B*/B (10 … 1000 batches)")
-    grid = np.geomspace(rho.min(), rho.max(), 200)
-    ax.plot(grid, grid, color="black", linewidth=1, label="B*_est = B* (16σ²/G²)")
-    ax.plot(rho, rho * np.exp(fixed), color="tab:orange", marker="s", markersize=3,
+               label="window = B*/B batches (10 … 1000)")
+    ax.axhspan(math.exp(-P1_TOL), math.exp(P1_TOL), color="gray", alpha=0.15,
+               label=f"tolerance |log ratio| ≤ {P1_TOL}")
+    ax.axhline(1.0, color="black", linewidth=1)
+    ax.plot(rho, np.exp(fixed), color="tab:orange", marker="s", markersize=3,
             linestyle="--", linewidth=1, label="control: window fixed at the true B*/B")
-    ax.errorbar(rho, rho * np.exp(lr), yerr=[rho * np.exp(lr) * (1 - np.exp(-2 * se)),
-                                             rho * np.exp(lr) * (np.exp(2 * se) - 1)],
+    ax.errorbar(rho, np.exp(lr), yerr=[np.exp(lr) * (1 - np.exp(-2 * se)),
+                                       np.exp(lr) * (np.exp(2 * se) - 1)],
                 fmt="o", color="tab:blue", markersize=4, capsize=2,
                 label="snr_sgd: B/r (geometric mean, ± 2 se)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("true B*/B = 16σ²/(B G²)")
-    ax.set_ylabel("estimated B*/B = 1/r")
+    ax.set_ylabel("estimated B* / true B*")
     ax.set_title("snr_sgd's per-coordinate B* (frozen Φ, G and σ known)")
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper left")
@@ -900,8 +928,10 @@ def _figure_curves(ctx: Context, results: dict[str, dict[str, Any]]) -> str:
     keys = list(results)
     ncols = 2 if len(keys) > 1 else 1
     nrows = math.ceil(len(keys) / ncols)
-    fig, axes = _figure(nrows, ncols, figsize=(5.0 * ncols, 3.4 * nrows))
-    colors = {"snr_sgd": "tab:red", "sgd_cosine": "tab:blue", "adam": "tab:green",
+    fig, axes = _figure(nrows, ncols, figsize=(5.0 * ncols, 3.6 * nrows))
+    fig.subplots_adjust(hspace=0.45 if nrows > 1 else 0.2, wspace=0.25)
+    colors = {"snr_sgd": "tab:red", "sgd_cosine": "tab:blue", "sgd_constant": "tab:cyan",
+              "adam": "tab:green",
               "prodigy": "tab:purple", "schedulefree": "tab:brown"}
     for i, key in enumerate(keys):
         ax = axes[i // ncols, i % ncols]
