@@ -672,7 +672,11 @@ def _table(wres: dict[str, Any]) -> str:
         tail += (" Plain constant-lr SGD on the same grid (lr: final L − L*, geometric mean "
                  "over seeds): ") + ", ".join(
             f"{lr:.3g}: " + (f"{math.exp(-sc):.3g}" if math.isfinite(sc) else "diverged")
-            for lr, sc in wres["constant_scores"].items()) + "."
+            for lr, sc in wres["constant_scores"].items())
+        cs = wres["constant_scores"]
+        best_c = max(cs, key=lambda lr: cs[lr])
+        tail += f"; best {best_c:.3g}" + (" — at the edge of the grid." if best_c in (
+            min(cs), max(cs)) and len(cs) > 1 else ".")
     d = wres["rows"]["snr_sgd"]["snr_final_diagnostics"]
     if d and None not in d.values():
         tail += (f" snr_sgd at the end (diagnostics, mean over seeds): mean step fraction "
