@@ -9,6 +9,9 @@ EXTRAS     ?= test
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.sgdlab-setup
 PYTEST_ARGS ?= -n 2
+# one torch thread per test worker: two workers on two cores, no oversubscription (torch's
+# CPU kernels spin-wait, so 2 workers x 2 threads on 2 cores can run many times slower)
+TEST_THREADS ?= 1
 
 .PHONY: setup test lint run bench bench-extras clean
 
@@ -34,7 +37,7 @@ run: setup
 	$(VENV)/bin/sgdlab reproduce --quick --out runs/reproduce-quick
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
