@@ -922,7 +922,6 @@ def _figure_part1(ctx: Context, p1: dict[str, Any]) -> str:
                 fmt="o", color="tab:blue", markersize=4, capsize=2,
                 label="snr_sgd: B/r (geometric mean, ± 2 se)")
     ax.set_xscale("log")
-    ax.set_yscale("log")
     ax.set_xlabel("true B*/B = 16σ²/(B G²)")
     ax.set_ylabel("estimated B* / true B*")
     ax.set_title("snr_sgd's per-coordinate B* (frozen Φ, G and σ known)")
