@@ -16,6 +16,7 @@ from sgdlab.experiments import (
     momentum,
     recipe_claim,
     robbins_monro,
+    snr_sgd,
     swa,
     temperature,
 )
@@ -23,7 +24,7 @@ from sgdlab.experiments import (
 CLAIMS: dict[str, ModuleType] = {
     m.CLAIM.id: m
     for m in (temperature, heat_capacity, batch_size, linear_scaling, intrinsic_lr, momentum,
-              adam_bias, robbins_monro, swa, recipe_claim)
+              adam_bias, robbins_monro, snr_sgd, swa, recipe_claim)
 }
 
 
