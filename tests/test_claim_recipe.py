@@ -7,19 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from _checks import non_finite
 from sgdlab.experiments import recipe_claim as rc
 from sgdlab.experiments.base import VERDICTS, Context
-
-
-def _finite_numbers(obj):
-    if isinstance(obj, dict):
-        for v in obj.values():
-            _finite_numbers(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            _finite_numbers(v)
-    elif isinstance(obj, float):
-        assert math.isfinite(obj)
 
 
 def test_recipe_claim_smoke(tmp_path):
@@ -30,7 +20,7 @@ def test_recipe_claim_smoke(tmp_path):
     for c in res.checks:
         assert c.verdict in ("PASS", "FAIL", "INCONCLUSIVE")
         assert c.prediction and c.measured and c.tolerance and c.numbers
-        _finite_numbers(c.numbers)
+        assert not non_finite(c.numbers), non_finite(c.numbers)
     init = res.checks[0].numbers
     assert init["ln_c"] == pytest.approx(math.log(10))
     # the recipe's own check reports the same initial loss as the claim's helper

@@ -6,20 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from _checks import non_finite
 from sgdlab.experiments import swa
 from sgdlab.experiments.base import VERDICTS, Context
 from sgdlab.probes.stationary import quadratic_excess_loss
-
-
-def _finite_numbers(obj):
-    if isinstance(obj, dict):
-        for v in obj.values():
-            _finite_numbers(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            _finite_numbers(v)
-    elif isinstance(obj, float):
-        assert math.isfinite(obj)
 
 
 def test_swa_claim_smoke(tmp_path):
@@ -30,7 +20,7 @@ def test_swa_claim_smoke(tmp_path):
     for c in res.checks:
         assert c.verdict in ("PASS", "FAIL", "INCONCLUSIVE")
         assert c.prediction and c.measured and c.tolerance and c.numbers
-        _finite_numbers(c.numbers)
+        assert not non_finite(c.numbers), non_finite(c.numbers)
     closed = res.checks[1].numbers
     assert len(closed["windows"]) == len(closed["measured"]) == len(closed["exact"])
     assert all(m > 0 and s > 0 for m, s in zip(closed["measured"], closed["se"], strict=True))

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
+from _checks import non_finite
 from sgdlab import experiments
 from sgdlab.cli import main
 from sgdlab.config import ConfigError
 from sgdlab.experiments.base import Check, Claim, Context, Result
 from sgdlab.reproduce import reproduce
-
-
-def _finite_numbers(obj):
-    if isinstance(obj, dict):
-        return all(_finite_numbers(v) for v in obj.values())
-    if isinstance(obj, list):
-        return all(_finite_numbers(v) for v in obj)
-    if isinstance(obj, float):
-        return math.isfinite(obj)
-    return True
 
 
 def test_smoke_run_of_every_claim(tmp_path, capsys):
@@ -34,7 +24,8 @@ def test_smoke_run_of_every_claim(tmp_path, capsys):
     for r in results["results"]:
         assert r["error"] is None, r["error"]
         assert r["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
-        assert r["checks"] and _finite_numbers(r["checks"])
+        bad = non_finite(r["checks"])
+        assert r["checks"] and not bad, (r["claim"]["id"], bad)
         for fig in r["figures"]:
             assert (out / fig).is_file()
     html = (out / "report.html").read_text()

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sgdlab.experiments.base import Check, Claim, Context, Result, verdict
+from sgdlab.experiments.base import Check, Claim, Context, Result, torch_threads, verdict
 from sgdlab.probes.stationary import quadratic_excess_loss, stationary_loss
 
 CLAIM = Claim("3-batch-size", "Batch size and temperature",
@@ -147,13 +147,8 @@ def _sum_identity(prob: dict[str, Any], eta0: float, batch: int, steps: int) -> 
     o_sum = optim.create("sgd", m_sum.parameters(), lr=eta0)
     o_mean = optim.create("sgd", m_mean.parameters(), lr=batch * eta0)
     gen = torch.Generator().manual_seed(SEED)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)       # 10-element tensors: thread start-up costs more than the step
-    try:
-        worst = _sum_identity_steps(x, m_sum, m_mean, o_sum, o_mean, gen, batch, steps)
-    finally:
-        torch.set_num_threads(threads)
-    return worst
+    with torch_threads(1):      # 10-element tensors: thread start-up costs more than the step
+        return _sum_identity_steps(x, m_sum, m_mean, o_sum, o_mean, gen, batch, steps)
 
 
 def _sum_identity_steps(x: torch.Tensor, m_sum: nn.Module, m_mean: nn.Module,

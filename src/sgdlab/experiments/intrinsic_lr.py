@@ -88,7 +88,7 @@ import torch
 import torch.nn.functional as F
 
 from sgdlab import data, models, optim
-from sgdlab.experiments.base import Check, Claim, Context, Result, verdict
+from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded, verdict
 
 CLAIM = Claim("5-intrinsic-lr", "Intrinsic learning rate",
               "For a scale-invariant network trained by SGD with coupled weight decay only ηλ "
@@ -449,17 +449,9 @@ def _worst(verdicts: Any) -> str:
     return "PASS" if v else "INCONCLUSIVE"
 
 
+@single_threaded
 def run(ctx: Context) -> Result:
-    """Measure the claim; see the module docstring."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(ctx)
-    finally:
-        torch.set_num_threads(before)
-
-
-def _run(ctx: Context) -> Result:
+    """Measure the claim (one torch thread); see the module docstring."""
     res = Result(CLAIM)
     b = _budget(ctx)
 

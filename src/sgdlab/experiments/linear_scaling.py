@@ -63,9 +63,8 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 
-from sgdlab.experiments.base import Check, Claim, Context, Result
+from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded
 
 CLAIM = Claim("4-linear-scaling", "Linear scaling rule in training",
               "Final accuracy is nearly constant over B when η = η_ref·B/B_ref with gradual "
@@ -208,17 +207,9 @@ def _mean_or_none(a: list[float | None]) -> float | None:
     return float(np.mean(v)) if v else None
 
 
+@single_threaded
 def run(ctx: Context) -> Result:
-    """Measure the claim; see the module docstring."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(ctx: Context) -> Result:
+    """Measure the claim (one torch thread); see the module docstring."""
     from sgdlab import data
 
     res = Result(CLAIM)

@@ -64,7 +64,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sgdlab.experiments.base import Check, Claim, Context, Result
+from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded
 
 CLAIM = Claim("11-recipe", "Choosing hyper-parameters (the recipe)",
               "Initial loss ≈ ln C; the model overfits a small sample; a range test finds an η "
@@ -197,17 +197,9 @@ def _diff_se(a: list[float], b: list[float], n_test: int) -> float | None:
 # =========================================================================== the claim
 
 
+@single_threaded
 def run(ctx: Context) -> Result:
-    """Measure the claim; see the module docstring."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(ctx: Context) -> Result:
+    """Measure the claim (one torch thread); see the module docstring."""
     from sgdlab import data, recipe
 
     res = Result(CLAIM)

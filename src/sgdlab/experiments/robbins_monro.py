@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from sgdlab.experiments.base import Check, Claim, Context, Result, verdict
+from sgdlab.experiments.base import Check, Claim, Context, Result, torch_threads, verdict
 
 CLAIM = Claim("8-robbins-monro", "Robbins–Monro step sizes",
               "With η_t = c/t on a noisy quadratic E(Φ_t − Φ*)² ≈ c²σ²/((2ch − 1)t) when "
@@ -51,7 +51,11 @@ def _record_points(T: int, n: int = 60) -> np.ndarray:
 
 def _simulate(T: int, chains: int, groups: int, seed: int) -> dict:
     """Step-by-step SGD for every schedule at once: x has shape (S, groups, chains/groups)."""
-    torch.set_num_threads(1)
+    with torch_threads(1):
+        return _simulate_unthreaded(T, chains, groups, seed)
+
+
+def _simulate_unthreaded(T: int, chains: int, groups: int, seed: int) -> dict:
     sched = _schedules()
     S, per = len(sched), chains // groups
     gen = torch.Generator().manual_seed(seed)

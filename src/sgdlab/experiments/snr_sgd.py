@@ -90,7 +90,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgdlab import data, models, optim, schedules
-from sgdlab.experiments.base import Check, Claim, Context, Result, verdict
+from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded, verdict
 
 CLAIM = Claim("9-snr-sgd", "snr_sgd: the notes' per-coordinate algorithm",
               "snr_sgd's per-coordinate B* matches 16σ²/G² where σ and G are known, and it is "
@@ -714,17 +714,9 @@ def _winners(wres: dict[str, Any]) -> dict[str, Any]:
             if full else None}
 
 
+@single_threaded
 def run(ctx: Context) -> Result:
-    """Measure the claim; see the module docstring."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)        # small models: single-threaded is faster
-    try:
-        return _run(ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(ctx: Context) -> Result:
+    """Measure the claim (one torch thread); see the module docstring."""
     res = Result(CLAIM)
     p1 = _part1(ctx, res)
 

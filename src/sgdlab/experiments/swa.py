@@ -90,7 +90,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sgdlab.experiments.base import Check, Claim, Context, Result
+from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded
 from sgdlab.probes.stationary import quadratic_excess_loss
 
 CLAIM = Claim("10-swa", "Stochastic weight averaging",
@@ -389,17 +389,9 @@ def _mean_se(values: list[float]) -> tuple[float, float | None]:
     return m, se
 
 
+@single_threaded
 def run(ctx: Context) -> Result:
-    """Measure the claim; see the module docstring."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(ctx: Context) -> Result:
+    """Measure the claim (one torch thread); see the module docstring."""
     res = Result(CLAIM)
     chains = ctx.budget(200, 1000, 4000)
     steps_q = ctx.budget(512, 4096, 16384)

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from sgdlab import data
-from sgdlab.experiments.base import Check, Claim, Context, Result, verdict
+from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded, verdict
 from sgdlab.probes.stationary import analyse_records
 from sgdlab.schedules import multistep
 from sgdlab.sweep import grid, train_many
@@ -150,17 +150,9 @@ def _decay(ds: data.Dataset, b: dict[str, Any]) -> dict[str, Any]:
             "diverged": bool((res.diverged_at >= 0).any()), "seconds": res.seconds}
 
 
+@single_threaded
 def run(ctx: Context) -> Result:
-    """Measure the claim; see the module docstring."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(ctx)
-    finally:
-        torch.set_num_threads(before)
-
-
-def _run(ctx: Context) -> Result:
+    """Measure the claim (one torch thread); see the module docstring."""
     res = Result(CLAIM)
     b = _budget(ctx)
     ds = data.load("mnist1d", seed=0)
