@@ -11,7 +11,7 @@ import contextlib
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,11 +65,7 @@ class Result:
         """ERROR, else the worst verdict of the checks."""
         if self.error is not None:
             return "ERROR"
-        verdicts = {c.verdict for c in self.checks}
-        for v in ("FAIL", "INCONCLUSIVE"):
-            if v in verdicts:
-                return v
-        return "PASS" if verdicts else "INCONCLUSIVE"
+        return worst_verdict(c.verdict for c in self.checks)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for results.json."""
@@ -77,6 +73,15 @@ class Result:
              "checks": [asdict(c) for c in self.checks], "figures": self.figures,
              "notes": self.notes, "error": self.error, "seconds": self.seconds}
         return to_jsonable(d)
+
+
+def worst_verdict(verdicts: Iterable[str]) -> str:
+    """FAIL if any is FAIL, else INCONCLUSIVE if any is (or there are none), else PASS."""
+    v = set(verdicts)
+    for w in ("FAIL", "INCONCLUSIVE"):
+        if w in v:
+            return w
+    return "PASS" if v else "INCONCLUSIVE"
 
 
 def verdict(ok: bool, inconclusive: bool = False) -> str:

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from sgdlab import data
-from sgdlab.experiments.base import Check, Claim, Context, Result, verdict
+from sgdlab.experiments.base import Check, Claim, Context, Result, verdict, worst_verdict
 
 CLAIM = Claim("2-heat-capacity", "Heat capacity",
               "Near a minimum the stationary loss of SGD rises as L(η) − L* = "
@@ -311,8 +311,7 @@ def run(ctx: Context) -> Result:
     per = [_judge(d["ratio"], d["ratio"] - Z95 * d["ratio_se"],
                   d["ratio"] + Z95 * d["ratio_se"], tol, stationary=d["converged"])
            for d in diag]
-    overall = ("FAIL" if "FAIL" in per else "INCONCLUSIVE" if "INCONCLUSIVE" in per
-               else "PASS")
+    overall = worst_verdict(per)
     res.checks.append(Check(
         "closed form: diagonal quadratic",
         "Σ_i ησ_i²/(B(4 − 2ηh_i)): " + ", ".join(

@@ -88,7 +88,15 @@ import torch
 import torch.nn.functional as F
 
 from sgdlab import data, models, optim
-from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded, verdict
+from sgdlab.experiments.base import (
+    Check,
+    Claim,
+    Context,
+    Result,
+    single_threaded,
+    verdict,
+    worst_verdict,
+)
 
 CLAIM = Claim("5-intrinsic-lr", "Intrinsic learning rate",
               "For a scale-invariant network trained by SGD with coupled weight decay only ηλ "
@@ -441,13 +449,6 @@ def _band(dev: float, se: float, tol: float) -> str:
     return "INCONCLUSIVE"
 
 
-def _worst(verdicts: Any) -> str:
-    v = set(verdicts)
-    for w in ("FAIL", "INCONCLUSIVE"):
-        if w in v:
-            return w
-    return "PASS" if v else "INCONCLUSIVE"
-
 
 @single_threaded
 def run(ctx: Context) -> Result:
@@ -531,7 +532,7 @@ def _check_equilibrium(out: dict[str, Any]) -> Check:
         f"{max(t['cos_max'] for t in table):.1e}",
         f"within {TOL_U:.0%} per pair (seed mean ± 2 se inside the band); window ≥ "
         f"{MIN_TAUS:g} relaxation times after the start",
-        _worst(verds), {"table": table, "max_dev": max(devs) if devs else None})
+        worst_verdict(verds), {"table": table, "max_dev": max(devs) if devs else None})
 
 
 def _check_relaxation(out: dict[str, Any], b: dict[str, Any]) -> Check:
@@ -612,7 +613,7 @@ def _check_decay(out: dict[str, Any]) -> tuple[Check, Check]:
         f"{math.sqrt(10):.3f} (ηλ {DECAY_EL:g} → {DECAY_EL / 10:g})",
         "; ".join(f"layer {t['layer']}: {t['ratio']:.3f} ± {t['ratio_se']:.3f} "
                   f"(immediately {t['immediate_ratio']:.2f}×)" for t in table),
-        f"within {TOL_RATIO:.0%} of √10 per layer (seed mean ± 2 se inside)", _worst(verd1),
+        f"within {TOL_RATIO:.0%} of √10 per layer (seed mean ± 2 se inside)", worst_verdict(verd1),
         common)
     c5 = Check(
         "×0.1 decay: ratio against the theory with the measured G",
@@ -621,7 +622,7 @@ def _check_decay(out: dict[str, Any]) -> tuple[Check, Check]:
                     f"{t['G_post']:.2f})" for t in table),
         "; ".join(f"layer {t['layer']}: measured/predicted {t['ratio_over_pred']:.3f} ± "
                   f"{t['ratio_over_pred_se']:.3f}" for t in table),
-        f"within {TOL_RATIO:.0%} per layer (seed mean ± 2 se inside)", _worst(verd2), common)
+        f"within {TOL_RATIO:.0%} per layer (seed mean ± 2 se inside)", worst_verdict(verd2), common)
     return c4, c5
 
 

@@ -64,7 +64,7 @@ from typing import Any
 
 import numpy as np
 
-from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded
+from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded, worst_verdict
 
 CLAIM = Claim("4-linear-scaling", "Linear scaling rule in training",
               "Final accuracy is nearly constant over B when η = η_ref·B/B_ref with gradual "
@@ -191,12 +191,6 @@ def gap_verdict(gap: float, se: float | None, band: float = BAND) -> str:
     return "INCONCLUSIVE"
 
 
-def _worst(verdicts: list[str]) -> str:
-    for v in ("FAIL", "INCONCLUSIVE"):
-        if v in verdicts:
-            return v
-    return "PASS"
-
 
 def _sd(a: list[float]) -> float | None:
     return float(np.std(a, ddof=1)) if len(a) >= 2 else None
@@ -249,7 +243,7 @@ def run(ctx: Context) -> Result:
         ses.append(se)
         per_b.append("PASS" if b == B_REF else band_verdict(d, se))
     others = [v for b, v in zip(batches, per_b, strict=True) if b != B_REF]
-    va = _worst(others)
+    va = worst_verdict(others)
     i_ref = batches.index(B_REF)
     hi = B_REF
     for b, v in zip(batches[i_ref + 1:], per_b[i_ref + 1:], strict=True):

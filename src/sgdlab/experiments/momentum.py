@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from sgdlab import optim
-from sgdlab.experiments.base import Check, Claim, Context, Result, verdict
+from sgdlab.experiments.base import Check, Claim, Context, Result, verdict, worst_verdict
 from sgdlab.plots import plot_curves
 from sgdlab.probes.stationary import quadratic_excess_loss, stationary_loss
 
@@ -146,13 +146,6 @@ def _band(r: float, se: float, tol: float = TOL) -> str:
         return "FAIL"
     return "INCONCLUSIVE"
 
-
-def _worst(verdicts) -> str:
-    v = set(verdicts)
-    for w in ("FAIL", "INCONCLUSIVE"):
-        if w in v:
-            return w
-    return "PASS"
 
 
 def trajectory_identity(steps: int = 200, lr_ema: float = 0.5, beta: float = 0.9,
@@ -245,7 +238,7 @@ def run(ctx: Context) -> Result:
         f"{small * h_max / (1 - BETAS[-1]):g}·(1 − β) for β = {BETAS[-1]}); exact theory: "
         + ", ".join(f"{exact[(small, b)] / exact0[small]:.4f}" for b in BETAS[1:]),
         ", ".join(f"β={b:g}: {r:.3f} ± {se:.3f}" for b, (r, se) in ratios.items()),
-        "|ratio − 1| ≤ 10 % (±2σ inside the band)", _worst(verds.values()),
+        "|ratio − 1| ≤ 10 % (±2σ inside the band)", worst_verdict(verds.values()),
         {"lr": small, "h_max": h_max,
          "ratio": {str(b): r for b, (r, _) in ratios.items()},
          "ratio_se": {str(b): se for b, (_, se) in ratios.items()},
@@ -265,7 +258,7 @@ def run(ctx: Context) -> Result:
         f"(L_β − L*)/(η′ tr Σ/4B) = 1 at η′ = {small:g} (tr Σ = {float(s2.sum()):.4f}, "
         f"B = {BATCH}, first-order value {first[small]:.4e})",
         ", ".join(f"β={b:g}: {r:.3f} ± {se:.3f}" for b, (r, se) in fo.items()),
-        "|ratio − 1| ≤ 10 % (±2σ inside the band)", _worst(fo_v.values()),
+        "|ratio − 1| ≤ 10 % (±2σ inside the band)", worst_verdict(fo_v.values()),
         {"lr": small, "tr_sigma": float(s2.sum()), "first_order": first[small],
          "ratio": {str(b): r for b, (r, _) in fo.items()},
          "ratio_se": {str(b): se for b, (_, se) in fo.items()},
@@ -298,7 +291,7 @@ def run(ctx: Context) -> Result:
         + "; smallest ladder η′h_max with the ratio clearly outside ±10 %: "
         + ", ".join(f"β={b}: {v if v is not None else 'none'}" for b, v in onset.items()),
         "ratio outside 1 ± 10 % (±2σ outside the band) at η′h_max ≈ 1 − β",
-        _worst(brk_v.values()),
+        worst_verdict(brk_v.values()),
         {"lr": {str(b): lr for b, (lr, _, _) in brk.items()},
          "ratio": {str(b): r for b, (_, r, _) in brk.items()},
          "ratio_se": {str(b): se for b, (_, _, se) in brk.items()},
@@ -321,7 +314,7 @@ def run(ctx: Context) -> Result:
         f"equal stationary excess (EMA η′ = {lr_hb:g}, heavy ball η = η′(1 − β))",
         ", ".join(f"β={b:g}: HB {m['excess']:.4e} vs EMA {e['excess']:.4e} "
                   f"(Δ = {d / s:+.1f} se)" for b, (m, e, d, s) in hb.items()),
-        "|Δ| ≤ 3 combined se", _worst(hb_v.values()),
+        "|Δ| ≤ 3 combined se", worst_verdict(hb_v.values()),
         {"lr_ema": lr_hb,
          "heavy_ball": {str(b): m for b, (m, _, _, _) in hb.items()},
          "ema": {str(b): e for b, (_, e, _, _) in hb.items()},

@@ -90,7 +90,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded
+from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded, worst_verdict
 from sgdlab.probes.stationary import quadratic_excess_loss
 
 CLAIM = Claim("10-swa", "Stochastic weight averaging",
@@ -374,13 +374,6 @@ def _z_verdict(meas: float, pred: float, se: float, se_rel_max: float,
     return "PASS"
 
 
-def _worst(verdicts) -> str:
-    v = set(verdicts)
-    for w in ("FAIL", "INCONCLUSIVE"):
-        if w in v:
-            return w
-    return "PASS"
-
 
 def _mean_se(values: list[float]) -> tuple[float, float | None]:
     a = np.asarray(values, dtype=np.float64)
@@ -425,7 +418,7 @@ def run(ctx: Context) -> Result:
         f"± {sim['time_avg_se']:.2g} (z = {z_time:+.2f}); last iterate: "
         f"{sim['excess'][0]:.5g} ± {sim['se'][0]:.2g} (z = {z_last:+.2f})",
         f"|z| ≤ {Z_TOL:g} (INCONCLUSIVE when se > {100 * SE_REL_MAX_STAT:g} % of the value)",
-        _worst([v_time, v_last]),
+        worst_verdict([v_time, v_last]),
         {"exact": stat, "first_order": first, "time_avg_excess": sim["time_avg_excess"],
          "time_avg_se": sim["time_avg_se"], "z_time_avg": z_time,
          "last_excess": sim["excess"][0], "last_se": sim["se"][0], "z_last": z_last,
@@ -450,7 +443,7 @@ def run(ctx: Context) -> Result:
         f"every |z| ≤ z* = {z_star:.2f} (Bonferroni: family-wise two-sided 3σ over the "
         f"{len(windows)} windows; INCONCLUSIVE when an se > {100 * SE_REL_MAX_AVG:g} % of the "
         "prediction)",
-        _worst(per_w),
+        worst_verdict(per_w),
         {"windows": windows, "measured": sim["excess"], "se": sim["se"], "exact": pred,
          "z": zs, "z_threshold": z_star, "family_alpha": FAMILY_ALPHA,
          "per_window_verdict": per_w, "polyak_ruppert_limit": pr,
