@@ -47,8 +47,10 @@ _LOG_RANGE = 20.0
 # --------------------------------------------------------------------------- helpers
 
 
-def _figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = FIGSIZE,
+def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = FIGSIZE,
             sharex: bool = False) -> tuple[Figure, np.ndarray]:
+    """A matplotlib Figure (no pyplot state, Agg canvas) with a grid of axes (always a 2-D
+    array), sized for the report and run plots."""
     # fixed margins (in inches) instead of a layout engine, which would double the time
     fig = Figure(figsize=figsize, dpi=DPI)
     FigureCanvasAgg(fig)
@@ -60,7 +62,8 @@ def _figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = FIGSI
     return fig, axes
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically (temporary name, then rename)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, pil_kwargs={"compress_level": 3})
     return atomic_write_bytes(path, buf.getvalue())
@@ -128,7 +131,7 @@ def _plot_lines(path: Path, series: list[tuple[str, np.ndarray, np.ndarray, dict
             kept.append((label, fx, fy, style))
     if not kept:
         return None
-    fig, axes = _figure()
+    fig, axes = new_figure()
     ax = axes[0, 0]
     for label, x, y, style in kept:
         ax.plot(x, y, label=label, **style)
@@ -145,7 +148,7 @@ def _plot_lines(path: Path, series: list[tuple[str, np.ndarray, np.ndarray, dict
     ax.set_title(title)
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 _LINE = {"linewidth": 1.0, "alpha": 0.7}
@@ -168,7 +171,7 @@ def _probe_figure(path: Path, name: str, records: list[dict[str, Any]]) -> Path 
         return None
     ncols = 1 if len(panels) <= 4 else 2
     nrows = -(-len(panels) // ncols)
-    fig, axes = _figure(nrows, ncols, figsize=(7.0 if ncols == 1 else 10.0,
+    fig, axes = new_figure(nrows, ncols, figsize=(7.0 if ncols == 1 else 10.0,
                                                min(2.2 * nrows + 0.6, 14.0)), sharex=True)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
@@ -186,7 +189,7 @@ def _probe_figure(path: Path, name: str, records: list[dict[str, Any]]) -> Path 
         axes[-2, -1].xaxis.set_tick_params(labelbottom=True)
         axes[-2, -1].set_xlabel("step")
     fig.suptitle(f"probe: {name}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_run(run_dir: str | os.PathLike) -> list[Path]:
@@ -251,7 +254,7 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestion: floa
     x, y, dropped = _finite(lrs, losses)
     pos = x > 0
     x, y, dropped = x[pos], y[pos], dropped + int((~pos).sum())
-    fig, axes = _figure()
+    fig, axes = new_figure()
     ax = axes[0, 0]
     ax.plot(x, y, linewidth=1.2, label="loss")
     ax.set_xscale("log")
@@ -270,7 +273,7 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestion: floa
     ax.set_title("Learning-rate range test")
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
@@ -281,7 +284,7 @@ def plot_curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     Points with a non-finite coordinate, or a non-positive one on a log axis, are left out
     (counted in a note). ``marker`` (e.g. ``"o"``) marks the data points. Returns the path.
     """
-    fig, axes = _figure()
+    fig, axes = new_figure()
     ax = axes[0, 0]
     dropped = 0
     for label, (x, y) in series.items():
@@ -306,7 +309,7 @@ def plot_curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     ax.grid(True, alpha=0.3, which="both")
     if series:
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -336,8 +336,7 @@ def _figure(ctx: Context, prob: dict[str, Any], h_max: float, eta_fixed: float, 
     """Excess loss against B, log-log: measured points (± 2 se) and the exact formula for
     fixed η and for η = Bη₀, the first-order level η₀ tr Σ/4, the limit Bη₀h_max = 2 and the
     diverged run."""
-    from sgdlab.plots import _figure as new_figure
-    from sgdlab.plots import _save
+    from sgdlab.plots import new_figure, save_figure
 
     h, s2 = prob["h"], prob["sigma2"]
     bmax = 2.0 / (eta0 * h_max)
@@ -372,5 +371,5 @@ def _figure(ctx: Context, prob: dict[str, Any], h_max: float, eta_fixed: float, 
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper center")
     path = ctx.figures / "claim3_batch_size.png"
-    _save(fig, path)
+    save_figure(fig, path)
     return f"figures/{path.name}"

@@ -357,8 +357,7 @@ def _figure(ctx: Context, slopes: dict[str, dict[str, Any]], diag: list[dict[str
     predicted tangent tr Σ/(4B)·η (dashed) and the fit c₁η + c₂η² (dotted), log-log.
     Right: the diagonal quadratic, measured against the exact Σησ²/(B(4 − 2ηh)) and its
     tangent, linear axes."""
-    from sgdlab.plots import _figure as new_figure
-    from sgdlab.plots import _save
+    from sgdlab.plots import new_figure, save_figure
     from sgdlab.probes.stationary import quadratic_excess_loss
 
     fig, axes = new_figure(1, 2, figsize=(11.0, 4.4))
@@ -397,5 +396,5 @@ def _figure(ctx: Context, slopes: dict[str, dict[str, Any]], diag: list[dict[str
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
     path = ctx.figures / "claim2_heat_capacity.png"
-    _save(fig, path)
+    save_figure(fig, path)
     return f"figures/{path.name}"

@@ -341,8 +341,7 @@ def _figure(ctx: Context, batches: list[int], mean: dict, sd: dict, acc: dict, d
             runs: dict, epochs: float, n_seeds: int) -> str:
     """Final test accuracy against B (log2 axis), with and without warmup (error bars: seed
     sd), the B_ref level with its ±2 pp band; final train loss against B beside it."""
-    from sgdlab.plots import _figure as new_figure
-    from sgdlab.plots import _save
+    from sgdlab.plots import new_figure, save_figure
 
     fig, axes = new_figure(1, 2, figsize=(11.0, 4.6))
     ax, ax2 = axes[0, 0], axes[0, 1]
@@ -383,5 +382,5 @@ def _figure(ctx: Context, batches: list[int], mean: dict, sd: dict, acc: dict, d
     ax2.set_title("final train loss")
     ax2.legend(fontsize=7)
     path = ctx.figures / "claim4_linear_scaling.png"
-    _save(fig, path)
+    save_figure(fig, path)
     return f"figures/{path.name}"

@@ -450,9 +450,9 @@ def run(ctx: Context) -> Result:
 
 
 def _figure_lr(ctx: Context, finds: list[dict], found: list[dict], grid: dict) -> str:
-    from sgdlab.plots import _figure, _save
+    from sgdlab.plots import new_figure, save_figure
 
-    fig, axes = _figure(1, 2, figsize=(11.0, 4.5))
+    fig, axes = new_figure(1, 2, figsize=(11.0, 4.5))
     ax, ax2 = axes[0, 0], axes[0, 1]
     for s, f in enumerate(finds):
         ax.plot(f["lrs"], f["smoothed_losses"], linewidth=1.2, label=f"seed {s}")
@@ -482,15 +482,15 @@ def _figure_lr(ctx: Context, finds: list[dict], found: list[dict], grid: dict) -
         a.grid(True, alpha=0.3, which="both")
         a.legend(fontsize=8)
     path = ctx.figures / "recipe_lr.png"
-    _save(fig, path)
+    save_figure(fig, path)
     return f"figures/{path.name}"
 
 
 def _figure_schedules(ctx: Context, short: dict, long: dict, n_sched: int, epochs: int,
                       base_lr: float) -> str:
-    from sgdlab.plots import _figure, _save
+    from sgdlab.plots import new_figure, save_figure
 
-    fig, axes = _figure()
+    fig, axes = new_figure()
     ax = axes[0, 0]
     colours = {"step": "tab:blue", "cosine": "tab:orange", "linear": "tab:green"}
     for n in SCHEDULES:
@@ -508,5 +508,5 @@ def _figure_schedules(ctx: Context, short: dict, long: dict, n_sched: int, epoch
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     path = ctx.figures / "recipe_schedules.png"
-    _save(fig, path)
+    save_figure(fig, path)
     return f"figures/{path.name}"

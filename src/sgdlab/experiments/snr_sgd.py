@@ -897,10 +897,10 @@ def _check_table(res: Result, ctx: Context, results: dict[str, dict[str, Any]],
 def _figure_part1(ctx: Context, p1: dict[str, Any]) -> str:
     """B*_est/B* against the true B*/B: snr_sgd (± 2 se) and the control whose window is
     fixed at the true B*/B, with the window range and the ±0.1 (log) tolerance band."""
-    from sgdlab.plots import _figure, _save
+    from sgdlab.plots import new_figure, save_figure
 
     rho, lr, se, fixed = p1["rho"], p1["log_ratio"], p1["se"], p1["fixed"]
-    fig, axes = _figure(1, 1, figsize=(7.0, 4.6))
+    fig, axes = new_figure(1, 1, figsize=(7.0, 4.6))
     ax = axes[0, 0]
     ax.axvspan(1 / W_MAX, 1 / W_MIN, color="tab:green", alpha=0.12,
                label="window = B*/B batches (10 … 1000)")
@@ -920,18 +920,18 @@ def _figure_part1(ctx: Context, p1: dict[str, Any]) -> str:
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper left")
     path = ctx.figures / "claim9_snr_bstar.png"
-    _save(fig, path)
+    save_figure(fig, path)
     return f"figures/{path.name}"
 
 
 def _figure_curves(ctx: Context, results: dict[str, dict[str, Any]]) -> str:
     """One panel per workload: the metric against steps, mean over seeds, per optimizer."""
-    from sgdlab.plots import _figure, _save
+    from sgdlab.plots import new_figure, save_figure
 
     keys = list(results)
     ncols = 2 if len(keys) > 1 else 1
     nrows = math.ceil(len(keys) / ncols)
-    fig, axes = _figure(nrows, ncols, figsize=(5.0 * ncols, 3.6 * nrows))
+    fig, axes = new_figure(nrows, ncols, figsize=(5.0 * ncols, 3.6 * nrows))
     fig.subplots_adjust(hspace=0.45 if nrows > 1 else 0.2, wspace=0.25)
     colors = {"snr_sgd": "tab:red", "sgd_cosine": "tab:blue", "sgd_constant": "tab:cyan",
               "adam": "tab:green",
@@ -964,5 +964,5 @@ def _figure_curves(ctx: Context, results: dict[str, dict[str, Any]]) -> str:
     for j in range(len(keys), nrows * ncols):
         axes[j // ncols, j % ncols].set_visible(False)
     path = ctx.figures / "claim9_snr_workloads.png"
-    _save(fig, path)
+    save_figure(fig, path)
     return f"figures/{path.name}"

@@ -587,9 +587,9 @@ def run(ctx: Context) -> Result:
 
 def _figure_quadratic(ctx: Context, windows: list[int], sim: dict, pred: list[float],
                       pr: list[float], stat: float) -> str:
-    from sgdlab.plots import _figure, _save
+    from sgdlab.plots import new_figure, save_figure
 
-    fig, axes = _figure()
+    fig, axes = new_figure()
     ax = axes[0, 0]
     w = np.asarray(windows, dtype=float)
     ax.errorbar(w, sim["excess"], yerr=2 * np.asarray(sim["se"]), fmt="o", markersize=4,
@@ -608,14 +608,14 @@ def _figure_quadratic(ctx: Context, windows: list[int], sim: dict, pred: list[fl
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=8)
     path = ctx.figures / "swa_quadratic.png"
-    _save(fig, path)
+    save_figure(fig, path)
     return f"figures/{path.name}"
 
 
 def _figure_network(ctx: Context, runs: list[dict]) -> str:
-    from sgdlab.plots import _figure, _save
+    from sgdlab.plots import new_figure, save_figure
 
-    fig, axes = _figure(1, 2, figsize=(11.0, 4.5))
+    fig, axes = new_figure(1, 2, figsize=(11.0, 4.5))
     ax, ax2 = axes[0, 0], axes[0, 1]
     for i, r in enumerate(runs):
         lab = i == 0
@@ -643,6 +643,6 @@ def _figure_network(ctx: Context, runs: list[dict]) -> str:
         a.grid(True, alpha=0.3, which="both")
         a.legend(fontsize=8)
     path = ctx.figures / "swa_network.png"
-    _save(fig, path)
+    save_figure(fig, path)
     return f"figures/{path.name}"
 

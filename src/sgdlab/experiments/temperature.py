@@ -233,12 +233,10 @@ def run(ctx: Context) -> Result:
 
 def _figures(ctx: Context, rows: list[dict[str, Any]], etas: list[float], seeds: list[int],
              dec: dict[str, Any]) -> list[str]:
-    import matplotlib
+    from sgdlab.plots import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, axes = new_figure(figsize=(5.5, 3.8))
+    ax = axes[0, 0]
     for s in seeds:
         mine = sorted((r for r in rows if r["seed"] == s), key=lambda r: r["lr"])
         ax.errorbar([r["lr"] for r in mine], [r["mean"] for r in mine],
@@ -247,15 +245,14 @@ def _figures(ctx: Context, rows: list[dict[str, Any]], etas: list[float], seeds:
     ax.set_ylabel("stationary L + (λ/2)‖Φ‖² (full train set)")
     ax.set_title("MNIST-1D MLP: stationary loss against η (±2 se)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     out = ["figures/1_temperature_ladder.png"]
-    fig.savefig(ctx.figures / "1_temperature_ladder.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, ctx.figures / "1_temperature_ladder.png")
 
     steps = np.array(dec["steps"])
     obj, err = np.array(dec["objective"]), np.array(dec["test_err"])
     t = dec["phase"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, axes = new_figure(1, 2, figsize=(10, 3.8))
+    axes = axes[0]
     for ax, arr, label in ((axes[0], obj, "training objective L + (λ/2)‖Φ‖²"),
                            (axes[1], 100 * err, "test error (%)")):
         for k in range(arr.shape[0]):
@@ -267,8 +264,6 @@ def _figures(ctx: Context, rows: list[dict[str, Any]], etas: list[float], seeds:
     axes[0].set_yscale("log")
     axes[0].set_title(f"η = {DECAY_ETA:g}, ×0.1 at steps {t} and {2 * t}")
     axes[1].legend(fontsize=8)
-    fig.tight_layout()
     out.append("figures/1_temperature_step_decay.png")
-    fig.savefig(ctx.figures / "1_temperature_step_decay.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, ctx.figures / "1_temperature_step_decay.png")
     return out
