@@ -242,7 +242,7 @@ def _figures(ctx: Context, rows: list[dict[str, Any]], etas: list[float], seeds:
         ax.errorbar([r["lr"] for r in mine], [r["mean"] for r in mine],
                     yerr=[2 * r["se"] for r in mine], marker="o", capsize=3, label=f"seed {s}")
     ax.set_xlabel("learning rate η")
-    ax.set_ylabel("stationary L + (λ/2)‖Φ‖² (full train set)")
+    ax.set_ylabel("stationary L + (λ/2)‖Φ‖²")
     ax.set_title("MNIST-1D MLP: stationary loss against η (±2 se)")
     ax.legend(fontsize=8)
     out = ["figures/1_temperature_ladder.png"]
@@ -253,7 +253,7 @@ def _figures(ctx: Context, rows: list[dict[str, Any]], etas: list[float], seeds:
     t = dec["phase"]
     fig, axes = new_figure(1, 2, figsize=(10, 3.8))
     axes = axes[0]
-    for ax, arr, label in ((axes[0], obj, "training objective L + (λ/2)‖Φ‖²"),
+    for ax, arr, label in ((axes[0], obj, "train L + (λ/2)‖Φ‖²"),
                            (axes[1], 100 * err, "test error (%)")):
         for k in range(arr.shape[0]):
             ax.plot(steps, arr[k], lw=0.8, alpha=0.8, label=f"seed {k}")
