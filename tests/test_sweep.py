@@ -115,3 +115,28 @@ def test_start_continues_earlier_models(ds):
     with pytest.raises(ValueError, match="expected"):
         train_many(ds, "mlp", pts[:1], batch_size=8, steps=1, model_options={"width": 8},
                    start=a.params)
+
+
+def test_regression_matches_torch_sgd_and_other_tasks_are_refused():
+    """½‖f(x) − y‖² (sgdlab.train.loss_functions) on linreg, float64, against torch.optim.SGD."""
+    reg = data.load("linreg")
+    res = train_many(reg, "linear", [{"lr": 0.01}], batch_size=16, steps=5,
+                     dtype=torch.float64)
+    m = models.build("linear", reg, seed=0).double()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    sampler = BatchSampler(reg.n_train, 16, "shuffle", 0)
+
+    def loss(x, y):
+        return (0.5 * (m(x.double()) - y.double()).pow(2).sum(-1)).mean()
+
+    for _ in range(5):
+        idx = sampler.next_batch()
+        opt.zero_grad()
+        loss(reg.x_train[idx], reg.y_train[idx]).backward()
+        opt.step()
+    with torch.no_grad():
+        assert res.train_loss[0, -1] == pytest.approx(float(loss(reg.x_train, reg.y_train)),
+                                                      rel=1e-10)
+    assert np.isnan(res.test_acc).all()
+    with pytest.raises(ValueError, match="task 'quadratic' cannot be trained"):
+        train_many(data.load("quadratic_deep"), "linear", [{"lr": 0.1}], batch_size=8, steps=1)

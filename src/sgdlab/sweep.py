@@ -171,15 +171,14 @@ def _has_batchnorm(m: nn.Module) -> bool:
 
 
 class _Engine:
-    """K models: ``loss(idx)`` (sum over models of their batch losses, for backward),
-    ``evaluate(x, y)`` → (K,) mean loss and accuracy, ``params`` (list of stacked tensors)."""
+    """K models: ``forward(x, shared)`` → outputs (K, n, ...), ``params`` (the stacked
+    (K, ...) tensors the optimizer updates), ``names``, ``train(mode)``."""
 
-    def __init__(self, models: list[nn.Module], loss_fn: Callable, engine: str) -> None:
+    def __init__(self, models: list[nn.Module], engine: str) -> None:
         from torch.func import functional_call, stack_module_state, vmap
 
         from sgdlab.models import MLP
 
-        self.loss_fn = loss_fn
         if engine not in ENGINES:
             raise ValueError(f"train_many: engine must be one of {', '.join(ENGINES)}, "
                              f"got {engine!r}")
@@ -255,11 +254,9 @@ def _loss_and_acc(out: torch.Tensor, y: torch.Tensor, task: str
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-model summed loss and number correct for outputs (K, n, ...)."""
     k = out.shape[0]
-    if task == "classification":
-        correct = (out.argmax(-1) == y).sum(1).to(out.dtype)
-        return _cross_entropy(out, y.expand(k, -1)).sum(1), correct
-    per = 0.5 * (out - y).pow(2).reshape(k, y.shape[0], -1).sum(-1)
-    return per.sum(1), torch.full((k,), float("nan"), dtype=out.dtype)
+    correct = ((out.argmax(-1) == y).sum(1).to(out.dtype) if task == "classification"
+               else torch.full((k,), float("nan"), dtype=out.dtype))
+    return _per_example_losses(out, y, task).sum(1), correct
 
 
 def train_many(dataset: Dataset, model: str | Callable[[int], nn.Module],
@@ -298,15 +295,15 @@ def train_many(dataset: Dataset, model: str | Callable[[int], nn.Module],
                              f"(allowed: {', '.join(HYPER)})")
     if steps < 1 or batch_size < 1:
         raise ValueError("train_many: steps and batch_size must be >= 1")
-    from sgdlab.train import loss_functions
-
     task = dataset.task
-    mean_loss, _ = loss_functions(task)
+    if task not in ("classification", "regression"):
+        raise ValueError(f"train_many: dataset task {task!r} cannot be trained "
+                         "(allowed: classification, regression)")
     seeds = [int(p.get("seed", 0)) for p in points]
     models = [m.to(dtype) for m in _build_models(model, dataset, seeds, model_options or {})]
     if start is not None:
         _load_start(models, start)
-    eng = _Engine(models, mean_loss, engine)
+    eng = _Engine(models, engine)
     like = eng.params[0]
     opt = StackedSGD(eng.params, _per_model(points, "lr", 0.0, like),
                      _per_model(points, "momentum", 0.0, like),
@@ -395,13 +392,19 @@ def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return z.exp().sum(-1).log() - z.gather(-1, y.unsqueeze(-1)).squeeze(-1)
 
 
-def _batch_losses(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
-    """(K,) mean batch loss of every model; ``y`` is (n,) shared or (K, n) per model."""
+def _per_example_losses(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    """(K, n) per-example losses of outputs (K, n, ...) — cross-entropy, or ½‖f(x) − y‖² as
+    in :func:`sgdlab.train.loss_functions` — with targets shared, (n, ...), or per model."""
     k, nb = out.shape[0], out.shape[1]
     if task == "classification":
-        return _cross_entropy(out, y.expand(k, nb)).mean(1)
+        return _cross_entropy(out, y.expand(k, nb))
     yy = y if y.dim() == out.dim() else y.unsqueeze(0)
-    return (0.5 * (out - yy).pow(2).reshape(k, nb, -1).sum(-1)).mean(1)
+    return 0.5 * (out - yy).pow(2).reshape(k, nb, -1).sum(-1)
+
+
+def _batch_losses(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    """(K,) mean batch loss of every model; ``y`` is (n,) shared or (K, n) per model."""
+    return _per_example_losses(out, y, task).mean(1)
 
 
 def _freeze(eng: _Engine, opt: StackedSGD, lr0: torch.Tensor, alive: torch.Tensor) -> None:
