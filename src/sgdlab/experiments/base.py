@@ -7,18 +7,19 @@ tolerance stated up front, never from tuning until it agrees.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sgdlab.metrics_log import atomic_write_json, to_jsonable
+from sgdlab.threads import torch_threads
+
+__all__ = ["VERDICTS", "Check", "Claim", "Context", "Result", "single_threaded",
+           "torch_threads", "verdict", "worst_verdict"]
 
 VERDICTS = ("PASS", "FAIL", "INCONCLUSIVE", "ERROR")
 
@@ -128,21 +129,9 @@ class Context:
         return json.loads(json.dumps(to_jsonable(value)))
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads, restoring the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def single_threaded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorator: run ``fn`` with one torch thread. The claims' models are small: a step
-    costs less than waking a second thread, and torch's CPU kernels spin-wait, so on a busy
-    2-core machine two threads can be many times slower than one."""
+    """Decorator: run ``fn`` with one torch thread (the claims' models are small; see
+    :mod:`sgdlab.threads`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

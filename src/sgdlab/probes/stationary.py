@@ -66,8 +66,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from sgdlab.threads import torch_threads
+
 __all__ = ["BatchMeans", "HeatCapacity", "HeatCapacityPrediction", "StationaryLoss",
-           "auto_record_every", "autocorrelation", "batch_means", "find_minimum",
+           "analyse_records", "auto_record_every", "autocorrelation", "batch_means", "find_minimum",
            "heat_capacity", "integrated_autocorr_time", "mser_truncation", "noise_factor",
            "predict_heat_capacity", "quadratic_excess_loss", "stationary_loss"]
 
@@ -648,12 +650,8 @@ def _thread_limit(num_threads: int | str | None, work_size: int) -> Iterator[Non
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"num_threads must be 'auto', None or an integer >= 1, "
                          f"got {num_threads!r}")
-    before = torch.get_num_threads()
-    torch.set_num_threads(num_threads)
-    try:
+    with torch_threads(num_threads):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _stationary_loss(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
