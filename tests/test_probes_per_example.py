@@ -361,7 +361,10 @@ def test_batchnorm_training_raises_and_eval_works():
     assert_matches(model, ce, x, y)
 
 
-def test_parameter_used_outside_its_module_is_detected():
+def test_parameter_used_outside_its_module_is_attributed_to_the_caller():
+    """A Linear's weight read by F.linear in the parent (the module itself never called):
+    attributed to the parent's call, exact."""
+
     class Sneaky(nn.Module):
         def __init__(self):
             super().__init__()
@@ -371,8 +374,16 @@ def test_parameter_used_outside_its_module_is_detected():
             return F.linear(x, self.lin.weight)
 
     x, y = data((4,), classes=3)
-    with pytest.raises(ValueError, match="was not called"):
-        per_example_sq_norms(Sneaky().double(), ce, x, y)
+    assert_matches(Sneaky().double(), ce, x, y)
+
+
+def test_parameter_used_only_in_the_loss_is_refused():
+    model = nn.Linear(4, 3).double()
+    temp = nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+    model.register_parameter("temperature", temp)
+    x, y = data((4,), classes=3)
+    with pytest.raises(ValueError, match="'temperature' receives a gradient"):
+        per_example_sq_norms(model, lambda out, y: ce(out * model.temperature, y), x, y)
 
 
 def test_unused_parameters_get_zero_sum_sq():

@@ -28,14 +28,24 @@ Per layer type (SPEC §3):
   shared by several Linear/Conv modules): g_b = Σ_uses δ_b^(u) X_b^(u)ᵀ. The uses are stacked
   along the position axis before the Gram form or the materialisation, so the cross terms of
   ‖g_b^(1) + g_b^(2)‖² are included (it is *not* the sum of the per-use norms).
-* Any other module with parameters (LayerNorm or GroupNorm with affine, Embedding, BatchNorm in
-  eval mode, custom modules): the fallback. Its recorded inputs and output gradients give the
-  per-example gradients of its own parameters as ``vmap`` over examples of ``vjp`` of the
-  module's forward (``torch.func.functional_call``) — a local vmap(grad) that re-runs only that
-  module, once per example in a vectorised call, and materialises (B, *shape) for its parameters.
-  Cost: one extra vectorised forward and backward of the module. Parameters of sub-modules that
-  were not themselves called (e.g. ``nn.MultiheadAttention.out_proj``, used through its weight)
-  are included in the nearest called fallback ancestor.
+* Any other module with parameters (LayerNorm, GroupNorm, RMSNorm, Embedding, BatchNorm in
+  eval mode, GRU/LSTM/RNN, MultiheadAttention, custom modules): the fallback. Its recorded
+  inputs and output gradients give the per-example gradients of its parameters as ``vmap``
+  over examples of ``vjp`` of the module's forward (``torch.func.functional_call``) — a local
+  vmap(grad) that re-runs only that module, once per example in a vectorised call, and
+  materialises (B, *shape) for its parameters. Recurrent layers get their zero initial state
+  spelt out and carry the batch in dim 1 of their hidden states. The re-run must reproduce
+  the recorded batched output, else the module couples the examples and is refused.
+* Attribution. During a recorded forward a ``TorchFunctionMode`` sees every torch call that
+  receives a parameter, and the stack of module calls active at that moment. A parameter
+  whose every use happens inside a call of a module that owns it is computed by those owners
+  (several owners add up: tied layers). Any other parameter — ``out_proj`` of an
+  ``nn.MultiheadAttention`` (used through its weight, never called), an embedding matrix
+  read again by ``F.linear`` in the parent (tied input/output embeddings), a parameter passed
+  as an argument, a parametrization's originals — is attributed to the innermost module call
+  that encloses *all* its uses, contains it and receives the batch; that module's per-example
+  ``vjp`` gives its whole gradient and nothing else contributes to it. So no gradient is
+  counted twice or missed, whatever the nesting.
 * BatchNorm in training mode (or without running statistics) couples the examples of a batch:
   per-example gradients are not defined, and a ``ValueError`` is raised (SPEC §3).
 
@@ -61,12 +71,13 @@ Opacus ghost norms take 1.8–19×. For conv layers the extra work is about one 
 weight-gradient computation: the im2col copy (channels-last for ≥ 8 input channels) and the
 per-example products run in chunks of examples whose temporaries stay below a few MiB.
 
-Requirements: the batch dimension comes first in every hooked module's input and output, and
-the model treats the examples of a batch independently (true for every model of
-:mod:`sgdlab.models` except the ResNet in training mode). A parameter used *directly* outside the
-forward of the module that owns it (``F.linear(h, self.emb.weight)``) is not seen by the hooks;
-:func:`per_example_stats` detects a parameter that receives a gradient without its module being
-called and raises.
+Requirements: the batch dimension comes first in every hooked module's input and output
+(recurrent hidden states excepted), and the model treats the examples of a batch
+independently. What cannot be computed exactly is refused with a ``ValueError`` naming the
+module, never answered with numbers: BatchNorm in training mode, a re-run module whose
+per-example output differs from its batched output or that draws random numbers (dropout
+inside a fallback module), a PackedSequence, an output without the batch first, and a
+parameter that receives a gradient although no torch call of the forward used it.
 """
 
 from __future__ import annotations
@@ -79,6 +90,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 __all__ = [
@@ -94,8 +106,6 @@ BATCHNORM_MESSAGE = (
     "per-example gradients are not defined under BatchNorm in training mode: the examples of a "
     "batch are coupled (SPEC §3); put the model in eval mode or use a model without BatchNorm"
 )
-
-_HOOKED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 #: Elements of temporary storage per chunk of examples (per-example gradients, Gram matrices,
 #: unfolded inputs): 2**19 floats = 2 MiB in float32. Small chunks stay in cache and below
@@ -113,7 +123,7 @@ class _Use:
     """One call of a module in the current batch."""
 
     __slots__ = ("x", "x_version", "out_meta", "deltas", "pending", "spec", "in_dims",
-                 "grad_idx")
+                 "out_dims", "grad_idx", "outputs")
 
     def __init__(self, x, outputs: list[torch.Tensor]) -> None:
         self.x = x                      # Linear/Conv: the input; fallback: flat arg leaves
@@ -123,7 +133,8 @@ class _Use:
         self.out_meta = [(t.shape, t.dtype, t.device) for t in outputs]
         self.deltas: list[torch.Tensor | None] = [None] * len(outputs)
         self.pending = len(outputs)     # output gradients still to arrive
-        self.spec = self.in_dims = self.grad_idx = None   # fallback only
+        self.spec = self.in_dims = self.out_dims = self.grad_idx = None   # fallback only
+        self.outputs: list | None = None
 
 
 class _Layer:
@@ -330,6 +341,113 @@ def _materialise(contribs, shape) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
+# Where each parameter is used
+# ---------------------------------------------------------------------------------------------
+
+#: Calls that read a tensor's metadata or cut it from the graph: no gradient flows through
+#: them, so they are not uses of a parameter.
+_NOT_USES = frozenset(
+    [torch.Tensor.size, torch.Tensor.dim, torch.Tensor.numel, torch.Tensor.stride,
+     torch.Tensor.is_floating_point, torch.Tensor.is_complex, torch.Tensor.__len__,
+     torch.Tensor.element_size, torch.Tensor.nelement, torch.Tensor.ndimension,
+     torch.Tensor.get_device, torch.Tensor.is_contiguous, torch.Tensor.data_ptr,
+     torch.Tensor.detach, torch.Tensor.__format__, torch.Tensor.__repr__,
+     torch.Tensor.__hash__, torch.is_floating_point, torch.is_complex, torch.numel]
+    + [getattr(torch.Tensor, a).__get__ for a in
+       ("shape", "dtype", "device", "requires_grad", "is_cuda", "ndim", "data", "grad",
+        "is_leaf", "layout", "grad_fn", "is_sparse", "is_meta")
+       if hasattr(getattr(torch.Tensor, a, None), "__get__")]
+)
+
+
+_NO_TORCH_FUNCTION = torch._C.DisableTorchFunction
+
+
+class _UseTracker(TorchFunctionMode):
+    """Active during a recorded forward: every torch call that receives a parameter is a *use*
+    of it, made inside the innermost module call active at that moment (SPEC §3)."""
+
+    def __init__(self, stats: PerExampleStats) -> None:
+        super().__init__()
+        self.stats = stats
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if kwargs is None:
+            kwargs = {}
+        st = self.stats
+        if st._stack and func not in _NOT_USES:
+            P = st._params
+            for a in args:
+                if isinstance(a, torch.Tensor):
+                    if id(a) in P:
+                        st._note_use(id(a))
+                elif isinstance(a, (list, tuple)):
+                    for e in a:
+                        if isinstance(e, torch.Tensor) and id(e) in P:
+                            st._note_use(id(e))
+            for a in kwargs.values():
+                if isinstance(a, torch.Tensor) and id(a) in P:
+                    st._note_use(id(a))
+        return func(*args, **kwargs)
+
+
+def _fast(m: nn.Module) -> bool:
+    """Linear/Conv1d/Conv2d whose forward is torch's own and whose only parameters are
+    ``weight`` and ``bias``: the factor formulas of the module docstring apply."""
+    forwards = (nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward)
+    return (isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and type(m).forward in forwards
+            and set(m._parameters) <= {"weight", "bias"}
+            and isinstance(m._parameters.get("weight"), nn.Parameter))
+
+
+def _explicit_hidden(rnn: nn.RNNBase, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The call with its default zero initial state spelt out: a hidden state created inside
+    the forward would not carry the batch dimension through ``vmap``."""
+    if len(args) > 1 or kwargs.get("hx") is not None:
+        return args, kwargs
+    x = args[0] if args else kwargs.get("input")
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        return args, kwargs
+    b = x.shape[0 if rnn.batch_first else 1]
+    d = 2 if rnn.bidirectional else 1
+    h_size = rnn.proj_size if getattr(rnn, "proj_size", 0) else rnn.hidden_size
+    h0 = x.new_zeros(rnn.num_layers * d, b, h_size)
+    hx = (h0, x.new_zeros(rnn.num_layers * d, b, rnn.hidden_size)) if isinstance(
+        rnn, nn.LSTM) else h0
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("hx", "input")}
+    return (x, hx), kwargs
+
+
+def _io_dims(module: nn.Module, name: str, flat: list, out_leaves: list, grad_idx: list[int],
+             B: int) -> tuple[list, list[int]]:
+    """Batch dimension of each input leaf (None: shared by all examples) and of each output
+    leaf that requires grad. Recurrent layers carry the batch in dim 1 of their hidden
+    states (and of the sequence unless ``batch_first``); every other module in dim 0."""
+    if isinstance(module, nn.RNNBase):
+        x = flat[0] if flat else None
+        if not isinstance(x, torch.Tensor) or x.dim() != 3:
+            raise ValueError(f"{type(module).__name__} {name!r}: per-example statistics need a "
+                             "batched 3-D tensor input (not a PackedSequence or an unbatched "
+                             "sequence)")
+        seq_dim = 0 if module.batch_first else 1
+        in_dims = [seq_dim if i == 0 else (1 if isinstance(t, torch.Tensor) else None)
+                   for i, t in enumerate(flat)]
+        return in_dims, [seq_dim if i == 0 else 1 for i in grad_idx]
+    in_dims = [0 if isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == B
+               and not isinstance(t, nn.Parameter) else None for t in flat]
+    if not any(d is not None for d in in_dims):
+        raise ValueError(f"{type(module).__name__} {name!r} has no input with the batch "
+                         f"dimension (size {B}) first: its per-example gradients are not defined")
+    for i in grad_idx:
+        t = out_leaves[i]
+        if t.dim() == 0 or t.shape[0] != B:
+            raise ValueError(f"{type(module).__name__} {name!r} returns an output of shape "
+                             f"{tuple(t.shape)}: per-example statistics need the batch "
+                             f"dimension (size {B}) first")
+    return in_dims, [0] * len(grad_idx)
+
+
+# ---------------------------------------------------------------------------------------------
 # The hooks
 # ---------------------------------------------------------------------------------------------
 
@@ -344,6 +462,16 @@ class PerExampleStats:
     sequence and conv layers already inside the backward, as the layer's output gradient
     arrives; reading a result finishes the rest.
 
+    Attribution (what makes the numbers exact on any architecture): during a recorded forward
+    a ``TorchFunctionMode`` notes every torch call that receives a parameter and the module
+    calls active at that moment. A parameter used only inside the calls of modules that own
+    it is handled by them (the factor formulas for Linear/Conv, a local per-example ``vjp``
+    otherwise; several owners add up). A parameter used anywhere else — ``out_proj`` of an
+    ``nn.MultiheadAttention``, a tied embedding read by ``F.linear`` in the parent, a
+    parameter passed as an argument — is attributed to the innermost module call that
+    encloses *all* its uses and contains it, whose per-example ``vjp`` then gives its whole
+    gradient (and nothing else contributes to it).
+
     ``reduction`` says what scalar is backpropagated, so that the statistics always refer to
     g_b = ∇ℓ_b: ``"sum"`` for Σ_b ℓ_b, ``"mean"`` for (1/B) Σ_b ℓ_b (then the output gradients
     are g_b/B and the results are multiplied by B²). ``p.grad`` is filled by the backward as
@@ -354,8 +482,12 @@ class PerExampleStats:
     materialisation for sequence and conv inputs) and Σ_b g_b² per coordinate (one layer's
     per-example gradients at a time, except for 2-D Linear layers: (δ²)ᵀ(x²)).
 
-    Raises ``ValueError`` on a forward through BatchNorm in training mode (the examples of a
-    batch are coupled) and on a Linear/Conv input whose first dimension is not the batch.
+    Refuses, with a ``ValueError`` naming the module, what it cannot compute exactly: a
+    forward through BatchNorm in training mode (the examples of a batch are coupled), a
+    Linear/Conv input or a module output whose first dimension is not the batch, a module
+    whose per-example re-run differs from its batched output or uses randomness (dropout in
+    a module without the factor formulas), and a parameter that receives a gradient without
+    any recorded use.
     """
 
     def __init__(self, model: nn.Module, *, norms: bool = True, sum_sq: bool = True,
@@ -375,14 +507,20 @@ class PerExampleStats:
         self._collect: list | None = None
         self._batch = 0
         self.batch_size: int | None = None
-        # static structure: parameters that require grad, their names and owner modules
-        # (one pass over the modules, in named_parameters' order and with its names)
+        # static structure: parameters that require grad, their names, owner modules and the
+        # modules that contain them (one pass over the modules, in named_parameters' order)
         self._names: dict[int, str] = {}
         self._params: dict[int, nn.Parameter] = {}
         self._layers: dict[int, _Layer] = {}
         self._owners: dict[int, int] = {}
+        self._owner_mods: dict[int, set[int]] = {}
+        self._modules: dict[int, tuple[str, nn.Module]] = {}
+        self._rel_names: dict[int, dict[int, str]] = {}
         self._batchnorms: list[nn.Module] = []
-        for mname, m in model.named_modules():
+        for mname, m in model.named_modules(remove_duplicate=False):
+            if id(m) in self._modules:
+                continue
+            self._modules[id(m)] = (mname, m)
             if isinstance(m, _BatchNorm):
                 self._batchnorms.append(m)
             own = []
@@ -394,11 +532,23 @@ class PerExampleStats:
                     self._names[k] = f"{mname}.{pname}" if mname else pname
                     self._params[k] = p
                 self._owners[k] = self._owners.get(k, 0) + 1
+                self._owner_mods.setdefault(k, set()).add(id(m))
                 own.append(p)
             if own:
-                self._layers[id(m)] = _Layer(m, mname, not isinstance(m, _HOOKED), own)
+                self._layers[id(m)] = _Layer(m, mname, not _fast(m), own)
         for layer in self._layers.values():
             layer.shared = any(self._owners[id(p)] > 1 for p in layer.params)
+        # the module calls that are tracked: modules with a trainable parameter in their
+        # subtree (any other module can neither own a parameter nor be an attribution site;
+        # a use inside it counts as a use inside its innermost tracked ancestor)
+        self._tracked = [m for _, m in self._modules.values()
+                         if any(p.requires_grad for p in m.parameters())]
+        if model not in self._tracked:
+            self._tracked.insert(0, model)
+        self._active = False
+        self._stack: list[int] = []         # module calls active now (ids), innermost last
+        self._batched: list[bool] = []      # whether each of them received the batch
+        self._mode: _UseTracker | None = None
         self._reset()
 
     # ------------------------------------------------------------------ attach / detach
@@ -407,13 +557,17 @@ class PerExampleStats:
         """Register the hooks (once; :meth:`detach` removes them)."""
         if self._handles:
             raise RuntimeError("PerExampleStats is already attached")
-        self._handles.append(self.model.register_forward_pre_hook(self._root_pre_hook,
-                                                                  with_kwargs=True))
+        for m in self._tracked:
+            self._handles.append(m.register_forward_pre_hook(self._push, prepend=True,
+                                                             with_kwargs=True))
         for m in self._batchnorms:
             self._handles.append(m.register_forward_pre_hook(self._bn_pre_hook))
         for layer in self._layers.values():
             hook = self._fallback_hook if layer.fallback else self._layer_hook
             self._handles.append(layer.module.register_forward_hook(hook, with_kwargs=True))
+        for m in self._tracked:
+            self._handles.append(m.register_forward_hook(self._pop, with_kwargs=True,
+                                                         always_call=True))
         return self
 
     def detach(self) -> None:
@@ -421,6 +575,9 @@ class PerExampleStats:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self._clear_grad_watch()
+        if self._mode is not None:      # detached in the middle of a forward
+            self._stop_tracking()
 
     def __enter__(self) -> PerExampleStats:
         return self.attach()
@@ -487,24 +644,189 @@ class PerExampleStats:
         self._total: torch.Tensor | None = None
         self._sum_sq: dict[int, torch.Tensor] = {}
         self._finalized = False
+        # use tracking: common prefix of the module stacks of each parameter's uses, the
+        # parameters used outside their owners, calls of modules without own parameters
+        # (possible attribution sites), the chosen sites
+        self._use_prefix: dict[int, tuple[int, ...]] = {}
+        self._nonlocal: set[int] = set()
+        self._calls: dict[int, list] = {}
+        self._site_of: dict[int, int] = {}
+        self._unbatched: set[int] = set()
+        self._sites: dict[int, _Layer] = {}
+        self._error: str | None = None
+        self._clear_grad_watch()
 
-    def _root_pre_hook(self, module, args, kwargs):
-        if not self._recording or not torch.is_grad_enabled():
+    def _clear_grad_watch(self) -> None:
+        for h in getattr(self, "_grad_watch", []):
+            h.remove()
+        self._grad_watch: list = []
+
+    def _note_use(self, k: int) -> None:
+        """A torch call received parameter ``k`` inside the current module stack."""
+        stack = self._stack
+        prev = self._use_prefix.get(k)
+        if prev is None:
+            self._use_prefix[k] = tuple(stack)
+        else:
+            n, top = 0, min(len(prev), len(stack))
+            while n < top and prev[n] == stack[n]:
+                n += 1
+            if n < len(prev):
+                self._use_prefix[k] = prev[:n]
+        if stack[-1] not in self._owner_mods[k] or not self._batched[-1]:
+            self._nonlocal.add(k)
+
+    # The forward hooks run while the use tracker is active: their own torch calls
+    # (x.detach(), register_hook, …) are kept out of it.
+
+    def _push(self, module, args, kwargs):
+        with _NO_TORCH_FUNCTION():
+            return self._push_body(module, args, kwargs)
+
+    def _pop(self, module, args, kwargs, output):
+        with _NO_TORCH_FUNCTION():
+            return self._pop_body(module, args, kwargs, output)
+
+    def _layer_hook(self, module, args, kwargs, output):
+        with _NO_TORCH_FUNCTION():
+            return self._layer_hook_body(module, args, kwargs, output)
+
+    def _fallback_hook(self, module, args, kwargs, output):
+        with _NO_TORCH_FUNCTION():
+            return self._fallback_hook_body(module, args, kwargs, output)
+
+    def _push_body(self, module, args, kwargs):
+        if module is self.model and not self._stack:
+            if not self._recording or not torch.is_grad_enabled():
+                self._active = False
+                return None
+            self._start_batch(args)
+        if self._active:
+            self._stack.append(id(module))
+            batched = self._batched_call(module, args, kwargs)
+            self._batched.append(batched)
+            if not batched:
+                self._unbatched.add(id(module))
+        return None
+
+    def _batched_call(self, module, args, kwargs) -> bool:
+        """Whether a call receives a tensor (not a parameter) with the batch dimension: only
+        such calls can be re-run per example."""
+        B = self.batch_size
+        if isinstance(module, nn.RNNBase):
+            x = args[0] if args else kwargs.get("input")
+            if not isinstance(x, torch.Tensor) or x.dim() != 3:
+                raise ValueError(f"{type(module).__name__} {self._modules[id(module)][0]!r}: "
+                                 "per-example statistics need a batched 3-D tensor input (not "
+                                 "a PackedSequence or an unbatched sequence)")
+            return True
+        for a in (*args, *kwargs.values()):
+            if isinstance(a, torch.Tensor):
+                if a.dim() > 0 and a.shape[0] == B and id(a) not in self._params:
+                    return True
+            elif isinstance(a, (list, tuple, dict)):
+                for t in pytree.tree_leaves(a):
+                    if (isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == B
+                            and id(t) not in self._params):
+                        return True
+        return False
+
+    def _pop_body(self, module, args, kwargs, output):
+        if not self._active or not self._stack or self._stack[-1] != id(module):
             return None
+        self._stack.pop()
+        self._batched.pop()
+        if id(module) not in self._layers:          # a possible attribution site
+            versions = ([output._version] if isinstance(output, torch.Tensor) else
+                        [t._version for t in pytree.tree_leaves(output)
+                         if isinstance(t, torch.Tensor)])
+            self._calls.setdefault(id(module), []).append((args, kwargs, output, versions))
+        if not self._stack:
+            self._stop_tracking()
+            if output is not None:
+                self._forward_done()
+        return None
+
+    def _start_batch(self, args) -> None:
         self._reset()
         self.batch_size = None
         first = args[0] if args else None
         if isinstance(first, torch.Tensor) and first.dim() > 0:
             self.batch_size = first.shape[0]
         else:
-            for t in pytree.tree_leaves((args, kwargs)):
+            for t in pytree.tree_leaves(args):
                 if isinstance(t, torch.Tensor) and t.dim() > 0:
                     self.batch_size = t.shape[0]
                     break
-        return None
+        self._active = True
+        self._mode = _UseTracker(self)
+        self._mode.__enter__()
+
+    def _stop_tracking(self) -> None:
+        mode, self._mode = self._mode, None
+        self._active = False
+        self._stack.clear()
+        self._batched.clear()
+        if mode is not None:
+            mode.__exit__(None, None, None)
+
+    def _forward_done(self) -> None:
+        """The recorded forward returned: attribute every parameter used outside its owners
+        to the innermost module call that encloses all its uses and contains it, hook the
+        outputs of those calls, and watch the parameters that had no use at all."""
+        for k in self._nonlocal:
+            site = None
+            for mid in reversed(self._use_prefix[k]):
+                if k in self._contained(mid) and mid not in self._unbatched:
+                    site = mid
+                    break
+            if site is None:
+                raise ValueError(f"parameter {self._names[k]!r} is used in no module call that "
+                                 "receives the batch: its per-example gradients cannot be "
+                                 "attributed")
+            name, m = self._modules[site]
+            layer = self._layers.get(site)
+            if layer is not None and not layer.fallback:  # pragma: no cover - Linear.forward
+                raise ValueError(f"parameter {self._names[k]!r} is used inside {name!r} "
+                                 "without being its weight or bias: cannot attribute it")
+            self._site_of[k] = site
+            if layer is None and site not in self._sites:
+                self._sites[site] = self._lazy_site(site)
+        self._calls.clear()
+        unused = [p for k, p in self._params.items() if k not in self._use_prefix]
+        for p in unused:
+            self._grad_watch.append(p.register_post_accumulate_grad_hook(self._unseen_grad))
+
+    def _unseen_grad(self, p: torch.Tensor) -> None:
+        if self._error is None:
+            self._error = (f"parameter {self._names[id(p)]!r} received a gradient, but no "
+                           "torch call of the model's forward used it (used outside the "
+                           "forward, e.g. in the loss): per-example statistics cannot see it")
+
+    def _contained(self, mid: int) -> dict[int, str]:
+        """Parameters (id → name relative to the module) inside module ``mid``."""
+        names = self._rel_names.get(mid)
+        if names is None:
+            m = self._modules[mid][1]
+            names = {}
+            for n, p in m.named_parameters(remove_duplicate=False):
+                names.setdefault(id(p), n)
+            self._rel_names[mid] = names
+        return names
+
+    def _lazy_site(self, mid: int) -> _Layer:
+        """A module without own parameters that encloses all uses of some parameter: its
+        recorded calls become fallback uses, hooked now (before the backward)."""
+        name, m = self._modules[mid]
+        site = _Layer(m, name, True, [])
+        for args, kwargs, output, versions in self._calls.get(mid, []):
+            use = self._fallback_use(site, args, kwargs, output, versions)
+            if use is not None:
+                site.uses.append(use)
+        return site
 
     def _bn_pre_hook(self, module, args):
-        if self._recording and (module.training or module.running_mean is None):
+        if self._active and (module.training or module.running_mean is None):
             raise ValueError(BATCHNORM_MESSAGE)
 
     def _bad_batch(self, layer: _Layer, x: torch.Tensor) -> None:
@@ -514,8 +836,8 @@ class PerExampleStats:
             f"(size {self.batch_size}) first"
         )
 
-    def _layer_hook(self, module, args, kwargs, output):
-        if not self._recording or not isinstance(output, torch.Tensor) or not output.requires_grad:
+    def _layer_hook_body(self, module, args, kwargs, output):
+        if not self._active or not isinstance(output, torch.Tensor) or not output.requires_grad:
             return None
         layer = self._layers[id(module)]
         x = args[0] if args else kwargs["input"]
@@ -530,29 +852,45 @@ class PerExampleStats:
             self._collect.append((output, output._version, layer))
         return None
 
-    def _fallback_hook(self, module, args, kwargs, output):
-        if not self._recording:
+    def _fallback_hook_body(self, module, args, kwargs, output):
+        if not self._active or id(module) in self._unbatched:
             return None
+        layer = self._layers[id(module)]
+        use = self._fallback_use(layer, args, kwargs, output, None)
+        if use is not None:
+            layer.uses.append(use)
+        return None
+
+    def _fallback_use(self, layer: _Layer, args, kwargs, output, versions: list | None):
+        """Record one call of a module whose per-example gradients come from a per-example
+        ``vjp`` of its forward: its inputs, the batch dimension of each input and output,
+        detached outputs (to check the per-example re-run against) and gradient hooks."""
         leaves = pytree.tree_leaves(output)
         grad_idx = [i for i, t in enumerate(leaves)
                     if isinstance(t, torch.Tensor) and t.requires_grad]
         if not grad_idx:
             return None
-        layer = self._layers[id(module)]
+        if isinstance(layer.module, nn.RNNBase):
+            args, kwargs = _explicit_hidden(layer.module, args, kwargs)
         flat, spec = pytree.tree_flatten((args, kwargs))
-        B = self.batch_size
-        use = _Use(None, [leaves[i] for i in grad_idx])
-        use.in_dims = [0 if isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == B
-                       else None for t in flat]
+        in_dims, out_dims = _io_dims(layer.module, layer.name, flat, leaves, grad_idx,
+                                     self.batch_size)
+        outs = [leaves[i] for i in grad_idx]
+        now = [t._version for t in leaves if isinstance(t, torch.Tensor)]
+        if versions is not None and now != versions:
+            raise ValueError(f"the output of {layer.name or 'the model'!r} was modified in "
+                             "place after its call; per-example statistics need it unchanged")
+        use = _Use(None, outs)
+        use.in_dims, use.out_dims = in_dims, out_dims
         use.x = [t.detach() if isinstance(t, torch.Tensor) else t for t in flat]
         use.spec = spec
         use.grad_idx = grad_idx
-        layer.uses.append(use)
-        for i, t in enumerate(leaves[j] for j in grad_idx):
+        use.outputs = [(t.detach(), t._version) for t in outs]
+        for i, t in enumerate(outs):
             t.register_hook(self._grad_hook(layer, use, i))
             if self._collect is not None:
                 self._collect.append((t, t._version, layer))
-        return None
+        return use
 
     def _grad_hook(self, layer: _Layer, use: _Use, i: int):
         batch = self._batch
@@ -574,6 +912,10 @@ class PerExampleStats:
 
         return hook
 
+    def _local(self, p: torch.Tensor | None) -> bool:
+        """Whether p requires grad and all its uses were inside its owners' calls."""
+        return p is not None and id(p) in self._params and id(p) not in self._nonlocal
+
     def _finish_deferred(self, layer: _Layer) -> None:
         """2-D Linear used once: ‖g_b(W)‖² = ‖δ_b‖²‖x_b‖², ‖g_b(c)‖² = ‖δ_b‖²,
         Σ_b g_b(W)² = (δ²)ᵀ(x²), Σ_b g_b(c)² = Σ_b δ_b² (SPEC §3)."""
@@ -587,8 +929,10 @@ class PerExampleStats:
         if x._version != use.x_version:
             self._modified(layer)
         m = layer.module
-        w = m.weight if id(m.weight) in self._params else None
-        b = m.bias if m.bias is not None and id(m.bias) in self._params else None
+        w = m.weight if self._local(m.weight) else None
+        b = m.bias if self._local(m.bias) else None
+        if w is None and b is None:
+            return
         if self.want_norms:
             dd = torch.linalg.vecdot(d, d)
             if w is not None:
@@ -621,9 +965,9 @@ class PerExampleStats:
             if u.x._version != u.x_version:
                 self._modified(layer)
         w, b = m.weight, m.bias
-        if id(w) in self._params:
+        if self._local(w):
             self._add(w, [("factor", (m, u.x, u.deltas[0])) for u in uses])
-        if b is not None and id(b) in self._params:
+        if self._local(b):
             dense = None
             for u in uses:
                 d = u.deltas[0]
@@ -663,42 +1007,42 @@ class PerExampleStats:
         if sq is not None:
             self._sum_sq[k] = sq
 
-    def _called(self) -> set[int]:
-        return {k for k, layer in self._layers.items() if layer.uses or layer.finished}
-
-    def _fallback_params(self, layer: _Layer, called: set[int]) -> dict[str, torch.Tensor]:
-        """Functional parameters of a fallback module: its own, and those of descendants that
-        were not called in this batch (used by the module through their weights)."""
+    def _site_params(self, layer: _Layer) -> dict[str, torch.Tensor]:
+        """Parameters whose per-example gradients come from this module's ``vjp``: its own
+        parameters used only inside their owners' calls, and the parameters attributed to it
+        (names relative to the module, for ``functional_call``)."""
+        mid = id(layer.module)
+        names = self._contained(mid)
         out = {}
-        for name, sub in layer.module.named_modules():
-            if sub is not layer.module and id(sub) in called:
-                continue
-            for pname, p in sub.named_parameters(recurse=False):
-                if id(p) in self._params:
-                    out[f"{name}.{pname}" if name else pname] = p
+        for p in layer.params:
+            k = id(p)
+            if k in self._use_prefix and k not in self._nonlocal:
+                out[names[k]] = p
+        for k, site in self._site_of.items():
+            if site == mid:
+                out[names[k]] = self._params[k]
         return out
 
     def _finalize(self) -> None:
         if self._finalized:
             return
         self._finalized = True
-        fallbacks = False
+        if self._error is not None:
+            raise ValueError(self._error)
+        fallbacks = [layer for layer in self._layers.values() if layer.fallback and layer.uses]
+        fallbacks += [site for site in self._sites.values() if site.uses]
         for layer in self._layers.values():
-            if layer.uses and not layer.finished:
-                if layer.fallback:
-                    fallbacks = True
-                elif layer.deferred():
+            if layer.uses and not layer.finished and not layer.fallback:
+                if layer.deferred():
                     self._finish_deferred(layer)
                 else:   # some output gradient never arrived: it is zero
                     self._finish_layer(layer)
         if fallbacks:
-            called = self._called()
             prev = self._recording
             self._recording = False
             try:
-                for layer in self._layers.values():
-                    if layer.fallback and layer.uses:
-                        self._finish_fallback(layer, called)
+                for layer in fallbacks:
+                    self._finish_fallback(layer)
             finally:
                 self._recording = prev
         for k in list(self._pending):
@@ -706,8 +1050,8 @@ class PerExampleStats:
         if self._total is not None and self.reduction == "mean":
             self._total = self._total * self._scale()
 
-    def _finish_fallback(self, layer: _Layer, called: set[int]) -> None:
-        params = self._fallback_params(layer, called)
+    def _finish_fallback(self, layer: _Layer) -> None:
+        params = self._site_params(layer)
         uses, layer.uses = layer.uses, []
         layer.finished = True
         if not params:
@@ -718,41 +1062,66 @@ class PerExampleStats:
                 continue
             deltas = [d if d is not None else torch.zeros(meta[0], dtype=meta[1], device=meta[2])
                       for d, meta in zip(use.deltas, use.out_meta, strict=True)]
-            grads = _vmap_vjp(layer.module, params, use.x, use.in_dims, use.spec, use.grad_idx,
-                              deltas)
+            grads = _vmap_vjp(layer, params, use, deltas)
             for n, g in grads.items():
                 total[n] = g if n not in total else total[n] + g
         for n, g in total.items():
             self._add(params[n], [("dense", g.detach())], owner_done=False)
 
 
-def _vmap_vjp(module: nn.Module, params: dict[str, torch.Tensor], flat: list, in_dims: list,
-              spec, grad_idx: list[int], deltas: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per-example gradients of ``module``'s ``params``: vmap over examples of the vjp of the
-    module's forward at (args_b, kwargs_b) with the output gradient δ_b (SPEC §3 fallback)."""
+def _vmap_vjp(layer: _Layer, params: dict[str, torch.Tensor], use: _Use,
+              deltas: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-example gradients of ``params`` from one recorded call of ``layer.module``: vmap
+    over examples of the vjp of the module's forward at (args_b, kwargs_b) with the output
+    gradients δ_b (SPEC §3 fallback). The per-example re-run must reproduce the recorded
+    batched output (the module treats the examples independently); otherwise ValueError."""
     from torch.func import functional_call, vjp, vmap
 
+    module = layer.module
     detached = {n: p.detach() for n, p in params.items()}
+    in_dims, out_dims, spec, grad_idx = use.in_dims, use.out_dims, use.spec, use.grad_idx
 
     def one(flat_b, deltas_b):
-        flat1 = [t.unsqueeze(0) if d == 0 else t for t, d in zip(flat_b, in_dims, strict=True)]
+        flat1 = [t.unsqueeze(d) if d is not None else t
+                 for t, d in zip(flat_b, in_dims, strict=True)]
         args, kwargs = pytree.tree_unflatten(flat1, spec)
 
         def f(ps):
             out = pytree.tree_leaves(functional_call(module, ps, tuple(args), kwargs))
             return tuple(out[i] for i in grad_idx)
 
-        _, pullback = vjp(f, detached)
-        return pullback(tuple(d.unsqueeze(0) for d in deltas_b))[0]
+        outs, pullback = vjp(f, detached)
+        grads = pullback(tuple(d.unsqueeze(od) for d, od in zip(deltas_b, out_dims,
+                                                                  strict=True)))[0]
+        return grads, tuple(o.squeeze(od) for o, od in zip(outs, out_dims, strict=True))
 
+    what = f"{type(module).__name__} {layer.name or '(the model)'!r}"
     try:
-        return vmap(one, in_dims=(in_dims, 0), randomness="error")(flat, tuple(deltas))
-    except RuntimeError as e:
-        raise RuntimeError(
-            f"per-example gradients of {type(module).__name__} by torch.func failed ({e}); the "
-            "fallback re-runs the module per example, which needs a deterministic forward "
-            "that treats the examples of the batch independently"
-        ) from e
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+            grads, outs = vmap(one, in_dims=(in_dims, tuple(out_dims)),
+                               out_dims=(0, tuple(out_dims)), randomness="error")(
+                use.x, tuple(deltas))
+    except (RuntimeError, ValueError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first.split(". ")[0].removesuffix(".")
+        if "randomness" in first:
+            raise ValueError(f"per-example gradients of {what} need a per-example re-run of "
+                             "its forward, which uses randomness (dropout?): set its dropout "
+                             "to 0 or use eval mode") from None
+        raise ValueError(f"per-example gradients of {what} by torch.func failed: {first}; the "
+                         "fallback re-runs the module per example, which needs a "
+                         "deterministic forward that treats the examples of the batch "
+                         "independently") from None
+    for (ref, version), out in zip(use.outputs, outs, strict=True):
+        if ref._version != version or not ref.is_floating_point():
+            continue
+        scale = float(ref.abs().max()) if ref.numel() else 0.0
+        err = float((out.detach() - ref).abs().max()) if ref.numel() else 0.0
+        if err > 1e4 * torch.finfo(ref.dtype).eps * max(scale, 1.0):
+            raise ValueError(f"{what} does not treat the examples of a batch independently: "
+                             f"its per-example re-run differs from the batched output by {err:.3g}"
+                             " (per-example gradients are not defined)")
+    return grads
 
 
 # ---------------------------------------------------------------------------------------------
@@ -791,15 +1160,9 @@ def per_example_stats(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: t
         else:
             targets.extend(p for p in layer.module.parameters(recurse=False) if p.requires_grad)
     collected.clear()
-    called = stats._called()
-    covered: set[int] = set()
-    for k in called:
-        layer = stats._layers[k]
-        if layer.fallback:
-            covered.update(id(p) for p in stats._fallback_params(layer, called).values())
-        else:
-            covered.update(id(p) for p in layer.params)
-    unseen = [(stats._names[k], p) for k, p in stats._params.items() if k not in covered]
+    unseen = [(stats._names[k], p) for k, p in stats._params.items()
+              if k not in stats._use_prefix]
+    stats._clear_grad_watch()       # checked here directly
     if targets or unseen:
         grads = torch.autograd.grad(losses.sum(), targets + [p for _, p in unseen],
                                     allow_unused=True)
@@ -807,8 +1170,8 @@ def per_example_stats(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: t
         for (n, _), g in zip(unseen, grads[len(grads) - len(unseen):], strict=True):
             if g is not None:
                 raise ValueError(
-                    f"parameter {n!r} receives a gradient, but the module that owns it was not "
-                    "called in the forward (it is used directly, e.g. F.linear(h, m.weight)): "
+                    f"parameter {n!r} receives a gradient, but no torch call of the model's "
+                    "forward used it (used outside the forward, e.g. in the loss): "
                     "per-example statistics cannot see it"
                 )
     out = PerExampleResult(losses=losses.detach())
