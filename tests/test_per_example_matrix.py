@@ -241,3 +241,70 @@ def test_training_backward_refuses_a_parameter_only_the_loss_uses():
         (per_example_ce(holder(x) * t, torch.randint(0, 5, (4,)))).sum().backward()
         with pytest.raises(ValueError, match="'t' received a gradient"):
             stats.sq_norms()
+
+
+class LossInside(nn.Module):
+    """Computes its loss itself when given labels (as Hugging Face models do) and is called
+    with keyword arguments only; its own parameter makes the whole model a re-run site."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(6, 5)
+        self.temp = nn.Parameter(torch.tensor(1.3))
+
+    def forward(self, inputs=None, labels=None):
+        logits = self.lin(inputs) * self.temp
+        if labels is None:
+            return {"logits": logits}
+        return {"loss": per_example_ce(logits, labels).mean(), "logits": logits}
+
+
+def test_model_called_with_keywords_that_returns_its_loss():
+    torch.manual_seed(0)
+    model = LossInside().double()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    y = torch.randint(0, 5, (5,))
+    ref_norms, ref_sum_sq, _ = per_example_reference(
+        model, lambda out, y: per_example_ce(out["logits"], y), x, y)
+    with PerExampleStats(model, reduction="mean") as stats:
+        model(inputs=x, labels=y)["loss"].backward()
+        assert rel(stats.sq_norms(), ref_norms) < RTOL
+        s = stats.sum_sq()
+    for name, ref in ref_sum_sq.items():
+        assert rel(s[name], ref) < RTOL, name
+
+
+def test_refuses_a_module_that_returns_only_a_reduced_loss():
+    class Penalty(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(6, dtype=torch.float64))
+
+        def forward(self, h):
+            return (h * self.w).sum()
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(6, 5).double()
+            self.pen = Penalty()
+
+        def forward(self, x):
+            return self.lin(x) + 0 * self.pen(x)
+
+    x = torch.randn(4, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match="Penalty 'pen' returns only a reduced"):
+        per_example_stats(Model(), per_example_ce, x, torch.randint(0, 5, (4,)))
+
+
+def test_a_failed_forward_leaves_no_tracking_behind():
+    """After a refused forward the use tracker is gone: torch calls are not intercepted."""
+    from torch.overrides import _get_current_function_mode_stack
+
+    rnn = nn.GRU(3, 4, batch_first=True).double()
+    packed = nn.utils.rnn.pack_padded_sequence(torch.randn(2, 3, 3, dtype=torch.float64),
+                                               [3, 3], batch_first=True)
+    with PerExampleStats(rnn):
+        with pytest.raises(ValueError, match="PackedSequence"):
+            rnn(packed)
+    assert _get_current_function_mode_stack() == []

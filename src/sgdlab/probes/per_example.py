@@ -652,6 +652,7 @@ class PerExampleStats:
         self._calls: dict[int, list] = {}
         self._site_of: dict[int, int] = {}
         self._unbatched: set[int] = set()
+        self._scalar_calls: set[int] = set()    # modules with a call returning only 0-d outputs
         self._sites: dict[int, _Layer] = {}
         self._error: str | None = None
         self._clear_grad_watch()
@@ -700,10 +701,10 @@ class PerExampleStats:
             if not self._recording or not torch.is_grad_enabled():
                 self._active = False
                 return None
-            self._start_batch(args)
+            self._start_batch(args, kwargs)
         if self._active:
-            self._stack.append(id(module))
             batched = self._batched_call(module, args, kwargs)
+            self._stack.append(id(module))
             self._batched.append(batched)
             if not batched:
                 self._unbatched.add(id(module))
@@ -732,7 +733,11 @@ class PerExampleStats:
         return False
 
     def _pop_body(self, module, args, kwargs, output):
-        if not self._active or not self._stack or self._stack[-1] != id(module):
+        if not self._active:
+            return None
+        if not self._stack or self._stack[-1] != id(module):
+            if module is self.model:        # the forward failed before the root was pushed
+                self._stop_tracking()
             return None
         self._stack.pop()
         self._batched.pop()
@@ -747,14 +752,16 @@ class PerExampleStats:
                 self._forward_done()
         return None
 
-    def _start_batch(self, args) -> None:
+    def _start_batch(self, args, kwargs) -> None:
+        """A new batch: its size is the first dimension of the first tensor argument of the
+        model (positional first, then keyword: ``model(**inputs)``)."""
         self._reset()
         self.batch_size = None
         first = args[0] if args else None
         if isinstance(first, torch.Tensor) and first.dim() > 0:
             self.batch_size = first.shape[0]
         else:
-            for t in pytree.tree_leaves(args):
+            for t in pytree.tree_leaves((args, kwargs)):
                 if isinstance(t, torch.Tensor) and t.dim() > 0:
                     self.batch_size = t.shape[0]
                     break
@@ -866,9 +873,14 @@ class PerExampleStats:
         ``vjp`` of its forward: its inputs, the batch dimension of each input and output,
         detached outputs (to check the per-example re-run against) and gradient hooks."""
         leaves = pytree.tree_leaves(output)
+        # a 0-d output is a loss the module reduced itself (a model that computes its loss
+        # when given labels): its gradient reaches the parameters through the batched
+        # outputs it was computed from, whose δ already holds it
         grad_idx = [i for i, t in enumerate(leaves)
-                    if isinstance(t, torch.Tensor) and t.requires_grad]
+                    if isinstance(t, torch.Tensor) and t.requires_grad and t.dim() > 0]
         if not grad_idx:
+            if any(isinstance(t, torch.Tensor) and t.requires_grad for t in leaves):
+                self._scalar_calls.add(id(layer.module))
             return None
         if isinstance(layer.module, nn.RNNBase):
             args, kwargs = _explicit_hidden(layer.module, args, kwargs)
@@ -1029,6 +1041,12 @@ class PerExampleStats:
         self._finalized = True
         if self._error is not None:
             raise ValueError(self._error)
+        for mid in self._scalar_calls:
+            layer = self._layers.get(mid) or self._sites.get(mid)
+            if layer is not None and self._site_params(layer):
+                raise ValueError(f"{type(layer.module).__name__} {layer.name or '(the model)'!r} "
+                                 "returns only a reduced (0-d) output: the per-example gradients "
+                                 "of its parameters are not defined")
         fallbacks = [layer for layer in self._layers.values() if layer.fallback and layer.uses]
         fallbacks += [site for site in self._sites.values() if site.uses]
         for layer in self._layers.values():
