@@ -31,6 +31,10 @@ class ConfigError(ValueError):
 class TrainConfig:
     """Everything a training run needs (SPEC §1 for sampling; §2 for optimizers/schedules).
 
+    ``dataset`` and ``model`` are registry names (:func:`sgdlab.data.load`,
+    :func:`sgdlab.models.build`) or import strings ``MODULE:CALLABLE`` /
+    ``path/to/file.py:CALLABLE`` (see :func:`sgdlab.train.build`); a run on Python objects
+    passed to the trainer records ``<module.QualName>``.
     Exactly one of ``steps`` and ``epochs`` sets the length; an epoch is ⌊N/B⌋ steps.
     ``lr`` defaults to the optimizer's own default (required for sgd, momentum, snr_sgd).
     ``schedule`` is a name from :mod:`sgdlab.schedules`; ``total`` for cosine/linear defaults
@@ -160,13 +164,117 @@ def _choice(name: str, value: Any, choices) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
 
+# --------------------------------------------------------------------------- import strings
+
+#: ``model``/``dataset`` of a run trained on Python objects given to ``Trainer(model=...)``:
+#: ``<module.QualName>``, a record of what was used (such a run resumes in Python only).
+OBJECT_PREFIX = "<"
+
+
+def is_import_string(value: Any) -> bool:
+    """``MODULE:CALLABLE`` or ``path/to/file.py:CALLABLE`` (both sides non-empty)."""
+    if not isinstance(value, str) or ":" not in value:
+        return False
+    module, _, attr = value.rpartition(":")
+    return bool(module.strip()) and bool(attr.strip()) and not value.startswith(OBJECT_PREFIX)
+
+
+def object_name(obj: Any) -> str:
+    """What config.yaml records for a Python object: ``<module.QualName>``."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return f"{OBJECT_PREFIX}{cls.__module__}.{cls.__qualname__}>"
+
+
+def normalise_import_string(value: str) -> str:
+    """A file import string with its path made absolute (so a resume from another directory
+    finds the same file); a module import string unchanged."""
+    if not is_import_string(value):
+        return value
+    module, _, attr = value.rpartition(":")
+    if module.endswith(".py") or "/" in module or "\\" in module:
+        return f"{Path(module).expanduser().resolve()}:{attr}"
+    return value
+
+
+def import_callable(value: str, field_name: str) -> Any:
+    """Import the object an import string names (SPEC-free plumbing of the CLI's
+    ``--model``/``--dataset``): ``pkg.mod:fn`` (importlib) or ``path/to/file.py:fn`` (the file
+    is executed as a module: importing user code is the contract of an import string);
+    ``fn`` may be dotted (``mod:Class.factory``). Raises :class:`ConfigError` starting with
+    ``field_name:`` when the module cannot be imported or has no such attribute."""
+    import importlib
+    import importlib.util
+    import sys
+
+    module_name, _, attr = value.rpartition(":")
+    where = f"{field_name}: {value!r}"
+    try:
+        if module_name.endswith(".py") or "/" in module_name:
+            path = Path(module_name).expanduser().resolve()
+            if not path.is_file():
+                raise ConfigError(f"{where}: file {str(path)!r} does not exist")
+            name = f"sgdlab_user_{abs(hash(str(path)))}"
+            if name in sys.modules:
+                module = sys.modules[name]
+            else:
+                spec = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[name]
+                    raise
+        else:
+            module = importlib.import_module(module_name)
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError(f"{where}: cannot import {module_name!r} "
+                          f"({type(err).__name__}: {_first_line(err)})") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"{where}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"{where}: {attr!r} is not callable")
+    return obj
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def call_user(fn: Any, field_name: str, value: str, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``; any exception it raises becomes one :class:`ConfigError` line
+    starting with ``field_name:``."""
+    try:
+        return fn(*args, **kwargs)
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError(f"{field_name}: {value!r} raised {type(err).__name__}: "
+                          f"{_first_line(err)}") from None
+
+
+def _name_or_import(name: str, value: Any, choices) -> None:
+    if is_import_string(value) or (isinstance(value, str) and value.startswith(OBJECT_PREFIX)):
+        return
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)} or an import string "
+                          f"MODULE:CALLABLE (or path/to/file.py:CALLABLE), got {value!r}")
+
+
 def validate(cfg: TrainConfig) -> None:
-    """Check every field's type and range (names of datasets, models, optimizers and schedules
-    are checked against their registries when the run is built)."""
+    """Check every field's type and range. ``dataset`` and ``model`` are registry names or
+    import strings (``MODULE:CALLABLE``, checked for their form here and imported when the run
+    is built); optimizers and schedules are checked against their registries."""
     from sgdlab import data, models, optim, schedules
 
-    _choice("dataset", cfg.dataset, data.names())
-    _choice("model", cfg.model, models.available())
+    _name_or_import("dataset", cfg.dataset, data.names())
+    _name_or_import("model", cfg.model, models.available())
     _choice("optimizer", cfg.optimizer, optim.available())
     _choice("schedule", cfg.schedule, schedules.available())
     if cfg.lr is not None:

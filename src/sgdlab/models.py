@@ -55,6 +55,8 @@ __all__ = [
     "ScaleInvariantMLP",
     "available",
     "build",
+    "from_callable",
+    "register",
     "spec_of",
 ]
 
@@ -553,9 +555,82 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+_BUILTIN = frozenset(_REGISTRY)
+
+
+def register(name: str, *, replace: bool = False) -> Callable[[Callable[..., nn.Module]],
+                                                             Callable[..., nn.Module]]:
+    """Decorator: make ``fn(spec, *, option=default, ...) -> nn.Module`` buildable by name.
+
+    ``spec`` is the :class:`DataSpec` of the data; the other parameters are the model's
+    options (what ``build(name, ds, **options)``, ``--model-opt`` and ``model_options``
+    accept). ``name``: a non-empty string of letters, digits and ``_``; an already registered
+    name raises ``ValueError`` unless ``replace=True`` (the built-in names cannot be replaced)::
+
+        @sgdlab.models.register("tiny_gru")
+        def tiny_gru(spec, hidden=32):
+            return MyGRU(spec.input_shape, spec.num_outputs, hidden)
+    """
+    key = name.lower().replace("-", "_") if isinstance(name, str) else name
+    if not isinstance(key, str) or not key or not key.replace("_", "").isalnum():
+        raise ValueError(f"model name must be a non-empty string of letters, digits and _, "
+                         f"got {name!r}")
+    if key in _BUILTIN or (key in _REGISTRY and not replace):
+        raise ValueError(f"model {key!r} is already registered (known models: "
+                         f"{', '.join(available())}); pick another name"
+                         + ("" if key in _BUILTIN else " or pass replace=True"))
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if not callable(fn):
+            raise ValueError(f"model {key!r}: register a callable, got {type(fn).__name__}")
+        params = list(inspect.signature(fn).parameters.values())
+        if not params or params[0].kind not in (inspect.Parameter.POSITIONAL_ONLY,
+                                                inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            raise ValueError(f"model {key!r}: the builder must take the DataSpec as its first "
+                             "positional parameter")
+        _REGISTRY[key] = fn
+        return fn
+
+    return deco
+
+
 def available() -> list[str]:
-    """Names accepted by :func:`build`."""
+    """Names accepted by :func:`build` (the built-in models, then registered ones)."""
     return list(_REGISTRY)
+
+
+def takes_spec(fn: Callable[..., object]) -> bool:
+    """Whether a model callable takes the :class:`DataSpec` (it has a positional parameter
+    without a default); a callable with none is called without it."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                          inspect.Parameter.POSITIONAL_OR_KEYWORD)
+               and p.default is inspect.Parameter.empty for p in params)
+
+
+def from_callable(fn: Callable[..., object], dataset: object | None, *,
+                  seed: int | None = None, **options: object) -> nn.Module:
+    """Build a model with a user's callable (an ``nn.Module`` class or a factory).
+
+    ``fn(spec, **options)`` when it takes a positional parameter (``spec`` the
+    :class:`DataSpec` of ``dataset``, via :func:`spec_of`), else ``fn(**options)``. With an
+    int ``seed`` the weights are drawn from the torch RNG seeded with it inside
+    ``torch.random.fork_rng`` (as :func:`build` does). Raises ``TypeError`` when the result is
+    not an ``nn.Module``.
+    """
+    args = (spec_of(dataset),) if takes_spec(fn) else ()
+    if seed is None:
+        model = fn(*args, **options)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = fn(*args, **options)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"it returned {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def build(name: str, dataset: object, *, seed: int | None = None, **options: object) -> nn.Module:

@@ -23,13 +23,15 @@ takes its slice of the same global batch, and only rank 0 writes.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 import os
 import platform
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgdlab import __version__, checkpoint, data, models, optim, schedules
+from sgdlab import config as config_mod
+from sgdlab import data as data_mod
 from sgdlab.config import ConfigError, TrainConfig
 from sgdlab.metrics_log import MetricsWriter, atomic_write_json, atomic_write_text, truncate_to
 
@@ -94,10 +98,15 @@ def loss_functions(task: str) -> tuple[Callable, Callable]:
 
 @dataclass
 class Run:
-    """The components :func:`build` makes from a config."""
+    """The components :func:`build` makes from a config (and the user's objects).
+
+    ``data`` is an sgdlab :class:`~sgdlab.data.Dataset` or a :class:`~sgdlab.data.MapData`
+    (map-style torch Datasets); ``loss_fn`` returns the mean batch loss and
+    ``per_example_loss_fn`` the per-example losses, shape (B,).
+    """
 
     config: TrainConfig
-    data: data.Dataset
+    data: data.Dataset | data.MapData
     model: nn.Module
     loss_fn: Callable
     per_example_loss_fn: Callable
@@ -119,25 +128,144 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build(cfg: TrainConfig) -> Run:
-    """Make every component of a run; any bad value raises :class:`ConfigError` (one line)."""
-    device = resolve_device(cfg.device)
+def per_example_loss(loss_fn: Callable) -> tuple[Callable, Callable]:
+    """(mean loss, per-example loss) from a user's ``loss_fn(out, y)`` that returns
+    per-example losses ℓ_b, shape (B,); the mean is (1/B) Σ_b ℓ_b (SPEC §1). A result of any
+    other shape raises :class:`ConfigError` (a mean-reduced loss would make every
+    per-example quantity and the evaluation silently wrong)."""
+
+    def checked(out, y):
+        per = loss_fn(out, y)
+        if not isinstance(per, torch.Tensor) or per.dim() != 1 or per.shape[0] != out.shape[0]:
+            shape = tuple(per.shape) if isinstance(per, torch.Tensor) else type(per).__name__
+            raise ConfigError(f"loss_fn: must return per-example losses of shape "
+                              f"({out.shape[0]},) (reduction='none'), got {shape}")
+        return per
+
+    return (lambda out, y: checked(out, y).mean()), checked
+
+
+def _load_data(cfg: TrainConfig, user_data: Any) -> data.Dataset | data.MapData:
+    """The run's data: the user's object, an import string's result or a registry name."""
+    if user_data is None and not config_mod.is_import_string(cfg.dataset):
+        if cfg.dataset.startswith(config_mod.OBJECT_PREFIX):
+            raise ConfigError(f"dataset: {cfg.dataset} was a Python object passed to "
+                              "Trainer(data=...); pass it again")
+        try:
+            return data.load(cfg.dataset, seed=cfg.seed, **cfg.dataset_options)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    made = user_data
+    if user_data is None:
+        fn = config_mod.import_callable(cfg.dataset, "dataset")
+        kwargs = dict(cfg.dataset_options)
+        if "seed" in _parameters(fn):
+            kwargs["seed"] = cfg.seed
+        made = config_mod.call_user(fn, "dataset", cfg.dataset, **kwargs)
+        if not isinstance(made, (data.Dataset, dict)):
+            raise ConfigError(f"dataset: {cfg.dataset!r} returned {type(made).__name__}; "
+                              "expected an sgdlab Dataset or a dict of x_train, y_train, "
+                              "x_test, y_test (+ task)")
     try:
-        ds = data.load(cfg.dataset, seed=cfg.seed, **cfg.dataset_options)
+        return data.as_data(made)
     except ValueError as err:
-        raise ConfigError(str(err)) from None
-    loss_fn, per_example = loss_functions(ds.task)
+        where = "" if user_data is not None else f"{cfg.dataset!r} returned bad data: "
+        raise ConfigError(f"dataset: {where}{str(err).removeprefix('data: ')}") from None
+
+
+def _parameters(fn: Callable) -> Any:
     try:
-        model = models.build(cfg.model, ds, seed=cfg.seed, **cfg.model_options)
+        return inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+
+
+def _make_model(cfg: TrainConfig, ds: Any, user_model: Any) -> nn.Module:
+    """The run's model: the user's module, an import string's callable or a registry name."""
+    if user_model is not None:
+        if not isinstance(user_model, nn.Module):
+            raise ConfigError(f"model: must be a torch.nn.Module, got {type(user_model).__name__}")
+        return user_model
+    if config_mod.is_import_string(cfg.model):
+        fn = config_mod.import_callable(cfg.model, "model")
+        args: tuple = ()
+        if models.takes_spec(fn):
+            if ds.task == "classification" and ds.num_classes is None:
+                raise ConfigError("model: the data's num_classes is unknown; give it with the "
+                                  "data (MapData(..., num_classes=C))")
+            args = (models.DataSpec(ds.input_shape, ds.num_classes),)
+        with torch.random.fork_rng(devices=[]):  # seeded as models.build does
+            torch.manual_seed(cfg.seed)
+            made = config_mod.call_user(fn, "model", cfg.model, *args, **cfg.model_options)
+        if not isinstance(made, nn.Module):
+            raise ConfigError(f"model: {cfg.model!r} returned {type(made).__name__}; "
+                              "expected a torch.nn.Module")
+        return made
+    if cfg.model.startswith(config_mod.OBJECT_PREFIX):
+        raise ConfigError(f"model: {cfg.model} was a Python object passed to "
+                          "Trainer(model=...); pass it again")
+    try:
+        return models.build(cfg.model, ds, seed=cfg.seed, **cfg.model_options)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"model: {err}") from None
-    model.to(device)
+
+
+def _check_loss_once(ds: Any, model: nn.Module, per_example: Callable,
+                     device: torch.device) -> None:
+    """One forward on two training examples (eval mode, no grad, RNG untouched) so that a
+    loss of the wrong shape or a model that fails on the data is reported before the run
+    directory is created."""
+    x, y = ds.head(min(2, ds.n_train))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            out = model(x)
+            per_example(out, y)
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError(f"model: the forward (or loss_fn) fails on a batch of the data: "
+                          f"{type(err).__name__}: {config_mod._first_line(err)}") from None
+    finally:
+        model.train(was)
+
+
+def build(cfg: TrainConfig, *, model: nn.Module | None = None, data: Any = None,
+          loss_fn: Callable | None = None) -> Run:
+    """Make every component of a run; any bad value raises :class:`ConfigError` (one line).
+
+    By default the data, model and loss come from the config: ``cfg.dataset`` is a registry
+    name (:func:`sgdlab.data.load`) or an import string ``MODULE:CALLABLE`` /
+    ``path/to/file.py:CALLABLE`` whose callable (given ``seed=`` when it takes it, and
+    ``dataset_options``) returns an sgdlab Dataset or a dict of ``x_train, y_train, x_test,
+    y_test`` (+ ``task``); ``cfg.model`` is a registry name or an import string whose
+    callable receives the data's :class:`~sgdlab.models.DataSpec` (or nothing, when it takes
+    no positional parameter) and ``model_options``, and returns an ``nn.Module``. The loss is
+    that of the task (:func:`loss_functions`).
+
+    ``model``, ``data`` (anything :func:`sgdlab.data.as_data` takes) and ``loss_fn``
+    (``loss_fn(out, y)`` → per-example losses, shape (B,)) replace those of the config.
+    """
+    device = resolve_device(cfg.device)
+    ds = _load_data(cfg, data)
+    if loss_fn is not None:
+        if not callable(loss_fn):
+            raise ConfigError(f"loss_fn: must be callable, got {type(loss_fn).__name__}")
+        mean_loss, per_example = per_example_loss(loss_fn)
+    else:
+        mean_loss, per_example = loss_functions(ds.task)
+    net = _make_model(cfg, ds, model)
+    net.to(device)
     ds = ds.to(device)
+    if model is not None or data is not None or loss_fn is not None or any(
+            config_mod.is_import_string(v) for v in (cfg.model, cfg.dataset)):
+        _check_loss_once(ds, net, per_example, device)
     hp = dict(cfg.optimizer_options)
     if cfg.lr is not None:
         hp["lr"] = cfg.lr
     try:
-        opt = optim.create(cfg.optimizer, model.parameters(), **hp)
+        opt = optim.create(cfg.optimizer, net.parameters(), **hp)
     except ValueError as err:
         raise ConfigError(f"optimizer: {err}") from None
     if cfg.batch_size > ds.n_train:
@@ -159,8 +287,26 @@ def build(cfg: TrainConfig) -> Run:
     except ValueError as err:
         raise ConfigError(f"schedule: {err}") from None
     scheduler = schedules.to_torch(opt, schedule)
-    return Run(cfg, ds, model, loss_fn, per_example, opt, scheduler, schedule, sampler, total,
+    return Run(cfg, ds, net, mean_loss, per_example, opt, scheduler, schedule, sampler, total,
                device)
+
+
+def _with_objects(config: TrainConfig | dict[str, Any], model: Any, user_data: Any,
+                  loss_fn: Any) -> TrainConfig:
+    """The config as a validated :class:`TrainConfig` (a mapping is read with
+    :func:`~sgdlab.config.from_dict`); ``model``/``dataset`` record the user's objects as
+    ``<module.QualName>`` (the caller's config is not modified)."""
+    if isinstance(config, dict):
+        config = config_mod.from_dict(config)
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"config must be a TrainConfig or a mapping of its fields, "
+                          f"got {type(config).__name__}")
+    changes = {}
+    if model is not None:
+        changes["model"] = config_mod.object_name(model)
+    if user_data is not None:
+        changes["dataset"] = config_mod.object_name(user_data)
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 # --------------------------------------------------------------------------- distributed
@@ -192,18 +338,38 @@ class Trainer:
     """Runs one configuration to completion, divergence or interruption.
 
     Args:
-        config: the run's configuration (``config.out`` is the run directory; ``None``
-            keeps everything in memory, as the experiments do).
+        config: the run's configuration, a :class:`TrainConfig` or a mapping of its fields
+            (optimizer, lr, schedule, batch size, steps or epochs, sampling, averaging,
+            probes, out, ...). ``config.out`` is the run directory; ``None`` keeps everything
+            in memory, as the experiments do.
         callbacks: :class:`Callback` objects called at their hooks, in order, followed by
             the instruments the config names (``probes``).
         progress: show progress (a bar on a TTY, plain lines otherwise); ``None``: when
             writing a run directory.
+        model: the user's ``nn.Module`` (instead of ``config.model``).
+        data: the user's data (instead of ``config.dataset``): an sgdlab Dataset, tensors
+            ``(x_train, y_train, x_test, y_test)`` as a tuple or a mapping (+ ``task``), or
+            map-style torch Datasets ``(train, test)`` / :class:`~sgdlab.data.MapData`
+            (read by a DataLoader over the resumable sampler; see :mod:`sgdlab.data.loader`).
+            Integer inputs (token ids) are passed to the model as they are.
+        loss_fn: ``loss_fn(out, y)`` → per-example losses, shape (B,) (instead of the task's
+            cross-entropy or ½‖f(x) − y‖²); the training loss is their mean.
+
+    With user objects, config.yaml records ``<module.QualName>`` for them; :meth:`resume`
+    then needs the same objects again (a fresh model: its state comes from the checkpoint)::
+
+        cfg = {"optimizer": "adam", "lr": 1e-3, "batch_size": 64, "steps": 2000,
+               "out": "runs/mine"}
+        Trainer(cfg, model=Net(), data=(x_tr, y_tr, x_te, y_te), loss_fn=per_example).fit()
+        Trainer(cfg, model=Net(), data=(x_tr, y_tr, x_te, y_te), loss_fn=per_example).resume()
     """
 
-    def __init__(self, config: TrainConfig, callbacks: Sequence[Callback] = (),
-                 progress: bool | None = None) -> None:
+    def __init__(self, config: TrainConfig | dict[str, Any], callbacks: Sequence[Callback] = (),
+                 progress: bool | None = None, *, model: nn.Module | None = None,
+                 data: Any = None, loss_fn: Callable | None = None) -> None:
         from sgdlab import instruments
 
+        config = _with_objects(config, model, data, loss_fn)
         self.config = config
         self.callbacks = list(callbacks) + instruments.build(
             config.probes, every=config.probe_every, log_spaced=config.probe_schedule == "log")
@@ -212,12 +378,13 @@ class Trainer:
         if self.world > 1 and config.batch_size % self.world:
             raise ConfigError(f"batch_size must be divisible by the {self.world} processes, "
                               f"got {config.batch_size}")
-        self.run = build(config)
+        self.run = build(config, model=model, data=data, loss_fn=loss_fn)
         self.model = self.run.model
         self.optimizer = self.run.optimizer
         self.scheduler = self.run.scheduler
         self.sampler = self.run.sampler
         self.data = self.run.data
+        self.batches = data_mod.BatchStream(self.data, self.sampler, self.rank, self.world)
         self.total_steps = self.run.total_steps
         self.device = self.run.device
         self.train_model: nn.Module = self.model
@@ -272,7 +439,7 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.sampler.load_state_dict(ckpt["sampler"])
+        self.batches.load_state_dict(ckpt["sampler"])
         checkpoint.set_rng_state(ckpt["rng"])
         self.step = ckpt["step"]
         self._elapsed_before = ckpt["elapsed"]
@@ -301,11 +468,7 @@ class Trainer:
         self.train_model.train()  # evaluation restores the mode it found
         try:
             while self.step < self.total_steps:
-                idx = self.sampler.next_batch()
-                if self.world > 1:
-                    per_rank = cfg.batch_size // self.world
-                    idx = idx[self.rank * per_rank:(self.rank + 1) * per_rank]
-                x, y = self.data.batch(idx)
+                x, y = self.batches.next()  # this rank's slice of the global batch
                 self.batch = (x, y)
                 loss = self.run.loss_fn(self.train_model(x), y)
                 self.loss = loss
@@ -355,6 +518,7 @@ class Trainer:
                     break
         finally:
             self._restore_signal_handlers(old_handlers)
+            self.batches.close()  # DataLoader workers; the sampler rewinds to the last batch
         wall = time.perf_counter() - start
         if status != "diverged" and self.step > 0:
             self.save_checkpoint(wall)
@@ -373,21 +537,20 @@ class Trainer:
         """Loss (and accuracy) on the test split and on the train split (a fixed subset of
         ``TRAIN_EVAL_SUBSET`` examples, or all of it with ``full_train_loss``); logs a record."""
         ds = self.data
-        n_train = ds.n_train if self.config.full_train_loss else min(ds.n_train,
-                                                                     TRAIN_EVAL_SUBSET)
+        n_train = None if self.config.full_train_loss else TRAIN_EVAL_SUBSET
         record: dict[str, Any] = {"kind": "eval", "step": self.step, "epoch": self._epoch()}
         if now is not None:
             record["wall_time"] = self._elapsed_before + now
-        for prefix, x, y in (("train", ds.x_train[:n_train], ds.y_train[:n_train]),
-                             ("test", ds.x_test, ds.y_test)):
-            record.update(self._eval_split(self.model, prefix, x, y))
+        record.update(self._eval_split(self.model, "train", ds.iter_batches("train", n_train)))
+        if ds.n_test:
+            record.update(self._eval_split(self.model, "test", ds.iter_batches("test")))
         if self.config.full_train_loss:
             record["train_full_loss"] = record["train_loss"]
-        if self.averaged is not None:
+        if self.averaged is not None and ds.n_test:
             if _has_batchnorm(self.averaged.module):
                 self._update_bn()
-            record.update(self._eval_split(self.averaged.module, "avg_test", ds.x_test,
-                                           ds.y_test))
+            record.update(self._eval_split(self.averaged.module, "avg_test",
+                                           ds.iter_batches("test")))
         self.log(record)
         for cb in self.callbacks:
             cb.on_eval(self, record)
@@ -395,19 +558,21 @@ class Trainer:
             self._print_progress(record)
         return record
 
-    def _eval_split(self, model: nn.Module, prefix: str, x: torch.Tensor,
-                    y: torch.Tensor) -> dict[str, float]:
+    def _eval_split(self, model: nn.Module, prefix: str,
+                    batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+        """Mean per-example loss (and accuracy: argmax of the last dimension against integer
+        labels) of ``model`` in eval mode over ``batches``."""
         was_training = model.training
         model.eval()
-        total, correct = 0.0, 0
-        for start in range(0, x.shape[0], 2048):
-            out = model(x[start:start + 2048])
-            yb = y[start:start + 2048]
+        total, correct, count = 0.0, 0, 0
+        for xb, yb in batches:
+            out = model(xb)
             total += float(self.run.per_example_loss_fn(out, yb).sum())
+            count += int(yb.shape[0])
             if self.data.task == "classification":
-                correct += int((out.argmax(dim=1) == yb).sum())
+                correct += int((out.argmax(dim=-1) == yb).sum())
         model.train(was_training)
-        n = max(1, x.shape[0])
+        n = max(1, count)
         result = {f"{prefix}_loss": total / n}
         if self.data.task == "classification":
             result[f"{prefix}_acc"] = correct / n
@@ -422,7 +587,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "sampler": self.sampler.state_dict(),
+            "sampler": self.batches.state_dict(),
             "rng": checkpoint.rng_state(),
             "elapsed": self._elapsed_before + elapsed,
             "loss_sum": self._loss_sum,
@@ -444,8 +609,7 @@ class Trainer:
     def _update_bn(self) -> None:
         """Recompute BatchNorm statistics of the SWA model over the training set
         (``torch.optim.swa_utils.update_bn`` over batches of the in-memory data)."""
-        x = self.data.x_train
-        batches = [x[i:i + 256] for i in range(0, x.shape[0], 256)]
+        batches = (xb for xb, _ in self.data.iter_batches("train", batch_size=256))
         torch.optim.swa_utils.update_bn(batches, self.averaged)
 
     def _log_train(self, grad_norm: torch.Tensor | None, rate: float, now: float) -> None:

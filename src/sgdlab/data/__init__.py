@@ -15,6 +15,10 @@ name                      inputs / targets                                      
 ``quadratic_deep``        (N, 100) / empty (N, 0); Q, Φ*, L* in ``meta``             quadratic
 ========================  =======================================================  ==========
 
+The user's own data: :func:`from_tensors` (tensors, integer token inputs kept as they are),
+:class:`MapData` (map-style torch Datasets read by a DataLoader over the resumable sampler)
+and :func:`as_data` (whatever the trainer's ``data=`` accepts).
+
 Image sets take ``flatten=True`` for (N, C·H·W) inputs. :class:`BatchSampler` draws index
 batches with replacement (i.i.d.) or by epoch shuffling, and resumes exactly from its
 ``state_dict()``. Every error about the data is a :class:`DataError` (a ``ValueError``) whose
@@ -24,8 +28,19 @@ message is one line naming the field and what is allowed.
 from . import cifar10 as _cifar10  # noqa: F401  (registers "cifar10")
 from . import images as _images  # noqa: F401  (registers "digits", "mnist")
 from . import mnist1d as _mnist1d  # noqa: F401  (registers "mnist1d")
-from ._core import DataError, Dataset, cache_dir, load, names, options, register
+from ._core import (
+    TASKS,
+    DataError,
+    Dataset,
+    cache_dir,
+    from_tensors,
+    load,
+    names,
+    options,
+    register,
+)
 from ._unpickle import RestrictedUnpickler, UnsafePickleError, restricted_load
+from .loader import BatchStream, MapData, as_data
 from .sampler import MODES, BatchSampler
 from .synthetic import (
     LinregOptimum,
@@ -38,14 +53,19 @@ from .synthetic import (
 
 __all__ = [
     "MODES",
+    "TASKS",
     "BatchSampler",
+    "BatchStream",
     "DataError",
     "Dataset",
     "LinregOptimum",
     "LogregOptimum",
+    "MapData",
     "RestrictedUnpickler",
     "UnsafePickleError",
+    "as_data",
     "cache_dir",
+    "from_tensors",
     "linreg_optimum",
     "load",
     "logreg_optimum",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +30,8 @@ class Dataset:
     Fields
     ------
     name: registry name (``"mnist1d"``, ``"linreg"``, ...).
-    x_train, x_test: float32 inputs, shape ``(N, *input_shape)``.
+    x_train, x_test: inputs, shape ``(N, *input_shape)``: float32 for the built-in sets; the
+        user's own data (:func:`from_tensors`) may hold integer token ids.
     y_train, y_test: int64 class labels ``(N,)`` for ``task="classification"``; float32
         targets ``(N, 1)`` for ``"regression"``; an empty float32 ``(N, 0)`` tensor for
         ``"quadratic"`` (the loss depends on x only).
@@ -106,6 +107,83 @@ class Dataset:
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training inputs and targets at the indices ``idx`` (as drawn by a sampler)."""
         return self.x_train[idx], self.y_train[idx]
+
+    def iter_batches(self, split: str = "train", n: int | None = None, batch_size: int = 2048,
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The first ``n`` examples (all with ``None``) of ``split`` (``train`` | ``test``),
+        in order, as consecutive (x, y) chunks of at most ``batch_size`` (for evaluation)."""
+        x, y = (self.x_train, self.y_train) if split == "train" else (self.x_test, self.y_test)
+        stop = x.shape[0] if n is None else min(int(n), x.shape[0])
+        for lo in range(0, stop, batch_size):
+            hi = min(lo + batch_size, stop)
+            yield x[lo:hi], y[lo:hi]
+
+    def head(self, n: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` examples of ``split`` as one (x, y) pair."""
+        x, y = (self.x_train, self.y_train) if split == "train" else (self.x_test, self.y_test)
+        return x[:n], y[:n]
+
+
+TASKS = ("classification", "regression")
+
+
+def from_tensors(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+                 y_test: torch.Tensor, task: str | None = None, num_classes: int | None = None,
+                 name: str = "user") -> Dataset:
+    """A :class:`Dataset` from the user's own tensors (SPEC §5 layout, nothing normalised).
+
+    ``x`` may be float or integer (token ids for an embedding model: kept as they are, never
+    cast). ``task``: ``classification`` (int64 labels of shape (N,), ``num_classes`` defaults
+    to max label + 1 over both splits) or ``regression`` (float targets; a 1-D target is
+    viewed as (N, 1)); ``None`` infers classification from integer 1-D labels, else
+    regression. Raises :class:`DataError` (one line naming the field) on a bad input.
+    """
+    given = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    for key, t in given.items():
+        if not isinstance(t, torch.Tensor):
+            raise DataError(f"data: {key} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() == 0:
+            raise DataError(f"data: {key} must have a batch dimension, got a scalar")
+    for split in ("train", "test"):
+        nx, ny = given[f"x_{split}"].shape[0], given[f"y_{split}"].shape[0]
+        if nx != ny:
+            raise DataError(f"data: x_{split} has {nx} examples but y_{split} has {ny}")
+    if x_train.shape[0] < 1:
+        raise DataError("data: x_train must hold at least one example")
+    if tuple(x_train.shape[1:]) != tuple(x_test.shape[1:]):
+        raise DataError(f"data: x_test examples have shape {tuple(x_test.shape[1:])}, "
+                        f"x_train examples {tuple(x_train.shape[1:])}")
+    if task is None:
+        task = ("classification" if not y_train.is_floating_point() and y_train.dim() == 1
+                else "regression")
+    if task not in TASKS:
+        raise DataError(f"data: task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task == "classification":
+        for key in ("y_train", "y_test"):
+            t = given[key]
+            if t.is_floating_point() or t.is_complex() or t.dim() != 1:
+                raise DataError(f"data: {key} must hold integer class labels of shape (N,) "
+                                f"for task classification, got {t.dtype} {tuple(t.shape)}")
+        y_train, y_test = y_train.long(), y_test.long()
+        top = int(max(int(y_train.max()), int(y_test.max()) if y_test.numel() else 0)) + 1
+        if num_classes is None:
+            num_classes = top
+        if (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                or num_classes < top or int(min(y_train.min(), y_test.min()
+                                                if y_test.numel() else 0)) < 0):
+            raise DataError(f"data: num_classes must be an integer covering the labels "
+                            f"0..{top - 1}, got {num_classes!r}")
+    else:
+        if num_classes is not None:
+            raise DataError("data: num_classes applies to task classification only")
+        if not y_train.is_floating_point() or not y_test.is_floating_point():
+            raise DataError("data: regression targets y_train, y_test must be float tensors")
+        if y_train.dim() == 1:
+            y_train, y_test = y_train.unsqueeze(1), y_test.unsqueeze(1)
+    return Dataset(name=name, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+                   task=task, num_classes=num_classes,
+                   input_shape=tuple(int(s) for s in x_train.shape[1:]) or (1,),
+                   meta={"source": "tensors"})
 
 
 # --------------------------------------------------------------------------- registry

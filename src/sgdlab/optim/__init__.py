@@ -6,10 +6,10 @@ snr_sgd (SPEC §2.6).
 """
 
 from .adam import Adam, AdamW
-from .registry import OPTIMIZERS, available, create, hyperparameters
+from .registry import OPTIMIZERS, TORCH_NAMES, available, create, hyperparameters, register
 from .rmsprop import RMSprop
 from .sgd import SGD, Momentum
 from .snr_sgd import SNRSGD, snr_sgd
 
-__all__ = ["Adam", "AdamW", "Momentum", "OPTIMIZERS", "RMSprop", "SGD", "SNRSGD", "available",
-           "create", "hyperparameters", "snr_sgd"]
+__all__ = ["Adam", "AdamW", "Momentum", "OPTIMIZERS", "RMSprop", "SGD", "SNRSGD", "TORCH_NAMES",
+           "available", "create", "hyperparameters", "register", "snr_sgd"]
