@@ -1,4 +1,9 @@
-"""Command line: ``sgdlab train | lr-find | check``.
+"""Command line: ``sgdlab train | lr-find | check | probe | reproduce``.
+
+``--model`` and ``--dataset`` take a registry name or an import string ``MODULE:CALLABLE``
+(``path/to/file.py:CALLABLE`` for a file; its path is recorded absolute in config.yaml, so
+``--resume`` and ``sgdlab probe`` rebuild the same objects). See :func:`sgdlab.train.build`
+for what the callables receive and return.
 
 Every bad value is reported as one line naming the field and what is allowed, with exit
 code 2 and nothing written. ``train`` exits 0 when the run completes, 3 when it diverges and
@@ -44,8 +49,13 @@ def _kv(text: str) -> tuple[str, Any]:
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments shared by train, lr-find and check: what to train and how."""
     p.add_argument("--config", metavar="FILE.yaml", help="YAML config; flags override it")
-    p.add_argument("--dataset", help="mnist1d, digits, mnist, cifar10, linreg, logreg")
-    p.add_argument("--model", help="linear, logistic, mlp, cnn, scale_invariant, resnet")
+    p.add_argument("--dataset", help="mnist1d, digits, mnist, cifar10, linreg, logreg, or "
+                                      "MODULE:CALLABLE / path/to/file.py:CALLABLE returning an "
+                                      "sgdlab Dataset or a dict of x_train, y_train, x_test, "
+                                      "y_test (+ task)")
+    p.add_argument("--model", help="linear, logistic, mlp, cnn, scale_invariant, resnet, or "
+                                    "MODULE:CALLABLE / path/to/file.py:CALLABLE taking the "
+                                    "data's DataSpec (or nothing) and returning an nn.Module")
     p.add_argument("--optimizer", help="sgd, momentum, rmsprop, adam, adamw, snr_sgd")
     p.add_argument("--lr", type=float)
     p.add_argument("--schedule", help="constant, step, multistep, cosine, linear, "
@@ -142,6 +152,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             "full_train_loss", "checkpoint_every", "average", "average_start", "ema_decay",
             "tensorboard", "out", "probe_every", "probe_schedule")
     out = {k: getattr(args, k, None) for k in keys}
+    for key in ("dataset", "model"):
+        if out[key] is not None:
+            from sgdlab.config import normalise_import_string
+
+            out[key] = normalise_import_string(out[key])
     probe = getattr(args, "probe", None)
     out["probes"] = [p.strip() for p in probe.split(",") if p.strip()] if probe else None
     out["optimizer_options"] = dict(args.opt) or None
@@ -154,8 +169,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _short_name(value: str) -> str:
+    """A registry name as it is; an import string by its callable (``pkg.mod:make`` → make)."""
+    return value.rpartition(":")[2].rsplit(".", 1)[-1] if ":" in value else value
+
+
 def _default_out(cfg) -> str:
-    base = Path("runs") / f"{cfg.dataset}-{cfg.model}-{cfg.optimizer}"
+    base = Path("runs") / "-".join(_short_name(v) for v in (cfg.dataset, cfg.model,
+                                                            cfg.optimizer))
     candidate, k = base, 1
     while candidate.exists():
         k += 1
