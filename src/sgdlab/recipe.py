@@ -9,26 +9,33 @@ SPEC §4.11 gives a recipe for a new problem:
 3. a learning-rate range test finds an η at which the loss drops quickly.
 
 :func:`check` runs (1) and (2) (``sgdlab check``); :func:`lr_find` runs (3)
-(``sgdlab lr-find``). Both build fresh runs with :func:`sgdlab.train.build` from a copy of
-the configuration; the caller's config is never modified.
+(``sgdlab lr-find``). Both work on the user's own model, optimizer, per-example loss and
+data, and put the model and the optimizer back exactly as they were (:func:`preserved`,
+torch-lr-finder's contract); given a :class:`TrainConfig` instead, they build a fresh run
+with :func:`sgdlab.train.build` from a copy of it (the caller's config is never modified).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import os
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from sgdlab import data as sgdata
 from sgdlab import train
 from sgdlab.config import ConfigError, TrainConfig, from_dict
 
-__all__ = ["CheckResult", "LRFindResult", "check", "lr_find"]
+__all__ = ["CheckResult", "LRFindResult", "STEP_MODES", "check", "lr_find", "preserved"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -79,6 +86,125 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_json(path, obj)
 
 
+# --------------------------------------------------------------------------- user objects
+
+
+def _mean_loss(loss_fn: Callable) -> Callable:
+    """The batch loss (1/B) Σ_b ℓ_b of a per-example ``loss_fn`` (a 0-d result is taken as
+    the mean already, as torch-lr-finder's criteria are)."""
+
+    def mean(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        per = loss_fn(out, y)
+        return per if per.dim() == 0 else per.mean()
+
+    return mean
+
+
+def _sum_loss(loss_fn: Callable, out: torch.Tensor, y: torch.Tensor) -> float:
+    """Σ_b ℓ_b over a batch (a 0-d mean is multiplied back by the batch size)."""
+    per = loss_fn(out, y)
+    return float(per.sum()) if per.dim() > 0 else float(per) * int(y.shape[0])
+
+
+def _device_of(model: nn.Module) -> torch.device | None:
+    p = next(iter(model.parameters()), None)
+    return None if p is None else p.device
+
+
+def _on(device: torch.device | None, x: torch.Tensor, y: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+    if device is not None and x.device != device:
+        x, y = x.to(device), y.to(device)
+    return x, y
+
+
+def _pair(batch: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ConfigError(f"{name}: every batch must be an (x, y) pair, "
+                          f"got {type(batch).__name__}")
+    return batch[0], batch[1]
+
+
+def _is_xy(data: Any) -> bool:
+    return (isinstance(data, (tuple, list)) and len(data) == 2
+            and all(isinstance(t, torch.Tensor) for t in data))
+
+
+def _train_stream(data: Any, batch_size: int, seed: int, name: str = "data"
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """An endless stream of training batches from ``data``: tensors (x, y) or an sgdlab data
+    set (epochs shuffled by a :class:`~sgdlab.data.BatchSampler` seeded with ``seed``), or
+    an iterable of (x, y) batches (a DataLoader: passed over again when exhausted)."""
+    if _is_xy(data) or isinstance(data, (sgdata.Dataset, sgdata.MapData)):
+        source = data if not _is_xy(data) else None
+        n = int(data[0].shape[0]) if source is None else source.n_train
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not (
+                1 <= batch_size <= n):
+            raise ConfigError(f"batch_size must be an integer in [1, {n}] (the examples), "
+                              f"got {batch_size!r}")
+        sampler = sgdata.BatchSampler(n, batch_size, "shuffle", seed)
+        while True:
+            idx = sampler.next_batch()
+            yield source.batch(idx) if source is not None else (data[0][idx], data[1][idx])
+    if not isinstance(data, Iterable):
+        raise ConfigError(f"{name}: expected tensors (x, y), an sgdlab Dataset or an iterable "
+                          f"of (x, y) batches (a DataLoader), got {type(data).__name__}")
+    while True:
+        empty = True
+        for batch in data:
+            empty = False
+            yield _pair(batch, name)
+        if empty:
+            raise ConfigError(f"{name}: ran out of batches (a generator can be read once; "
+                              "give a DataLoader or more steps' worth of batches)")
+
+
+def _eval_batches(data: Any, name: str, split: str = "train"
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One pass over ``data`` in order: tensors (x, y) in chunks of 2048, an sgdlab data set's
+    ``split``, or the batches of an iterable."""
+    if _is_xy(data):
+        x, y = data
+        for lo in range(0, x.shape[0], 2048):
+            yield x[lo:lo + 2048], y[lo:lo + 2048]
+    elif isinstance(data, (sgdata.Dataset, sgdata.MapData)):
+        yield from data.iter_batches(split)
+    elif isinstance(data, Iterable):
+        for batch in data:
+            yield _pair(batch, name)
+    else:
+        raise ConfigError(f"{name}: expected tensors (x, y), an sgdlab Dataset or an iterable "
+                          f"of (x, y) batches (a DataLoader), got {type(data).__name__}")
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module, optimizer: torch.optim.Optimizer | None = None
+              ) -> Iterator[None]:
+    """Run a block, then put the model and the optimizer back exactly as they were
+    (torch-lr-finder's contract): parameters and buffers (``state_dict``, copied back in
+    place, so the optimizer keeps referring to the same tensors), the gradients, every
+    module's train/eval mode, the optimizer's state and param groups (learning rates
+    included), and the global torch RNG (``torch.random.fork_rng``: dropout in the block does
+    not shift the user's later random stream)."""
+    saved = copy.deepcopy(model.state_dict())
+    grads = [(p, None if p.grad is None else p.grad.detach().clone())
+             for p in model.parameters()]
+    modes = [(m, m.training) for m in model.modules()]
+    opt_saved = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            yield
+    finally:
+        model.load_state_dict(saved)
+        for p, g in grads:
+            p.grad = g
+        for m, mode in modes:
+            m.training = mode
+        if optimizer is not None:
+            optimizer.load_state_dict(opt_saved)
+
+
 # --------------------------------------------------------------------------- range test
 
 
@@ -87,8 +213,10 @@ class LRFindResult:
     """Outcome of :func:`lr_find`.
 
     ``lrs[k]`` is the learning rate of step k and ``losses[k]`` the mini-batch loss computed
-    just before that step (so it reflects steps 0..k−1; fastai's convention); ``smoothed[k]``
-    is the bias-corrected exponential moving average of ``losses[:k+1]``. Non-finite losses
+    just before that step (so it reflects steps 0..k−1; fastai's convention);
+    ``val_losses[k]`` (with ``val_data``) the mean loss on the validation data just after
+    step k. ``smoothed[k]`` is the bias-corrected exponential moving average of the curve
+    the test follows (``val_losses`` when given, else ``losses``) up to k. Non-finite losses
     are never recorded: the test stops before them.
 
     ``min_loss``/``min_loss_lr``: the lowest smoothed loss and its learning rate.
@@ -106,32 +234,199 @@ class LRFindResult:
     steepest_lr: float
     diverged: bool
     rule: str = "min_loss_lr / 10"
+    val_losses: list[float] | None = None
+    step_mode: str = "exp"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (what ``lr_find.json`` holds, without the settings)."""
-        return {"lrs": list(self.lrs), "losses": list(self.losses),
-                "smoothed_losses": list(self.smoothed), "suggestion": self.suggestion,
-                "rule": self.rule, "min_loss": self.min_loss, "min_loss_lr": self.min_loss_lr,
-                "steepest_lr": self.steepest_lr, "diverged": self.diverged}
+        record = {"lrs": list(self.lrs), "losses": list(self.losses),
+                  "smoothed_losses": list(self.smoothed), "suggestion": self.suggestion,
+                  "rule": self.rule, "min_loss": self.min_loss, "min_loss_lr": self.min_loss_lr,
+                  "steepest_lr": self.steepest_lr, "diverged": self.diverged,
+                  "step_mode": self.step_mode}
+        if self.val_losses is not None:
+            record["val_losses"] = list(self.val_losses)
+        return record
 
 
-def lr_find(cfg: TrainConfig, start_lr: float = 1e-6, end_lr: float = 10.0,
-            num_steps: int = 200, smoothing: float = 0.98, diverge_factor: float = 4.0,
+STEP_MODES = ("exp", "linear")
+
+
+def _range_settings(start_lr: Any, end_lr: Any, num_steps: Any, smoothing: Any,
+                    diverge_factor: Any, step_mode: Any, accumulation_steps: Any
+                    ) -> tuple[float, float, int, float, float, int]:
+    start = _positive_number("start_lr", start_lr)
+    end = _positive_number("end_lr", end_lr)
+    if end <= start:
+        raise ConfigError(f"end_lr must be greater than start_lr={start:g}, got {end_lr!r}")
+    n = _integer("num_steps", num_steps, 10)
+    ok = (not isinstance(smoothing, bool) and isinstance(smoothing, (int, float))
+          and 0 <= smoothing < 1)
+    if not ok:
+        raise ConfigError(f"smoothing must be a number in [0, 1), got {smoothing!r}")
+    ok = (not isinstance(diverge_factor, bool) and isinstance(diverge_factor, (int, float))
+          and math.isfinite(diverge_factor) and diverge_factor > 1)
+    if not ok:
+        raise ConfigError(f"diverge_factor must be a finite number > 1, got {diverge_factor!r}")
+    if step_mode not in STEP_MODES:
+        raise ConfigError(f"step_mode must be one of {', '.join(STEP_MODES)}, got {step_mode!r}")
+    acc = _integer("accumulation_steps", accumulation_steps, 1)
+    return start, end, n, float(smoothing), float(diverge_factor), acc
+
+
+@torch.no_grad()
+def _mean_over(model: nn.Module, loss_fn: Callable, batches: Iterable) -> float:
+    """Mean per-example loss of ``model`` in eval mode over one pass of ``batches``."""
+    was = model.training
+    model.eval()
+    device = _device_of(model)
+    total, count = 0.0, 0
+    try:
+        for xb, yb in batches:
+            xb, yb = _on(device, xb, yb)
+            total += _sum_loss(loss_fn, model(xb), yb)
+            count += int(yb.shape[0])
+    finally:
+        model.train(was)
+    if count == 0:
+        raise ConfigError("val_data: holds no examples")
+    return total / count
+
+
+def _range_test(model: nn.Module, optimizer: torch.optim.Optimizer, mean_loss: Callable,
+                batches: Iterator, settings: tuple, val: Callable[[], float] | None,
+                ) -> LRFindResult:
+    """The loop of :func:`lr_find` (see there for the maths)."""
+    start, end, n, beta, diverge_factor, acc = settings[:6]
+    step_mode = settings[6]
+    device = _device_of(model)
+    model.train()
+    lrs: list[float] = []
+    losses: list[float] = []
+    vals: list[float] = []
+    smoothed: list[float] = []
+    avg, best, diverged = 0.0, math.inf, False
+    for k in range(n):
+        if step_mode == "exp":
+            lr = start * (end / start) ** (k / (n - 1))
+        else:
+            lr = start + (end - start) * k / (n - 1)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        value, parts = 0.0, []
+        for _ in range(acc):
+            x, y = _on(device, *next(batches))
+            loss = mean_loss(model(x), y)
+            part = float(loss.detach())
+            value += part / acc
+            parts.append(loss)
+            if not math.isfinite(part):
+                break
+        if not math.isfinite(value):
+            if k == 0:
+                raise ConfigError(f"lr_find: the loss at initialisation is {value}; "
+                                  "check the data and the model")
+            diverged = True
+            break
+        optimizer.zero_grad(set_to_none=True)
+        for loss in parts:
+            (loss / acc if acc > 1 else loss).backward()
+        optimizer.step()
+        tracked = value
+        if val is not None:
+            tracked = val()
+            if not math.isfinite(tracked):
+                diverged = True
+                break
+        avg = beta * avg + (1 - beta) * tracked
+        smooth = avg / (1 - beta ** (k + 1))
+        lrs.append(lr)
+        losses.append(value)
+        if val is not None:
+            vals.append(tracked)
+        smoothed.append(smooth)
+        if k > 0 and smooth > diverge_factor * best:
+            diverged = True
+            break
+        best = min(best, smooth)
+    return _summarise(lrs, losses, smoothed, vals if val is not None else None, n, start, end,
+                      diverged, step_mode)
+
+
+def _summarise(lrs: list[float], losses: list[float], smoothed: list[float],
+               vals: list[float] | None, n: int, start: float, end: float, diverged: bool,
+               step_mode: str) -> LRFindResult:
+    s = np.asarray(smoothed)
+    # fastai skips the first tenth of the planned steps: the bias-corrected average of the
+    # first few batches is one noisy batch loss, not yet a trend.
+    skip = n // 10 if len(s) > n // 10 + 1 else 0
+    i_min = skip + int(np.argmin(s[skip:]))
+    if i_min - skip >= 1:
+        seg = slice(skip, i_min + 1)
+        slope = np.gradient(s[seg], np.log(np.asarray(lrs[seg])))
+        i_steep = skip + int(np.argmin(slope))
+    else:
+        i_steep = i_min
+    min_lr = lrs[i_min]
+    return LRFindResult(lrs=lrs, losses=losses, smoothed=smoothed,
+                        suggestion=min(max(min_lr / 10, start), end),
+                        min_loss=float(s[i_min]), min_loss_lr=min_lr,
+                        steepest_lr=lrs[i_steep], diverged=diverged, val_losses=vals,
+                        step_mode=step_mode)
+
+
+def _write_lr_find(out: str | os.PathLike, result: LRFindResult, settings: dict[str, Any]
+                   ) -> None:
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = result.to_dict()
+    record["settings"] = settings
+    _write_json(out_dir / "lr_find.json", record)
+    try:
+        from sgdlab.plots import plot_lr_find
+        plot_lr_find(result.lrs, result.smoothed, result.suggestion, out_dir / "lr_find.png")
+    except Exception as err:  # the plot is a convenience; the JSON holds the numbers
+        print(f"sgdlab: lr_find plot not written ({err})", file=sys.stderr)
+
+
+def lr_find(model: nn.Module | TrainConfig, optimizer: torch.optim.Optimizer | None = None,
+            loss_fn: Callable | None = None, data: Any = None, *, batch_size: int = 64,
+            start_lr: float = 1e-6, end_lr: float = 10.0, num_steps: int = 200,
+            step_mode: str = "exp", smoothing: float = 0.98, diverge_factor: float = 4.0,
+            val_data: Any = None, accumulation_steps: int = 1, seed: int = 0,
             out: str | os.PathLike | None = None) -> LRFindResult:
     r"""Learning-rate range test (SPEC §4.11 (3); Smith 2017, "Cyclical learning rates";
-    fastai's ``lr_find``).
+    fastai's ``lr_find``; torch-lr-finder's ``LRFinder.range_test``).
 
-    A fresh run is built from ``cfg`` (its model, optimizer, batch size and sampling; the
-    schedule is ignored). Step k = 0, …, num_steps − 1 draws a mini-batch, records its loss
-    ℓ_k at the current parameters and takes one optimizer step with
+    Two forms:
 
-        η_k = start_lr · (end_lr / start_lr)^{k / (num_steps − 1)}
+    - ``lr_find(model, optimizer, loss_fn, data, batch_size=64, ...)``: on the user's own
+      objects. ``loss_fn(out, y)`` returns per-example losses (shape (B,); a 0-d mean is
+      accepted too); ``data`` is tensors ``(x, y)`` or an sgdlab Dataset (shuffled epochs of
+      ``batch_size``, sampler seeded with ``seed``), or a DataLoader / iterable of (x, y)
+      batches (passed over again when exhausted). The model's parameters, buffers,
+      gradients and train/eval modes, the optimizer's state and learning rates and the
+      global torch RNG are restored afterwards, bit for bit (:func:`preserved`), so the test
+      can run just before training.
+    - ``lr_find(cfg, ...)``: a fresh run built from the :class:`TrainConfig` (its model,
+      optimizer, loss, batch size and sampling; the schedule is ignored): a thin wrapper
+      over the first form.
 
-    (equal spacing in log η). The loss is smoothed as fastai does, with bias correction:
+    Step k = 0, …, num_steps − 1 sets every param group's learning rate to
+
+        η_k = start_lr · (end_lr / start_lr)^{k / (num_steps − 1)}   (``step_mode="exp"``)
+        η_k = start_lr + (end_lr − start_lr) · k / (num_steps − 1)   (``step_mode="linear"``)
+
+    draws a mini-batch (``accumulation_steps`` of them, gradients accumulated: the loss is
+    their mean), records its loss ℓ_k at the current parameters and takes one optimizer
+    step. With ``val_data`` (tensors (x, y), a Dataset's test split, or an iterable of
+    batches) the mean loss v_k on it after the step is recorded too, and the test follows
+    v_k instead of ℓ_k (as torch-lr-finder does). The followed loss is smoothed as fastai
+    does, with bias correction:
 
         a_k = β a_{k−1} + (1 − β) ℓ_k,  a_{−1} = 0,    s_k = a_k / (1 − β^{k+1}),
 
-    β = ``smoothing``. The test stops, with ``diverged=True``, when ℓ_k is not finite (that
+    β = ``smoothing``. The test stops, with ``diverged=True``, when a loss is not finite (that
     step is not recorded) or when s_k > ``diverge_factor`` · min_{j<k} s_j (that step is
     recorded).
 
@@ -147,11 +442,12 @@ def lr_find(cfg: TrainConfig, start_lr: float = 1e-6, end_lr: float = 10.0,
     there.
 
     Args:
-        cfg: the run to test; never modified.
         start_lr, end_lr: the range, 0 < start_lr < end_lr.
         num_steps: planned steps (at least 10).
+        step_mode: ``exp`` (equal spacing in ln η) or ``linear``.
         smoothing: β in [0, 1).
         diverge_factor: stop when the smoothed loss exceeds this multiple (> 1) of its best.
+        accumulation_steps: mini-batches per step (≥ 1).
         out: a directory; when given, ``out/lr_find.json`` (learning rates, raw and smoothed
             losses, suggestion, settings) is written atomically and ``out/lr_find.png`` is
             plotted (smoothed loss vs learning rate).
@@ -159,89 +455,57 @@ def lr_find(cfg: TrainConfig, start_lr: float = 1e-6, end_lr: float = 10.0,
     Raises:
         ConfigError: a bad argument (one line naming it) or a bad config.
     """
-    start = _positive_number("start_lr", start_lr)
-    end = _positive_number("end_lr", end_lr)
-    if end <= start:
-        raise ConfigError(f"end_lr must be greater than start_lr={start:g}, got {end_lr!r}")
-    n = _integer("num_steps", num_steps, 10)
-    ok = (not isinstance(smoothing, bool) and isinstance(smoothing, (int, float))
-          and 0 <= smoothing < 1)
-    if not ok:
-        raise ConfigError(f"smoothing must be a number in [0, 1), got {smoothing!r}")
-    beta = float(smoothing)
-    ok = (not isinstance(diverge_factor, bool) and isinstance(diverge_factor, (int, float))
-          and math.isfinite(diverge_factor) and diverge_factor > 1)
-    if not ok:
-        raise ConfigError(f"diverge_factor must be a finite number > 1, got {diverge_factor!r}")
-
-    run_cfg = _variant(cfg, lr=start, steps=n, epochs=None, schedule="constant",
-                       schedule_options={}, warmup_steps=0, average="none", out=None,
-                       tensorboard=False)
-    run = train.build(run_cfg)
-    model, opt = run.model, run.optimizer
-    model.train()
-    lrs: list[float] = []
-    losses: list[float] = []
-    smoothed: list[float] = []
-    avg, best, diverged = 0.0, math.inf, False
-    for k in range(n):
-        lr = start * (end / start) ** (k / (n - 1))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        x, y = run.data.batch(run.sampler.next_batch())
-        loss = run.loss_fn(model(x), y)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            if k == 0:
-                raise ConfigError(f"lr_find: the loss at initialisation is {value}; "
-                                  "check the data and the model")
-            diverged = True
-            break
-        avg = beta * avg + (1 - beta) * value
-        smooth = avg / (1 - beta ** (k + 1))
-        lrs.append(lr)
-        losses.append(value)
-        smoothed.append(smooth)
-        if k > 0 and smooth > diverge_factor * best:
-            diverged = True
-            break
-        best = min(best, smooth)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    s = np.asarray(smoothed)
-    # fastai skips the first tenth of the planned steps: the bias-corrected average of the
-    # first few batches is one noisy batch loss, not yet a trend.
-    skip = n // 10 if len(s) > n // 10 + 1 else 0
-    i_min = skip + int(np.argmin(s[skip:]))
-    if i_min - skip >= 1:
-        seg = slice(skip, i_min + 1)
-        slope = np.gradient(s[seg], np.log(np.asarray(lrs[seg])))
-        i_steep = skip + int(np.argmin(slope))
-    else:
-        i_steep = i_min
-    min_lr = lrs[i_min]
-    result = LRFindResult(lrs=lrs, losses=losses, smoothed=smoothed,
-                          suggestion=min(max(min_lr / 10, start), end),
-                          min_loss=float(s[i_min]), min_loss_lr=min_lr,
-                          steepest_lr=lrs[i_steep], diverged=diverged)
+    settings = _range_settings(start_lr, end_lr, num_steps, smoothing, diverge_factor,
+                               step_mode, accumulation_steps)
+    record = {"start_lr": settings[0], "end_lr": settings[1], "num_steps": settings[2],
+              "smoothing": settings[3], "diverge_factor": settings[4], "step_mode": step_mode,
+              "accumulation_steps": settings[5]}
+    if isinstance(model, TrainConfig):
+        if optimizer is not None or loss_fn is not None or data is not None:
+            raise ConfigError("lr_find: give a TrainConfig alone, or model, optimizer, "
+                              "loss_fn and data")
+        run_cfg = _variant(model, lr=settings[0], steps=settings[2], epochs=None,
+                           schedule="constant", schedule_options={}, warmup_steps=0,
+                           average="none", out=None, tensorboard=False)
+        run = train.build(run_cfg)
+        stream = (run.data.batch(run.sampler.next_batch()) for _ in iter(int, 1))
+        val = (None if val_data is None else
+               lambda: _mean_over(run.model, run.per_example_loss_fn,
+                                  _eval_batches(val_data, "val_data", "test")))
+        result = _range_test(run.model, run.optimizer, run.loss_fn, stream,
+                             (*settings, step_mode), val)
+        record = {**record, "steps_run": len(result.lrs)}
+        if out is not None:
+            _write_lr_find(out, result, record | {"config": run_cfg.to_dict()})
+        return result
+    _check_objects(model, optimizer, loss_fn, data)
+    stream = _train_stream(data, batch_size, seed)
+    val = (None if val_data is None else
+           lambda: _mean_over(model, loss_fn, _eval_batches(val_data, "val_data", "test")))
+    with preserved(model, optimizer):
+        result = _range_test(model, optimizer, _mean_loss(loss_fn), stream,
+                             (*settings, step_mode), val)
     if out is not None:
-        out_dir = Path(out)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        record = result.to_dict()
-        record["settings"] = {"start_lr": start, "end_lr": end, "num_steps": n,
-                              "smoothing": beta, "diverge_factor": float(diverge_factor),
-                              "steps_run": len(lrs)}
-        record["config"] = run_cfg.to_dict()
-        _write_json(out_dir / "lr_find.json", record)
-        try:
-            from sgdlab.plots import plot_lr_find
-            plot_lr_find(result.lrs, result.smoothed, result.suggestion,
-                         out_dir / "lr_find.png")
-        except Exception as err:  # the plot is a convenience; the JSON holds the numbers
-            print(f"sgdlab: lr_find plot not written ({err})", file=sys.stderr)
+        _write_lr_find(out, result, {**record, "steps_run": len(result.lrs),
+                                     "batch_size": batch_size})
     return result
+
+
+def _check_objects(model: Any, optimizer: Any, loss_fn: Any, data: Any,
+                   need_optimizer: bool = True) -> None:
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module (or a TrainConfig), "
+                          f"got {type(model).__name__}")
+    if (need_optimizer or optimizer is not None) and not isinstance(
+            optimizer, torch.optim.Optimizer):
+        raise ConfigError(f"optimizer must be a torch.optim.Optimizer, "
+                          f"got {type(optimizer).__name__}")
+    if not callable(loss_fn):
+        raise ConfigError("loss_fn must be a callable loss_fn(out, y) returning per-example "
+                          f"losses, got {type(loss_fn).__name__}")
+    if data is None:
+        raise ConfigError("data must be given: tensors (x, y), an sgdlab Dataset or an "
+                          "iterable of (x, y) batches")
 
 
 # --------------------------------------------------------------------------- checks
@@ -259,36 +523,40 @@ class CheckResult:
 
 
 @torch.no_grad()
-def _loss_and_acc(run: train.Run, x: torch.Tensor, y: torch.Tensor,
-                  chunk: int = 2048) -> tuple[float, float | None]:
-    """Mean loss (and accuracy for classification) of ``run.model`` on (x, y), in chunks."""
-    total, correct = 0.0, 0
-    for i in range(0, x.shape[0], chunk):
-        out = run.model(x[i:i + chunk])
-        yb = y[i:i + chunk]
-        total += float(run.per_example_loss_fn(out, yb).sum())
-        if run.data.task == "classification":
-            correct += int((out.argmax(dim=1) == yb).sum())
-    n = max(1, x.shape[0])
-    return total / n, (correct / n if run.data.task == "classification" else None)
+def _loss_and_acc(model: nn.Module, loss_fn: Callable, batches: Iterable,
+                  classification: bool) -> tuple[float, float | None, int, list[torch.Tensor]]:
+    """Mean loss, accuracy (classification), example count and the labels of ``batches``."""
+    device = _device_of(model)
+    total, correct, count, labels = 0.0, 0, 0, []
+    for xb, yb in batches:
+        xb, yb = _on(device, xb, yb)
+        out = model(xb)
+        total += _sum_loss(loss_fn, out, yb)
+        count += int(yb.shape[0])
+        if classification:
+            correct += int((out.argmax(dim=-1) == yb).sum())
+            labels.append(yb.detach().reshape(-1).cpu())
+    n = max(1, count)
+    return total / n, (correct / n if classification else None), count, labels
 
 
-def _initial_loss_check(run: train.Run, tolerance: float) -> CheckResult:
-    ds = run.data
-    loss0, _ = _loss_and_acc(run, ds.x_train, ds.y_train)
+def _initial_loss_check(model: nn.Module, loss_fn: Callable, batches: Iterable,
+                        classification: bool, num_classes: int | None,
+                        tolerance: float) -> CheckResult:
+    loss0, _, count, labels = _loss_and_acc(model, loss_fn, batches, classification)
     name = "initial loss"
     if not math.isfinite(loss0):
         return CheckResult(name, False, f"loss at initialisation is {loss0} on the "
-                                        f"{ds.n_train} training examples", {"loss": loss0})
-    if ds.task != "classification":
-        return CheckResult(name, True, f"{loss0:.4f} on the {ds.n_train} training examples; "
-                                       f"the ln C comparison is not applicable to task "
-                                       f"{ds.task!r}", {"loss": loss0})
-    c = int(ds.num_classes)
+                                        f"{count} training examples", {"loss": loss0})
+    if not classification:
+        return CheckResult(name, True, f"{loss0:.4f} on the {count} training examples; "
+                                       f"the ln C comparison is not applicable to "
+                                       f"regression", {"loss": loss0})
+    c = int(num_classes)
     ln_c = math.log(c)
     gap = abs(loss0 - ln_c) / ln_c
     passed = gap <= tolerance
-    counts = torch.bincount(ds.y_train.cpu(), minlength=c).double()
+    counts = torch.bincount(torch.cat(labels), minlength=c).double()
     p = counts / counts.sum()
     entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
     detail = (f"{loss0:.4f} vs ln {c} = {ln_c:.4f} (gap {100 * gap:.1f}%, "
@@ -302,15 +570,16 @@ def _initial_loss_check(run: train.Run, tolerance: float) -> CheckResult:
                                               "label_entropy": entropy})
 
 
-def _overfit_check(run: train.Run, n: int, steps: int, threshold: float) -> CheckResult:
-    ds, model, opt = run.data, run.model, run.optimizer
-    x, y = ds.x_train[:n], ds.y_train[:n]
+def _overfit_check(model: nn.Module, opt: torch.optim.Optimizer, mean_loss: Callable,
+                   per_example: Callable, x: torch.Tensor, y: torch.Tensor, steps: int,
+                   threshold: float, classification: bool, opt_name: str) -> CheckResult:
+    n = int(y.shape[0])
     lr = opt.param_groups[0]["lr"]
     name = f"overfit {n} examples"
-    setting = f"{run.config.optimizer} lr {lr:.3g}, {steps} full-batch steps"
+    setting = f"{opt_name} lr {lr:.3g}, {steps} full-batch steps"
     first_below: int | None = None
     for k in range(steps):
-        loss = run.loss_fn(model(x), y)
+        loss = mean_loss(model(x), y)
         value = float(loss.detach())
         if not math.isfinite(value):
             return CheckResult(name, False, f"loss became {value} at step {k} ({setting}); "
@@ -321,7 +590,8 @@ def _overfit_check(run: train.Run, n: int, steps: int, threshold: float) -> Chec
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    final, acc = _loss_and_acc(run, x, y)
+    final, acc, _, _ = _loss_and_acc(model, per_example, _eval_batches((x, y), "data"),
+                                     classification)
     if first_below is None and math.isfinite(final) and final <= threshold:
         first_below = steps
     passed = math.isfinite(final) and final <= threshold and (acc is None or acc == 1.0)
@@ -336,30 +606,64 @@ def _overfit_check(run: train.Run, n: int, steps: int, threshold: float) -> Chec
                                               "first_below_step": first_below, "lr": lr})
 
 
-def check(cfg: TrainConfig, overfit_examples: int = 50, overfit_steps: int = 500,
-          init_tolerance: float = 0.1, overfit_loss: float = 0.05) -> list[CheckResult]:
-    r"""Sanity checks of SPEC §4.11 (1)–(2) on a fresh run built from ``cfg``.
+def _first_examples(data: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` training examples of ``data`` as one (x, y) pair."""
+    if _is_xy(data):
+        got = int(data[0].shape[0])
+        x, y = data[0][:n], data[1][:n]
+    elif isinstance(data, (sgdata.Dataset, sgdata.MapData)):
+        got = data.n_train
+        x, y = data.head(n)
+    else:
+        xs, ys, got = [], [], 0
+        for xb, yb in _eval_batches(data, "data"):
+            xs.append(xb)
+            ys.append(yb)
+            got += int(yb.shape[0])
+            if got >= n:
+                break
+        if not xs:
+            raise ConfigError("data: holds no examples")
+        x, y = torch.cat(xs)[:n], torch.cat(ys)[:n]
+    if got < n:
+        raise ConfigError(f"overfit_examples must be at most the {got} training examples, "
+                          f"got {n}")
+    return x, y
+
+
+def check(model: nn.Module | TrainConfig, loss_fn: Callable | None = None, data: Any = None,
+          *, optimizer: torch.optim.Optimizer | None = None, lr: float | None = None,
+          num_classes: int | None = None, overfit_examples: int = 50,
+          overfit_steps: int = 500, init_tolerance: float = 0.1,
+          overfit_loss: float = 0.05) -> list[CheckResult]:
+    r"""Sanity checks of SPEC §4.11 (1)–(2).
+
+    Two forms: ``check(model, loss_fn, data, optimizer=None, lr=None, ...)`` on the user's
+    own objects (``loss_fn(out, y)`` → per-example losses, shape (B,); ``data``: tensors
+    (x, y), an sgdlab Dataset (its training split) or an iterable of (x, y) batches, passed
+    over once), restoring the model and the optimizer exactly afterwards (:func:`preserved`);
+    and ``check(cfg, ...)``, a fresh run built from a :class:`TrainConfig` (a thin wrapper).
 
     1. *initial loss*: the mean training-set loss L₀ of the model at initialisation (in
-       training mode, as the first step sees it). A classifier that knows nothing predicts
-       p = 1/C for each of C classes, so with balanced classes
+       its current mode, as the first step sees it). A classifier that knows nothing
+       predicts p = 1/C for each of C classes, so with balanced classes
 
            L₀ ≈ −ln(1/C) = ln C   (ln 10 ≈ 2.303).
 
        PASS when |L₀ − ln C| ≤ ``init_tolerance`` · ln C. The detail gives both numbers, the
        relative gap, and the label entropy −Σ p_c ln p_c when the classes are unbalanced
-       (the right reference then). For regression the loss is reported and the comparison
-       is marked not applicable (passed).
+       (the right reference then). Classification is recognised by integer labels with
+       outputs of one more dimension; C is ``num_classes`` or the outputs' last dimension.
+       For regression the loss is reported and the comparison is marked not applicable.
     2. *overfit*: the first ``overfit_examples`` training examples, full batch, for
-       ``overfit_steps`` steps of the configured optimizer at the configured learning rate
-       (constant: no schedule, no warm-up), from the same initialisation. A working model and
-       optimizer drive the loss on so few examples to ≈ 0. PASS when the final loss
-       ≤ ``overfit_loss`` and, for classification, the accuracy on them is 100 %. The detail
-       gives the final loss, the accuracy and the first step at which the loss was
-       ≤ ``overfit_loss``.
+       ``overfit_steps`` steps of the optimizer at its learning rate (constant; ``lr``
+       overrides it; without ``optimizer``: Adam at ``lr`` or 1e-3), from the same
+       initialisation. A working model and optimizer drive the loss on so few examples to
+       ≈ 0. PASS when the final loss ≤ ``overfit_loss`` and, for classification, the
+       accuracy on them is 100 %. The detail gives the final loss, the accuracy and the first
+       step at which the loss was ≤ ``overfit_loss``.
 
     Args:
-        cfg: the configuration to check; never modified.
         overfit_examples: size of the sample, 1 … N.
         overfit_steps: steps for the overfit check (≥ 1).
         init_tolerance: allowed relative gap to ln C, in (0, ∞).
@@ -375,11 +679,45 @@ def check(cfg: TrainConfig, overfit_examples: int = 50, overfit_steps: int = 500
     steps = _integer("overfit_steps", overfit_steps, 1)
     tol = _positive_number("init_tolerance", init_tolerance)
     threshold = _positive_number("overfit_loss", overfit_loss)
-    run_cfg = _variant(cfg, steps=steps, epochs=None, schedule="constant", schedule_options={},
-                       warmup_steps=0, average="none", out=None, tensorboard=False)
-    run = train.build(run_cfg)
-    if n > run.data.n_train:
-        raise ConfigError(f"overfit_examples must be at most the {run.data.n_train} training "
-                          f"examples, got {n}")
-    run.model.train()
-    return [_initial_loss_check(run, tol), _overfit_check(run, n, steps, threshold)]
+    if isinstance(model, TrainConfig):
+        if loss_fn is not None or data is not None or optimizer is not None:
+            raise ConfigError("check: give a TrainConfig alone, or model, loss_fn and data")
+        run_cfg = _variant(model, steps=steps, epochs=None, schedule="constant",
+                           schedule_options={}, warmup_steps=0, average="none", out=None,
+                           tensorboard=False)
+        run = train.build(run_cfg)
+        if n > run.data.n_train:
+            raise ConfigError(f"overfit_examples must be at most the {run.data.n_train} "
+                              f"training examples, got {n}")
+        run.model.train()
+        classification = run.data.task == "classification"
+        x, y = run.data.head(n)
+        return [_initial_loss_check(run.model, run.per_example_loss_fn,
+                                    run.data.iter_batches("train"), classification,
+                                    run.data.num_classes, tol),
+                _overfit_check(run.model, run.optimizer, run.loss_fn, run.per_example_loss_fn,
+                               x, y, steps, threshold, classification, run_cfg.optimizer)]
+    _check_objects(model, optimizer, loss_fn, data, need_optimizer=False)
+    if lr is not None:
+        lr = _positive_number("lr", lr)
+    x, y = _on(_device_of(model), *_first_examples(data, n))
+    with preserved(model, optimizer):
+        with torch.no_grad():
+            out = model(x)
+        classification = (not y.is_floating_point()) and out.dim() == y.dim() + 1
+        c = num_classes if num_classes is not None else (int(out.shape[-1]) if classification
+                                                         else None)
+        init = _initial_loss_check(model, loss_fn, _eval_batches(data, "data"),
+                                   classification, c, tol)
+        opt = optimizer
+        if opt is None:
+            from sgdlab import optim
+
+            opt = optim.create("adam", model.parameters(), lr=1e-3 if lr is None else lr)
+        elif lr is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        name = type(opt).__name__ if optimizer is not None else "adam"
+        overfit = _overfit_check(model, opt, _mean_loss(loss_fn), loss_fn, x, y, steps,
+                                 threshold, classification, name)
+    return [init, overfit]

@@ -143,13 +143,29 @@ class StackedSGD:
             p.grad = None
 
 
-def _build_models(model: str | Callable[[int], nn.Module], dataset: Dataset,
+def _build_models(model: str | Callable[..., nn.Module], dataset: Dataset,
                   seeds: Sequence[int], options: Mapping[str, Any]) -> list[nn.Module]:
-    if callable(model):
-        return [model(s) for s in seeds]
-    from sgdlab.models import build
+    """One model per seed. A registry name: :func:`sgdlab.models.build`. An ``nn.Module``
+    class, or a factory without required positional parameters: :func:`sgdlab.models.
+    from_callable` (the data's DataSpec when the class requires a positional parameter;
+    ``options``; under ``torch.manual_seed(seed)``, global RNG restored). Any other
+    callable: the experiments' contract ``model(seed, **options)``."""
+    from sgdlab.models import build, from_callable, takes_spec
 
-    return [build(model, dataset, seed=s, **dict(options)) for s in seeds]
+    if isinstance(model, str):
+        return [build(model, dataset, seed=s, **dict(options)) for s in seeds]
+    if not callable(model):
+        raise ValueError(f"train_many: model must be a registry name or a callable, "
+                         f"got {type(model).__name__}")
+    if (isinstance(model, type) and issubclass(model, nn.Module)) or not takes_spec(model):
+        made = [from_callable(model, dataset, seed=s, **dict(options)) for s in seeds]
+    else:
+        made = [model(s, **dict(options)) for s in seeds]
+    for m in made:
+        if not isinstance(m, nn.Module):
+            raise ValueError(f"train_many: model returned {type(m).__name__}, "
+                             "not a torch.nn.Module")
+    return made
 
 
 def _load_start(models: list[nn.Module], start: Mapping[str, torch.Tensor]) -> None:
@@ -272,8 +288,11 @@ def train_many(dataset: Dataset, model: str | Callable[[int], nn.Module],
     ``same_batches=False`` also the batch seed) on ``dataset`` for ``steps`` SGD steps, all at
     once (see the module docstring for the update, SPEC §2.1–2.2).
 
-    ``model`` is a name for :func:`sgdlab.models.build` (with ``model_options``) or a callable
-    seed → module. ``schedule`` multiplies every model's η (SPEC §2.5). ``eval_every`` (0:
+    ``model`` is a name for :func:`sgdlab.models.build` (with ``model_options``), an
+    ``nn.Module`` class or factory taking only options (the user's own architecture, built
+    with ``model_options`` under ``torch.manual_seed(seed)``), or a callable seed → module.
+    Integer inputs (token ids of an embedding model) are never cast to ``dtype``.
+    ``schedule`` multiplies every model's η (SPEC §2.5). ``eval_every`` (0:
     only at the start and the end) sets when the full training loss, test loss and test
     accuracy are measured. ``callback(step, engine)`` runs after every step (for
     instruments). ``engine``: "vmap" (``torch.func.vmap`` over ``functional_call``), "mlp"
@@ -309,8 +328,8 @@ def train_many(dataset: Dataset, model: str | Callable[[int], nn.Module],
                      _per_model(points, "momentum", 0.0, like),
                      _per_model(points, "weight_decay", 0.0, like), nesterov)
     lr0 = opt.lr.clone()
-    xtr, ytr = dataset.x_train.to(dtype), dataset.y_train
-    xte, yte = dataset.x_test.to(dtype), dataset.y_test
+    xtr, xte = (_as_input(t, dtype) for t in (dataset.x_train, dataset.x_test))
+    ytr, yte = dataset.y_train, dataset.y_test
     if task == "regression":
         ytr, yte = ytr.to(dtype), yte.to(dtype)
     n = dataset.n_train
@@ -382,6 +401,12 @@ def train_many(dataset: Dataset, model: str | Callable[[int], nn.Module],
     seconds = time.perf_counter() - t0
     return SweepResult([dict(p) for p in points], np.array(eval_steps), tr, te, acc, diverged,
                        sq, eng.stacked(), seconds, eng.engine)
+
+
+def _as_input(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Float inputs in the sweep's ``dtype``; integer inputs (token ids for an embedding)
+    exactly as they are."""
+    return x.to(dtype) if x.is_floating_point() else x
 
 
 def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
