@@ -11,12 +11,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from _zoo import CLASSES, BatchNormEval, TinyGRU, TinyTransformer, per_example_ce
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from sgdlab import data, optim, recipe
 from sgdlab.config import ConfigError
+
+from _zoo import CLASSES, BatchNormEval, TinyGRU, TinyTransformer, per_example_ce
 
 
 def tokens(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
