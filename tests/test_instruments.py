@@ -117,5 +117,5 @@ def test_noise_scale_instrument_disables_itself_under_batchnorm(capsys):
     t = Trainer(cfg(dataset="digits", model="resnet", model_options={"depth": 8, "width": 4},
                     probes=["noise_scale"], probe_every=5, steps=10))
     assert t.fit()["status"] == "completed"
-    assert "probe noise_scale disabled" in capsys.readouterr().err
+    assert "sgdlab: instrument noise_scale disabled: " in capsys.readouterr().err
     assert not [r for r in t.history if r["kind"] == "probe"]

@@ -1,28 +1,34 @@
-"""Instruments: trainer callbacks that decide *when* to compute a quantity of
-:mod:`sgdlab.probes`, and log it (Cockpit's split between quantities and instruments).
+"""Instruments: what :class:`sgdlab.Monitor` measures, and when (Cockpit's split between
+quantities, in :mod:`sgdlab.probes`, and instruments, here).
 
-Each instrument has a cost tier — ``cheap`` (norms, effective LR, snr_sgd diagnostics),
-``medium`` (per-example statistics, noise scale), ``expensive`` (sharpness) — and a tracking
-schedule: every k steps, or log-spaced (≈ 10 points per decade, denser early where things
-change fast). A measurement is appended to metrics.jsonl as
-``{"kind": "probe", "name": NAME, "step": t, ...numbers}`` and plotted into
-``plots/probe_NAME.png`` at the end of the run.
+Each instrument has a cost tier — ``cheap`` (norms, effective LR, snr_sgd diagnostics, the
+DDP two-batch noise scale), ``medium`` (per-example statistics gathered in the user's own
+backward: noise scale), ``expensive`` (sharpness: HVP power iteration) — and a tracking
+schedule (its own, or the Monitor's ``every``): every k steps, log-spaced (≈ 10 points per
+decade, denser early where things change fast) or a callable of the step. A measurement
+becomes ``{"kind": "probe", "name": NAME, "step": t, ...numbers}`` in the Monitor's records,
+metrics.jsonl and ``plots/probe_NAME.png``.
 
-Instruments never touch the global RNG, so a run with instruments resumes bit for bit.
+The Monitor drives an instrument through ``setup`` (once), ``begin`` (first micro-batch of a
+due step), ``measure`` (gradients final, before the optimizer step: returns the numbers),
+``after_optimizer_step`` (extra numbers that need the updated parameters) and ``teardown``;
+``needs_stats = (norms, sum_sq)`` asks for per-example statistics of the step's backward.
+Instruments never touch the global RNG, so a monitored run resumes bit for bit.
 """
 
 from __future__ import annotations
 
 import math
-import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sgdlab.config import ConfigError
 from sgdlab.probes import norms
-from sgdlab.train import Callback, Trainer
+
+if TYPE_CHECKING:
+    from sgdlab.monitor import Monitor
 
 TIERS = ("cheap", "medium", "expensive")
 
@@ -40,105 +46,135 @@ def log_spaced_steps(total: int, per_decade: int = 10) -> set[int]:
     return steps
 
 
-class Instrument(Callback):
-    """Base class: subclasses set ``name`` and ``tier`` and implement :meth:`measure`."""
+class Instrument:
+    """Base class: subclasses set ``name`` and ``tier`` and implement :meth:`measure`.
+
+    ``schedule``: ``None`` (the Monitor's) or a callable step → bool. ``all_ranks``: measured
+    on every DDP rank (collectives inside), recorded on rank 0.
+    """
 
     name = "instrument"
     tier = "cheap"
+    needs_stats: tuple[bool, bool] = (False, False)
+    all_ranks = False
 
-    def __init__(self, every: int = 50, log_spaced: bool = False) -> None:
-        if every < 1:
-            raise ConfigError(f"probe_every must be an integer >= 1, got {every}")
-        self.every = every
-        self.log_spaced = log_spaced
-        self._log_steps: set[int] = set()
+    def __init__(self, schedule: Callable[[int], bool] | None = None) -> None:
+        self.schedule = schedule
         self.disabled = False
 
-    def on_train_start(self, trainer: Trainer) -> None:  # noqa: D102
-        if self.log_spaced:
-            self._log_steps = log_spaced_steps(trainer.total_steps)
+    def setup(self, monitor: Monitor) -> None:
+        """Once, when the Monitor is built (and again after ``set_ddp_model``)."""
 
-    def due(self, step: int) -> bool:
-        """Whether to measure after optimizer step ``step`` (1-based)."""
-        if self.disabled:
-            return False
-        return step in self._log_steps if self.log_spaced else step % self.every == 0
+    def begin(self, monitor: Monitor) -> None:
+        """At the first micro-batch of a step at which the instrument is due."""
 
-    def after_step(self, trainer: Trainer) -> None:  # noqa: D102
-        if not self.due(trainer.step) or trainer.rank != 0:
-            return
-        try:
-            record = self.measure(trainer)
-        except ValueError as err:  # e.g. per-example gradients under BatchNorm
-            print(f"sgdlab: probe {self.name} disabled: {err}", file=sys.stderr)
-            self.disabled = True
-            return
-        trainer.log({"kind": "probe", "name": self.name, "step": trainer.step, **record})
-
-    def measure(self, trainer: Trainer) -> dict[str, Any]:
-        """The numbers to log at this step."""
+    def measure(self, monitor: Monitor) -> dict[str, Any] | None:
+        """The numbers of step ``monitor.step_count`` (gradients final, before the step)."""
         return {}
+
+    def after_optimizer_step(self, monitor: Monitor) -> dict[str, Any] | None:
+        """Numbers added to the record once ``optimizer.step()`` has returned."""
+        return None
+
+    def teardown(self, monitor: Monitor) -> None:
+        """At :meth:`Monitor.close`."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State a resumed run needs to continue exactly."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
 
 
 class EffectiveLR(Instrument):
     """Weight norms, effective LR η/‖w‖², angular update per step, ηλ and the predicted
-    equilibrium ‖w‖⁴ of each scale-invariant weight (SPEC §4.5); ‖Φ‖ for every model."""
+    equilibrium ‖w‖⁴ of each scale-invariant weight (SPEC §4.5); ‖Φ‖ for every model.
+
+    Everything but the angular update is taken at the weights the step's gradient was
+    computed at (scale invariance ⟨∇L, w⟩ = 0 is tested on p.grad there); the angle between
+    those weights and the ones after ``optimizer.step()`` is added by the optimizer's step
+    post-hook (absent when no optimizer step follows the measurement).
+    """
 
     name, tier = "effective_lr", "cheap"
 
-    def __init__(self, every: int = 50, log_spaced: bool = False) -> None:
-        super().__init__(every, log_spaced)
+    def __init__(self, schedule: Callable[[int], bool] | None = None) -> None:
+        super().__init__(schedule)
         self._before: dict[str, torch.Tensor] = {}
-        self._report: dict[str, dict[str, float]] = {}
 
-    def after_backward(self, trainer: Trainer) -> None:
-        """Before the step: weights and gradients agree here, so scale invariance
-        (⟨∇L, w⟩ = 0) is tested and the step's effective LR is taken at the weights it acts on."""
-        if not (self.due(trainer.step + 1) and trainer.rank == 0):
-            return
-        group = trainer.optimizer.param_groups[0]
-        self._report = norms.scale_invariant_report(trainer.model, group["lr"],
-                                                    group.get("weight_decay", 0.0))
-        self._before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()
-                        if n in self._report}
-
-    def measure(self, trainer: Trainer) -> dict[str, Any]:  # noqa: D102
-        group = trainer.optimizer.param_groups[0]
-        lr, wd = group["lr"], group.get("weight_decay", 0.0)
-        total = math.sqrt(sum(v**2 for v in norms.weight_norms(trainer.model).values()))
+    def measure(self, monitor: Monitor) -> dict[str, Any]:  # noqa: D102
+        lr, wd = monitor.lr or 0.0, monitor.weight_decay
+        model = monitor.model
+        report = norms.scale_invariant_report(model, lr, wd)
+        total = math.sqrt(sum(v**2 for v in norms.weight_norms(model).values()))
         rec: dict[str, Any] = {"lr": lr, "weight_decay": wd, "intrinsic_lr": lr * wd,
                                "weight_norm": total}
-        params = dict(trainer.model.named_parameters())
-        angles = []
-        for name, r in self._report.items():
+        for name, r in report.items():
             short = name.removesuffix(".weight")
             rec[f"{short}/effective_lr"] = r["effective_lr"]
             rec[f"{short}/norm4"] = r["norm4"]
             rec[f"{short}/predicted_norm4"] = r["predicted_norm4"]
-            angle = norms.angular_update(self._before[name], params[name].detach())
-            rec[f"{short}/angular_update"] = angle
+        self._before = {n: p.detach().clone() for n, p in model.named_parameters()
+                        if n in report}
+        if report:
+            rec["predicted_angular_update"] = math.sqrt(2 * lr * wd)
+        return rec
+
+    def after_optimizer_step(self, monitor: Monitor) -> dict[str, Any]:  # noqa: D102
+        params = dict(monitor.model.named_parameters())
+        rec: dict[str, Any] = {}
+        angles = []
+        for name, before in self._before.items():
+            angle = norms.angular_update(before, params[name].detach())
+            rec[f"{name.removesuffix('.weight')}/angular_update"] = angle
             angles.append(angle)
         if angles:
             rec["angular_update_mean"] = sum(angles) / len(angles)
-            rec["predicted_angular_update"] = math.sqrt(2 * lr * wd)
-        self._before, self._report = {}, {}
+        self._before = {}
         return rec
 
 
 class NoiseScaleInstrument(Instrument):
-    """tr Σ, ‖G‖², B_simple, per-layer B_simple, B* quantiles and the CABS batch size on the
-    current batch, from per-example statistics (SPEC §3)."""
+    """tr Σ, ‖G‖², B_simple, per-layer values, B* quantiles and the CABS batch size of the
+    step's batch, from per-example statistics of the user's own backward (SPEC §3), via
+    :func:`sgdlab.probes.noise.noise_scale_from_stats`.
+
+    ``quantiles=True`` gathers Σ_b g_b² per coordinate (B* quantiles; Σ_b‖g_b‖² per layer is
+    its sum); ``False`` only the per-example squared norms (cheaper on sequence/conv layers).
+    """
 
     name, tier = "noise_scale", "medium"
 
-    def measure(self, trainer: Trainer) -> dict[str, Any]:  # noqa: D102
-        from sgdlab.probes.noise import noise_scale
+    def __init__(self, schedule: Callable[[int], bool] | None = None,
+                 quantiles: bool = True) -> None:
+        super().__init__(schedule)
+        self.quantiles = quantiles
+        self.needs_stats = (not quantiles, quantiles)
 
-        x, y = trainer.batch
-        lr = trainer.optimizer.param_groups[0]["lr"]
-        res = noise_scale(trainer.model, trainer.run.per_example_loss_fn, x, y, lr=lr)
+    def setup(self, monitor: Monitor) -> None:  # noqa: D102
+        if monitor.world > 1:
+            raise ValueError("under DDP p.grad is the all-reduced gradient of other ranks' "
+                             "examples too; use ddp_noise_scale")
+        if monitor.loss_fn is None:
+            raise ValueError("needs the Monitor's loss_fn (per-example losses)")
+
+    def measure(self, monitor: Monitor) -> dict[str, Any]:  # noqa: D102
+        from sgdlab.probes.noise import noise_scale_from_stats
+
+        st = monitor.example_stats()
+        if self.quantiles:
+            sums = {n: float(v.sum()) for n, v in st["sum_sq"].items()}
+        else:
+            sums = dict(st["sq_norms"])
+            sums.update({n: 0.0 for n in st["grads"] if n not in sums})
+        res = noise_scale_from_stats(sums, st["grads"], st["batch_size"], st["loss"],
+                                     monitor.lr, st.get("sum_sq"))
         rec = res.as_record()
+        rec["backward_scale"] = st["scale"]
         for layer, vals in res.per_layer.items():
+            rec[f"{layer}/tr_sigma"] = vals["tr_sigma"]
+            rec[f"{layer}/g_norm_sq"] = vals["g_norm_sq"]
             rec[f"{layer}/b_simple"] = vals["b_simple"]
         return rec
 
@@ -150,87 +186,110 @@ class DDPNoiseScale(Instrument):
     before the all-reduce; after the backward, p.grad holds the all-reduced gradient of the
     global batch B. The ranks' local norms are averaged (one scalar all-reduce on measured
     steps only), and :class:`~sgdlab.probes.noise.TwoBatchEstimator` turns the pair into
-    unbiased ‖G‖², tr Σ and a smoothed B_simple. Outside DDP it measures nothing.
+    unbiased ‖G‖², tr Σ and a smoothed B_simple (its state is in :meth:`state_dict`).
+    Outside DDP it measures nothing.
     """
 
     name, tier = "ddp_noise_scale", "cheap"
+    all_ranks = True
 
-    def __init__(self, every: int = 50, log_spaced: bool = False, decay: float = 0.9) -> None:
-        super().__init__(every, log_spaced)
+    def __init__(self, schedule: Callable[[int], bool] | None = None,
+                 decay: float = 0.9) -> None:
+        super().__init__(schedule)
         from sgdlab.probes.noise import TwoBatchEstimator
 
         self.estimator = TwoBatchEstimator(decay)
-        self._trainer: Trainer | None = None
         self._local_sq = 0.0
-        self._last: dict[str, float] = {}
+        self._hooked: Any = None
+        self._armed = False
 
-    def on_train_start(self, trainer: Trainer) -> None:  # noqa: D102
-        super().on_train_start(trainer)
-        ddp = trainer.train_model
-        if not isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
-            self.disabled = True
+    def setup(self, monitor: Monitor) -> None:  # noqa: D102
+        ddp = monitor.ddp_model
+        if ddp is None or ddp is self._hooked:
             return
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-        self._trainer = trainer
-
         def hook(state, bucket):
-            if self.due(trainer.step + 1):
+            if self._armed:
                 self._local_sq += float(bucket.buffer().double().pow(2).sum())
             return allreduce_hook(state, bucket)
 
         ddp.register_comm_hook(None, hook)
+        self._hooked = ddp
 
-    def after_backward(self, trainer: Trainer) -> None:  # noqa: D102
-        if not self.due(trainer.step + 1):
-            return
-        dist = torch.distributed
-        local = torch.tensor(self._local_sq, dtype=torch.float64)
-        dist.all_reduce(local)
+    def begin(self, monitor: Monitor) -> None:  # noqa: D102
+        self._armed = self._hooked is not None
         self._local_sq = 0.0
-        g_small = float(local) / trainer.world
-        g_big = sum(float(p.grad.double().pow(2).sum()) for p in trainer.model.parameters()
+
+    def measure(self, monitor: Monitor) -> dict[str, Any] | None:  # noqa: D102
+        if not self._armed:
+            return None
+        self._armed = False
+        local = torch.tensor(self._local_sq, dtype=torch.float64)
+        torch.distributed.all_reduce(local)
+        self._local_sq = 0.0
+        world = monitor.world
+        g_small = float(local) / world
+        g_big = sum(float(p.grad.double().pow(2).sum()) for p in monitor.model.parameters()
                     if p.grad is not None)
-        b_big = trainer.config.batch_size
-        b_small = b_big // trainer.world
+        from sgdlab.monitor import _batch_len
         from sgdlab.probes.noise import two_batch_estimates
 
+        b_small = _batch_len(monitor.batch[0])
+        b_big = b_small * world
         g2, tr = two_batch_estimates(g_small, g_big, b_small, b_big)
         self.estimator.update(g_small, g_big, b_small, b_big)
-        self._last = {"g_small_norm_sq": g_small, "g_big_norm_sq": g_big,
-                      "b_small": b_small, "b_big": b_big, "g_norm_sq": g2, "tr_sigma": tr,
-                      "b_simple_smoothed": self.estimator.b_simple}
+        return {"g_small_norm_sq": g_small, "g_big_norm_sq": g_big, "b_small": b_small,
+                "b_big": b_big, "g_norm_sq": g2, "tr_sigma": tr,
+                "b_simple_smoothed": self.estimator.b_simple}
 
-    def measure(self, trainer: Trainer) -> dict[str, Any]:  # noqa: D102
-        return dict(self._last)
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        e = self.estimator
+        return {"decay": e.decay, "g2": e.g2, "tr": e.tr, "weight": e.weight}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
+        e = self.estimator
+        e.decay, e.g2, e.tr, e.weight = (state["decay"], state["g2"], state["tr"],
+                                         state["weight"])
 
 
 class Sharpness(Instrument):
-    """Top Hessian eigenvalue on a fixed subset of the training set, and 2/λ_max next to the
-    current learning rate (SPEC §4.3)."""
+    """Top Hessian eigenvalue (HVP power iteration, :mod:`sgdlab.probes.curvature`) and 2/λ_max
+    next to the current learning rate (SPEC §4.3).
+
+    Data: the Monitor's ``hessian_data`` (its first ``subset`` examples), else the step's
+    batch. The model is put in eval mode for the HVPs (BatchNorm: the Hessian of the deployed
+    function; no dropout) and restored, the RNG state is forked, and attention runs on the
+    math SDPA backend (the fused CPU kernels have no double backward).
+    """
 
     name, tier = "sharpness", "expensive"
 
-    def __init__(self, every: int = 50, log_spaced: bool = False, subset: int = 1024,
+    def __init__(self, schedule: Callable[[int], bool] | None = None, subset: int = 1024,
                  iters: int = 20, tol: float = 1e-3) -> None:
-        super().__init__(every, log_spaced)
+        super().__init__(schedule)
         self.subset, self.iters, self.tol = subset, iters, tol
 
-    def measure(self, trainer: Trainer) -> dict[str, Any]:  # noqa: D102
+    def setup(self, monitor: Monitor) -> None:  # noqa: D102
+        if monitor.loss_fn is None:
+            raise ValueError("needs the Monitor's loss_fn (per-example losses)")
+
+    def measure(self, monitor: Monitor) -> dict[str, Any]:  # noqa: D102
         from sgdlab.probes.curvature import top_hessian_eigenvalue
 
-        ds = trainer.data
-        n = min(self.subset, ds.n_train)
-        model = trainer.model
+        x, y = monitor.hessian_data if monitor.hessian_data is not None else monitor.batch
+        if monitor.hessian_data is not None:
+            x, y = x[:self.subset], y[:self.subset]
+        model = monitor.model
         was_training = model.training
-        model.eval()  # BatchNorm: the Hessian of the deployed function
+        model.eval()
         try:
-            res = top_hessian_eigenvalue(model, trainer.run.per_example_loss_fn,
-                                         ds.x_train[:n], ds.y_train[:n], iters=self.iters,
-                                         tol=self.tol, seed=trainer.step)
+            with torch.random.fork_rng(devices=[]):
+                res = top_hessian_eigenvalue(model, monitor.loss_fn, x, y, iters=self.iters,
+                                             tol=self.tol, seed=monitor.step_count)
         finally:
             model.train(was_training)
-        lr = trainer.optimizer.param_groups[0]["lr"]
+        lr = monitor.lr or 0.0
         return {"lambda_max": res.lambda_max, "stability_bound": res.stability_bound,
                 "lr_times_lambda": lr * res.lambda_max, "iterations": res.iterations}
 
@@ -240,8 +299,8 @@ class SNRDiagnostics(Instrument):
 
     name, tier = "snr", "cheap"
 
-    def measure(self, trainer: Trainer) -> dict[str, Any]:  # noqa: D102
-        diag = getattr(trainer.optimizer, "diagnostics", None)
+    def measure(self, monitor: Monitor) -> dict[str, Any]:  # noqa: D102
+        diag = getattr(monitor.optimizer, "diagnostics", None)
         if diag is None:
             raise ValueError("the snr probe needs the snr_sgd optimizer")
         return {k: v for k, v in diag().items() if k != "step"}
@@ -257,15 +316,21 @@ INSTRUMENTS: dict[str, type[Instrument]] = {
 
 
 def available() -> list[str]:
-    """Names accepted by :func:`build`."""
+    """Names accepted by :func:`create`."""
     return list(INSTRUMENTS)
 
 
-def build(names: Sequence[str], every: int = 50, log_spaced: bool = False) -> list[Instrument]:
-    """Instruments by name; an unknown name is a :class:`ConfigError` listing the known ones."""
-    out = []
-    for name in names:
-        if name not in INSTRUMENTS:
-            raise ConfigError(f"probe must be one of {', '.join(INSTRUMENTS)}, got {name!r}")
-        out.append(INSTRUMENTS[name](every=every, log_spaced=log_spaced))
+def create(items: Sequence[str | Instrument]) -> list[Instrument]:
+    """Instruments from names or Instrument objects; an unknown name is a
+    :class:`ConfigError` listing the known ones."""
+    if isinstance(items, str):
+        items = [items]
+    out: list[Instrument] = []
+    for item in items:
+        if isinstance(item, Instrument):
+            out.append(item)
+        elif item in INSTRUMENTS:
+            out.append(INSTRUMENTS[item]())
+        else:
+            raise ConfigError(f"probe must be one of {', '.join(INSTRUMENTS)}, got {item!r}")
     return out

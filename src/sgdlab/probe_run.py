@@ -7,14 +7,16 @@ from typing import Any
 
 from sgdlab import checkpoint, instruments
 from sgdlab import config as cfgmod
+from sgdlab.monitor import Monitor
 from sgdlab.train import Trainer
 
 
 def probe_checkpoint(run_dir: str | Path, names: list[str],
                      batch_size: int | None = None) -> list[tuple[str, str, float]]:
     """Rebuild the run of ``run_dir`` at ``checkpoints/last.pt``, take one batch from its
-    sampler at the checkpointed position, compute one forward/backward there and measure each
-    instrument in ``names``. Returns (instrument, quantity, value) rows; nothing is written.
+    sampler at the checkpointed position, compute one forward/backward there under a
+    :class:`~sgdlab.Monitor` measuring each instrument in ``names`` (no optimizer step, so no
+    angular update). Returns (instrument, quantity, value) rows; nothing is written.
     """
     run_dir = Path(run_dir)
     cfg_path, ckpt_path = run_dir / "config.yaml", run_dir / "checkpoints" / "last.pt"
@@ -29,20 +31,23 @@ def probe_checkpoint(run_dir: str | Path, names: list[str],
     ckpt = checkpoint.load(ckpt_path, map_location=trainer.device)
     trainer.model.load_state_dict(ckpt["model"])
     trainer.step = ckpt["step"]
-    insts = instruments.build(names, every=1)
+    hessian = trainer.monitor.hessian_data
     x, y = trainer.data.batch(trainer.sampler.next_batch())
-    trainer.batch = (x, y)
+    monitor = Monitor(trainer.model, trainer.optimizer, trainer.run.per_example_loss_fn,
+                      instruments=instruments.create(names), every=1, hessian_data=hessian,
+                      on_error="raise")
+    monitor.step_count = trainer.step
     trainer.model.train()
     trainer.optimizer.zero_grad(set_to_none=True)
-    trainer.run.loss_fn(trainer.model(x), y).backward()
+    try:
+        with monitor.step(x, y):
+            trainer.run.loss_fn(trainer.model(x), y).backward()
+        monitor.close()  # no optimizer step: the records are emitted here
+    except ValueError as err:
+        raise cfgmod.ConfigError(f"probe: {err}") from None
     rows: list[tuple[str, str, float]] = []
-    for inst in insts:
-        inst.after_backward(trainer)
-        try:
-            record = inst.measure(trainer)
-        except ValueError as err:
-            raise cfgmod.ConfigError(f"probe {inst.name}: {err}") from None
-        rows += [(inst.name, k, float(v)) for k, v in record.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)
-                 and "angular_update" not in k]  # no step is taken here
+    for record in monitor.records:
+        rows += [(record["name"], k, float(v)) for k, v in record.items()
+                 if k not in ("kind", "name", "step") and isinstance(v, (int, float))
+                 and not isinstance(v, bool)]
     return rows

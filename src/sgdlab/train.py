@@ -342,8 +342,9 @@ class Trainer:
             (optimizer, lr, schedule, batch size, steps or epochs, sampling, averaging,
             probes, out, ...). ``config.out`` is the run directory; ``None`` keeps everything
             in memory, as the experiments do.
-        callbacks: :class:`Callback` objects called at their hooks, in order, followed by
-            the instruments the config names (``probes``).
+        callbacks: :class:`Callback` objects called at their hooks, in order. The
+            instruments the config names (``probes``) run in :attr:`monitor`, a
+            :class:`sgdlab.Monitor` driven by the loop (its state is in the checkpoints).
         progress: show progress (a bar on a TTY, plain lines otherwise); ``None``: when
             writing a run directory.
         model: the user's ``nn.Module`` (instead of ``config.model``).
@@ -367,12 +368,11 @@ class Trainer:
     def __init__(self, config: TrainConfig | dict[str, Any], callbacks: Sequence[Callback] = (),
                  progress: bool | None = None, *, model: nn.Module | None = None,
                  data: Any = None, loss_fn: Callable | None = None) -> None:
-        from sgdlab import instruments
+        from sgdlab.monitor import Monitor
 
         config = _with_objects(config, model, data, loss_fn)
         self.config = config
-        self.callbacks = list(callbacks) + instruments.build(
-            config.probes, every=config.probe_every, log_spaced=config.probe_schedule == "log")
+        self.callbacks = list(callbacks)
         self.world, self.rank = _dist_info()
         init_distributed(config.device)
         if self.world > 1 and config.batch_size % self.world:
@@ -387,6 +387,13 @@ class Trainer:
         self.batches = data_mod.BatchStream(self.data, self.sampler, self.rank, self.world)
         self.total_steps = self.run.total_steps
         self.device = self.run.device
+        # the instruments the config names, driven by the Monitor like in any user loop
+        hessian = ((self.data.x_train, self.data.y_train) if hasattr(self.data, "x_train")
+                   else None)
+        self.monitor = Monitor(
+            self.model, self.optimizer, self.run.per_example_loss_fn, instruments=config.probes,
+            every="log" if config.probe_schedule == "log" else config.probe_every,
+            total_steps=self.total_steps, hessian_data=hessian, log=self.log)
         self.train_model: nn.Module = self.model
         self.run_dir = Path(config.out) if config.out else None
         self.is_writer = self.rank == 0 and self.run_dir is not None
@@ -448,6 +455,9 @@ class Trainer:
         if ckpt.get("averaged") is not None:
             self._make_averaged()
             self.averaged.load_state_dict(ckpt["averaged"])
+        if ckpt.get("monitor") is not None:
+            self.monitor.load_state_dict(ckpt["monitor"])
+        self.monitor.step_count = self.step
         if self.is_writer:
             truncate_to(self.run_dir / "metrics.jsonl", ckpt["metrics_lines"])
         return self._loop()
@@ -459,6 +469,7 @@ class Trainer:
         self._setup_outputs()
         if self.world > 1:
             self.train_model = nn.parallel.DistributedDataParallel(self.model)
+            self.monitor.set_ddp_model(self.train_model)
         old_handlers = self._install_signal_handlers()
         status, message = "completed", ""
         start = time.perf_counter()
@@ -470,6 +481,7 @@ class Trainer:
             while self.step < self.total_steps:
                 x, y = self.batches.next()  # this rank's slice of the global batch
                 self.batch = (x, y)
+                self.monitor.begin(x, y)
                 loss = self.run.loss_fn(self.train_model(x), y)
                 self.loss = loss
                 if self.world > 1:
@@ -485,6 +497,7 @@ class Trainer:
                     break
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                self.monitor.gradients_ready()
                 for cb in self.callbacks:
                     cb.after_backward(self)
                 log_now = (self.step + 1) % self.log_every == 0
@@ -519,6 +532,7 @@ class Trainer:
         finally:
             self._restore_signal_handlers(old_handlers)
             self.batches.close()  # DataLoader workers; the sampler rewinds to the last batch
+            self.monitor.cancel()  # a step left armed by a divergence or an error
         wall = time.perf_counter() - start
         if status != "diverged" and self.step > 0:
             self.save_checkpoint(wall)
@@ -593,6 +607,7 @@ class Trainer:
             "loss_sum": self._loss_sum,
             "loss_count": self._loss_count,
             "averaged": None if self.averaged is None else self.averaged.state_dict(),
+            "monitor": self.monitor.state_dict(),
             "metrics_lines": self.writer.lines if self.writer is not None else 0,
             "config": self.config.to_dict(),
         }

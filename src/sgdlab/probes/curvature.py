@@ -6,6 +6,10 @@ Hv = ∇(⟨∇L, v⟩), over the data in chunks, and the Rayleigh quotient λ =
 Power iteration converges to the eigenvalue of largest *magnitude*; near a minimum (H ⪰ 0)
 that is h_max, the "L" of the notes' smoothness assumption, and full-batch gradient descent
 is stable only for η < 2/h_max.
+
+Attention: the fused scaled-dot-product-attention kernels (flash attention on CPU) have no
+double backward, so every HVP runs under ``sdpa_kernel(SDPBackend.MATH)`` (:func:`math_sdpa`):
+the same function, computed by the composite kernel that autograd can differentiate twice.
 """
 
 from __future__ import annotations
@@ -34,6 +38,17 @@ class TopEigenvalue:
     vector: torch.Tensor
 
 
+def math_sdpa():
+    """Context manager forcing the math backend of ``scaled_dot_product_attention`` (the only
+    one with a double backward on every device); a no-op context where torch lacks it."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - old torch
+        import contextlib
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def _mean_loss(loss_fn: Callable, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     loss = loss_fn(out, y)
     return loss.mean() if loss.dim() > 0 else loss
@@ -46,7 +61,14 @@ def hessian_vector_product(model: nn.Module, loss_fn: Callable, x: torch.Tensor,
 
     ``loss_fn(output, y)`` may return per-example losses (averaged here) or their mean.
     ``vecs`` has one tensor per trainable parameter, in ``model.parameters()`` order.
+    Runs under :func:`math_sdpa` (attention models: a double backward exists).
     """
+    with math_sdpa():
+        return _hvp(model, loss_fn, x, y, vecs, chunk_size)
+
+
+def _hvp(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
+         vecs: list[torch.Tensor], chunk_size: int) -> list[torch.Tensor]:
     params = [p for p in model.parameters() if p.requires_grad]
     n = x.shape[0]
     out = [torch.zeros_like(p) for p in params]

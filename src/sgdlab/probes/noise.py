@@ -66,12 +66,64 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 else math.inf
 
 
+def noise_scale_from_stats(sq_norm_sums: dict[str, float | torch.Tensor],
+                           grads: dict[str, torch.Tensor], batch_size: int,
+                           loss: float = math.nan, lr: float | None = None,
+                           sum_sq: dict[str, torch.Tensor] | None = None,
+                           quantiles: Sequence[float] = QUANTILES) -> NoiseScale:
+    """The noise-scale estimator from per-example statistics of one batch (SPEC §3).
+
+    Inputs, per parameter name: ``sq_norm_sums[name]`` = Σ_b ‖g_b‖² restricted to that
+    parameter (a float or 0-d tensor), ``grads[name]`` = ĝ = (1/B) Σ_b g_b (the mean
+    gradient), and optionally ``sum_sq[name]`` = Σ_b g_b² per coordinate (for the B*
+    quantiles). With B = ``batch_size``::
+
+        tr Σ_p  = B/(B − 1) · (Σ_b‖g_b,p‖²/B − ‖ĝ_p‖²)       (unbiased, per parameter)
+        ‖G_p‖² = ‖ĝ_p‖² − tr Σ_p / B                           (unbiased)
+        B_simple = Σ_p tr Σ_p / Σ_p ‖G_p‖²,   B*[c] = 16 σ²[c]/ĝ[c]²,   B_CABS = η tr Σ / loss
+
+    where σ²[c] = B/(B − 1)(Σ_b g_b[c]²/B − ĝ[c]²). Parameters absent from ``sq_norm_sums``
+    are skipped. The sums are taken in float64.
+    """
+    bsz = int(batch_size)
+    if bsz < 2:
+        raise ValueError(f"noise_scale needs a batch of at least 2 examples, got {bsz}")
+    tr_total = g_hat_total = 0.0
+    per_layer: dict[str, dict[str, float]] = {}
+    b_star: list[torch.Tensor] = []
+    for name, g in grads.items():
+        if name not in sq_norm_sums:
+            continue
+        gh = g.detach().double()
+        g2 = float((gh * gh).sum())
+        tr = bsz / (bsz - 1) * (float(sq_norm_sums[name]) / bsz - g2)
+        per_layer[name] = {"tr_sigma": tr, "g_norm_sq": g2 - tr / bsz,
+                           "b_simple": _ratio(tr, g2 - tr / bsz)}
+        tr_total += tr
+        g_hat_total += g2
+        if sum_sq is not None and name in sum_sq:
+            var = bsz / (bsz - 1) * (sum_sq[name].double() / bsz - gh * gh)   # σ²[c]
+            b_star.append((16 * var.clamp(min=0) / (gh * gh)).reshape(-1))
+    g_unbiased = g_hat_total - tr_total / bsz
+    qs = {}
+    if b_star:
+        allb = torch.cat(b_star)
+        finite = allb[torch.isfinite(allb)]
+        if finite.numel():
+            vals = torch.quantile(finite, torch.tensor(list(quantiles), dtype=torch.float64))
+            qs = {f"q{int(q * 100)}": float(v) for q, v in zip(quantiles, vals, strict=True)}
+    cabs = None if lr is None or not math.isfinite(loss) else _ratio(lr * tr_total, loss)
+    return NoiseScale(bsz, loss, tr_total, g_unbiased, g_hat_total,
+                      _ratio(tr_total, g_unbiased), per_layer, qs, cabs)
+
+
 def noise_scale(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
                 lr: float | None = None, quantiles: Sequence[float] = QUANTILES) -> NoiseScale:
     """Gradient noise scale of the batch (x, y); ``loss_fn`` returns per-example losses.
 
     One pass for Σ_b g_b² per coordinate (:func:`sgdlab.probes.per_example.per_example_sum_sq`)
-    and one backward for ĝ. Parameters' ``.grad`` are left as they were.
+    and one backward for ĝ, then :func:`noise_scale_from_stats` (SPEC §3). Parameters'
+    ``.grad`` are left as they were.
     """
     from sgdlab.probes.per_example import per_example_sum_sq
 
@@ -82,34 +134,10 @@ def noise_scale(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.T
     sum_sq = per_example_sum_sq(model, loss_fn, x, y)
     loss = loss_fn(model(x), y).mean()
     grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
-    tr_total = g_hat_total = 0.0
-    per_layer: dict[str, dict[str, float]] = {}
-    b_star: list[torch.Tensor] = []
-    for (name, p), g in zip(named.items(), grads, strict=True):
-        if name not in sum_sq:
-            continue
-        g = torch.zeros_like(p) if g is None else g.detach()
-        s = sum_sq[name].double()
-        gh = g.double()
-        var = bsz / (bsz - 1) * (s / bsz - gh * gh)              # σ²[c], unbiased
-        tr = float(var.sum())
-        g2 = float((gh * gh).sum())
-        per_layer[name] = {"tr_sigma": tr, "g_norm_sq": g2 - tr / bsz,
-                           "b_simple": _ratio(tr, g2 - tr / bsz)}
-        tr_total += tr
-        g_hat_total += g2
-        b_star.append((16 * var.clamp(min=0) / (gh * gh)).reshape(-1))
-    g_unbiased = g_hat_total - tr_total / bsz
-    allb = torch.cat(b_star) if b_star else torch.zeros(0, dtype=torch.float64)
-    finite = allb[torch.isfinite(allb)]
-    qs = {}
-    if finite.numel():
-        vals = torch.quantile(finite, torch.tensor(list(quantiles), dtype=torch.float64))
-        qs = {f"q{int(q * 100)}": float(v) for q, v in zip(quantiles, vals, strict=True)}
-    loss_v = float(loss.detach())
-    return NoiseScale(bsz, loss_v, tr_total, g_unbiased, g_hat_total,
-                      _ratio(tr_total, g_unbiased), per_layer, qs,
-                      None if lr is None else _ratio(lr * tr_total, loss_v))
+    ghat = {n: torch.zeros_like(p) if g is None else g.detach()
+            for (n, p), g in zip(named.items(), grads, strict=True)}
+    sums = {n: float(s.double().sum()) for n, s in sum_sq.items()}
+    return noise_scale_from_stats(sums, ghat, bsz, float(loss.detach()), lr, sum_sq, quantiles)
 
 
 def two_batch_estimates(g_small_sq: float, g_big_sq: float, b_small: float,

@@ -1,0 +1,561 @@
+"""``sgdlab.Monitor``: sgdlab's instruments in any training loop (SPEC §3, §4.3, §4.5).
+
+::
+
+    monitor = sgdlab.Monitor(model, optimizer, loss_fn, instruments=["noise_scale", "sharpness",
+                             "effective_lr"], every=50, out="runs/mine")
+    for x, y in loader:
+        optimizer.zero_grad()
+        with monitor.step(x, y):                    # loss_fn returns per-example losses
+            loss_fn(model(x), y).mean().backward()  # the user's own backward
+        optimizer.step()
+    monitor.close()                                 # plots; monitor.records: list of dicts
+
+See :class:`Monitor` for the low-level API (``begin`` / ``gradients_ready``) that framework
+adapters and sgdlab's own Trainer drive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from sgdlab.probes.per_example import PerExampleStats
+
+__all__ = ["Monitor", "SCALE_RTOL"]
+
+#: ‖δ_user − c·δ_ref‖ ≤ SCALE_RTOL·‖δ_user‖ is required of the user's backward.
+SCALE_RTOL = 1e-4
+
+
+class _SafeStats(PerExampleStats):
+    """PerExampleStats whose hooks never raise into the user's forward or backward: the first
+    error is kept (and all further hooks do nothing) until :meth:`check` raises it."""
+
+    def _reset(self) -> None:
+        super()._reset()
+        self.failure: BaseException | None = None
+
+    def _guard(self, fn, *args):
+        if self.failure is not None:
+            return None
+        try:
+            return fn(*args)
+        except Exception as err:  # noqa: BLE001 - deferred to check()
+            self.failure = err
+            if self._mode is not None:
+                with contextlib.suppress(Exception):
+                    self._stop_tracking()
+            return None
+
+    def _push(self, module, args, kwargs):
+        return self._guard(super()._push, module, args, kwargs)
+
+    def _pop(self, module, args, kwargs, output):
+        return self._guard(super()._pop, module, args, kwargs, output)
+
+    def _layer_hook(self, module, args, kwargs, output):
+        return self._guard(super()._layer_hook, module, args, kwargs, output)
+
+    def _fallback_hook(self, module, args, kwargs, output):
+        return self._guard(super()._fallback_hook, module, args, kwargs, output)
+
+    def _bn_pre_hook(self, module, args):
+        return self._guard(super()._bn_pre_hook, module, args)
+
+    def _grad_hook(self, layer, use, i):
+        hook = super()._grad_hook(layer, use, i)
+        return lambda grad: self._guard(hook, grad)
+
+    def check(self) -> None:
+        """Raise the first error a hook met (ValueError/RuntimeError naming the module)."""
+        if self.failure is not None:
+            raise self.failure
+
+
+def _batch_len(x: Any) -> int | None:
+    for leaf in pytree.tree_leaves(x):
+        if isinstance(leaf, torch.Tensor) and leaf.dim() > 0:
+            return int(leaf.shape[0])
+    return None
+
+
+class _Schedule:
+    """When an instrument is due: every k steps, log-spaced, or a callable step → bool."""
+
+    def __init__(self, every: int | str | Callable[[int], bool], total_steps: int | None) -> None:
+        from sgdlab.instruments import log_spaced_steps
+
+        self.every: int | None = None
+        self.steps: set[int] | None = None
+        self.fn: Callable[[int], bool] | None = None
+        if callable(every):
+            self.fn = every
+        elif every == "log":
+            self.steps = log_spaced_steps(total_steps if total_steps else 10**9)
+        elif isinstance(every, int) and not isinstance(every, bool) and every >= 1:
+            self.every = every
+        else:
+            raise ValueError(f"every must be an integer >= 1, 'log' or a callable step -> bool, "
+                             f"got {every!r}")
+
+    def __call__(self, step: int) -> bool:
+        if self.every is not None:
+            return step % self.every == 0
+        if self.steps is not None:
+            return step in self.steps
+        return bool(self.fn(step))
+
+
+class Monitor:
+    """Instruments on the user's model, optimizer and loop (SPEC §3, §4.3, §4.5).
+
+    Args:
+        model: the ``nn.Module`` trained (a ``DistributedDataParallel`` wrapper is accepted:
+            its ``.module`` is measured).
+        optimizer: the ``torch.optim.Optimizer`` stepping it (``None``: no learning rate, no
+            angular update).
+        loss_fn: ``loss_fn(model(x), y)`` → per-example losses, shape (B,).
+        instruments: names (``effective_lr``, ``noise_scale``, ``sharpness``, ``snr``,
+            ``ddp_noise_scale``; see :mod:`sgdlab.instruments`) or Instrument objects.
+        every: schedule of the instruments without their own: an integer k (steps k, 2k, …),
+            ``"log"`` (:func:`sgdlab.instruments.log_spaced_steps` up to ``total_steps``) or a
+            callable ``step -> bool``. Steps count from 1.
+        out: a directory for ``metrics.jsonl`` (via :class:`sgdlab.metrics_log.MetricsWriter`)
+            and, at :meth:`close`, ``plots/probe_NAME.png``; ``None``: records stay in memory.
+        hessian_data: a fixed ``(x, y)`` for ``sharpness`` (default: the step's batch).
+        tensorboard: also write scalars under ``out/tensorboard`` (needs tensorboard).
+        log: a callable receiving each record (sgdlab's Trainer passes its own ``log``).
+        on_error: ``"disable"`` (one line ``sgdlab: instrument NAME disabled: <reason>`` on
+            stderr, training continues) or ``"raise"``.
+
+    Records: ``{"kind": "probe", "name": NAME, "step": t, ...numbers}`` in :attr:`records`.
+    The numbers of step t belong to the parameters at which the t-th batch's gradient was
+    computed: they are measured in :meth:`gradients_ready`, before ``optimizer.step()``.
+    The records of step t are emitted when ``optimizer.step()`` returns (a step post-hook,
+    which also gives ``effective_lr`` its angular update), or at the next :meth:`begin` /
+    :meth:`close` when no optimizer step followed.
+
+    Low-level API (for framework adapters; :meth:`step` is ``begin`` + ``gradients_ready``):
+
+    * ``begin(x, y)`` — before each micro-batch's forward. If something medium-tier is due
+      at the coming step it arms hooks: :class:`~sgdlab.probes.per_example.PerExampleStats`
+      (``reduction="sum"``), a forward hook on the root model capturing its output, tensor
+      hooks on that output capturing δ_user = ∂(user's scalar)/∂output. Nothing due: no hook,
+      O(1) Python.
+    * ``gradients_ready()`` — the step's gradients are final (after accumulation), the
+      optimizer has not stepped: measure, record, count the step (:attr:`step_count`).
+    * ``step(x, y)`` — a context manager: ``begin`` on entry, ``gradients_ready`` on normal
+      exit; if the body raised, nothing is measured. Hooks are always removed.
+    * ``cancel()`` — drop an armed step (hooks removed, nothing measured or counted).
+    * ``close()``, ``records``, ``step_count``, ``state_dict()`` / ``load_state_dict()``.
+
+    Scale of the user's backward: with reduction="sum" the statistics are those of δ for
+    the scalar actually backpropagated. If it is c·Σ_b ℓ_b (c = 1/B for ``.mean()``, 1 for
+    ``.sum()``, 1/(B·k) under k-step accumulation), c is inferred per micro-batch as
+    c = ⟨δ_user, δ_ref⟩/⟨δ_ref, δ_ref⟩ with δ_ref = ∂(Σ_b loss_fn(out, y)_b)/∂out on the
+    detached output; ‖δ_user − c·δ_ref‖ ≤ 1e-4‖δ_user‖ is required, else the instrument is
+    disabled (the backward is not c·Σ loss_fn(model(x), y)). Norms and Σ_b g_b² are divided
+    by c², micro-batches are summed (B = total) and ĝ = p.grad / (c·B).
+
+    Monitoring never changes training: no RNG is drawn (sharpness runs in eval mode with the
+    RNG state forked), ``p.grad`` is not modified.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                 loss_fn: Callable | None = None,
+                 instruments: Sequence[Any] = ("noise_scale",), every: Any = 50,
+                 out: str | Path | None = None, *, total_steps: int | None = None,
+                 hessian_data: tuple[Any, Any] | None = None, tensorboard: bool = False,
+                 log: Callable[[dict[str, Any]], None] | None = None,
+                 on_error: str = "disable") -> None:
+        from sgdlab import instruments as inst_mod
+
+        if on_error not in ("disable", "raise"):
+            raise ValueError(f"on_error must be 'disable' or 'raise', got {on_error!r}")
+        ddp = nn.parallel.DistributedDataParallel
+        self.ddp_model: nn.Module | None = model if isinstance(model, ddp) else None
+        self.model: nn.Module = model.module if isinstance(model, ddp) else model
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.hessian_data = hessian_data
+        self.on_error = on_error
+        self.schedule = _Schedule(every, total_steps)
+        self.total_steps = total_steps
+        self.instruments = inst_mod.create(instruments)
+        dist = torch.distributed
+        self.rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        self.world = (dist.get_world_size() if dist.is_available() and dist.is_initialized()
+                      else 1)
+        self.records: list[dict[str, Any]] = []
+        self.step_count = 0
+        self.batch: tuple[Any, Any] | None = None
+        self._log = log
+        self._out = Path(out) if out is not None else None
+        self._writer = None
+        self._tb = None
+        if self._out is not None:
+            from sgdlab.metrics_log import MetricsWriter
+
+            self._writer = MetricsWriter(self._out / "metrics.jsonl")
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(self._out / "tensorboard"))
+        self._stats: dict[tuple[bool, bool], _SafeStats] = {}
+        self._in_step = False
+        self._due: list = []
+        self._pending: list[tuple[Any, dict[str, Any]]] = []
+        self._armed: _SafeStats | None = None
+        self._fwd_handle = None
+        self._capture: dict[str, Any] = {}
+        self._micro: list[dict[str, Any]] = []
+        self._post_handle = None
+        if optimizer is not None and hasattr(optimizer, "register_step_post_hook"):
+            self._post_handle = optimizer.register_step_post_hook(self._after_optimizer)
+        self._closed = False
+        for inst in self.instruments:
+            self._guarded(inst, inst.setup, self)
+
+    # ------------------------------------------------------------------ public API
+
+    @contextlib.contextmanager
+    def step(self, x: Any, y: Any) -> Iterator[Monitor]:
+        """``begin(x, y)``; the body (forward and the user's backward); ``gradients_ready()``
+        on normal exit. If the body raises, nothing is measured and the hooks are removed."""
+        self.begin(x, y)
+        try:
+            yield self
+        except BaseException:
+            self.cancel()
+            raise
+        self.gradients_ready()
+
+    def begin(self, x: Any, y: Any) -> None:
+        """Before a micro-batch's forward: starts step ``step_count + 1`` (or continues it,
+        under gradient accumulation) and arms the hooks when a medium-tier instrument is due."""
+        if self._pending:
+            self._flush()
+        if self._in_step:
+            if self._armed is not None:
+                self._harvest()     # the previous micro-batch's backward is done
+                self.batch = (x, y)
+                self._arm()
+            self.batch = (x, y)
+            return
+        self.batch = (x, y)
+        self._in_step = True
+        t = self.step_count + 1
+        sched = self.schedule
+        due = [i for i in self.instruments if not i.disabled
+               and (i.schedule(t) if i.schedule is not None else sched(t))]
+        self._due = due
+        if not due:
+            return
+        for inst in due:
+            self._guarded(inst, inst.begin, self)
+        self._micro = []
+        self._arm()
+
+    def gradients_ready(self) -> None:
+        """The step's gradients are final and the optimizer has not stepped: measure every
+        due instrument, queue its record and count the step."""
+        if not self._in_step:
+            raise RuntimeError("gradients_ready() without begin(x, y) for this step")
+        self._in_step = False
+        if self._armed is not None:
+            self._harvest()
+        t = self.step_count + 1
+        self.step_count = t
+        due, self._due = self._due, []
+        for inst in due:
+            if inst.disabled or (self.rank != 0 and not inst.all_ranks):
+                continue
+            rec = self._guarded(inst, inst.measure, self)
+            if rec is not None and self.rank == 0:
+                self._pending.append((inst, {"kind": "probe", "name": inst.name, "step": t,
+                                             **rec}))
+        self._micro = []
+        if self._pending and self._post_handle is None:
+            self._flush()
+
+    def cancel(self) -> None:
+        """Drop the step in progress: hooks removed, nothing measured, the step not counted."""
+        self._disarm()
+        self._in_step = False
+        self._due, self._micro = [], []
+
+    def close(self) -> None:
+        """Emit pending records, remove every hook, close the sinks and draw
+        ``plots/probe_NAME.png`` when ``out`` was given."""
+        if self._closed:
+            return
+        self._closed = True
+        self.cancel()
+        self._flush()
+        for inst in self.instruments:
+            with contextlib.suppress(Exception):
+                inst.teardown(self)
+        if self._post_handle is not None:
+            self._post_handle.remove()
+            self._post_handle = None
+        if self._tb is not None:
+            self._tb.close()
+        if self._writer is not None:
+            self._writer.close()
+            try:
+                from sgdlab.plots import plot_run
+
+                plot_run(self._out)
+            except Exception as err:  # noqa: BLE001 - plots are a convenience
+                print(f"sgdlab: plots not written ({err})", file=sys.stderr)
+
+    def set_ddp_model(self, ddp_model: nn.Module) -> None:
+        """The DistributedDataParallel wrapper of :attr:`model` (for ``ddp_noise_scale``'s
+        communication hook), when it is created after the Monitor."""
+        self.ddp_model = ddp_model
+        for inst in self.instruments:
+            self._guarded(inst, inst.setup, self)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Step count, disabled instruments and each instrument's own state."""
+        return {"step_count": self.step_count,
+                "instruments": [{"name": i.name, "disabled": i.disabled,
+                                 "state": i.state_dict()} for i in self.instruments]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`: the same instruments, in the same order."""
+        names = [s["name"] for s in state["instruments"]]
+        if names != [i.name for i in self.instruments]:
+            raise ValueError(f"state_dict instruments {names} differ from this Monitor's "
+                             f"{[i.name for i in self.instruments]}")
+        self.step_count = int(state["step_count"])
+        for inst, s in zip(self.instruments, state["instruments"], strict=True):
+            inst.disabled = bool(s["disabled"])
+            inst.load_state_dict(s["state"])
+
+    # ------------------------------------------------------------------ for instruments
+
+    @property
+    def lr(self) -> float | None:
+        """The first parameter group's learning rate (``None`` without an optimizer)."""
+        return None if self.optimizer is None else self.optimizer.param_groups[0]["lr"]
+
+    @property
+    def weight_decay(self) -> float:
+        """The first parameter group's weight decay (0 without an optimizer)."""
+        if self.optimizer is None:
+            return 0.0
+        return self.optimizer.param_groups[0].get("weight_decay", 0.0)
+
+    def example_stats(self) -> dict[str, Any]:
+        """Per-example statistics of this step's batch from the user's backward, summed over
+        micro-batches and divided by c² (SPEC §3): ``batch_size``, ``scale`` (c), ``loss``
+        (mean ℓ_b), ``sq_norms`` ({name: Σ_b ‖g_b,p‖²}, when norms were gathered), ``sum_sq``
+        ({name: Σ_b g_b²}, when gathered) and ``grads`` ({name: ĝ = p.grad/(c·B)})."""
+        if not self._micro:
+            raise ValueError("no per-example statistics were gathered for this step")
+        micro = self._micro
+        c = micro[0]["c"]
+        for m in micro[1:]:
+            if abs(m["c"] - c) > 1e-6 * abs(c):
+                raise ValueError("micro-batches were backpropagated with different scales "
+                                 f"({c:.6g} and {m['c']:.6g}): ĝ is not the mean gradient")
+        bsz = sum(m["B"] for m in micro)
+        out: dict[str, Any] = {"batch_size": bsz, "scale": c,
+                               "loss": sum(m["loss_sum"] for m in micro) / bsz}
+        for key in ("sq_norms", "sum_sq"):
+            if micro[0].get(key) is not None:
+                acc: dict[str, Any] = {}
+                for m in micro:
+                    for n, v in m[key].items():
+                        acc[n] = v if n not in acc else acc[n] + v
+                out[key] = acc
+        grads = {}
+        for n, p in self.model.named_parameters():
+            if p.requires_grad:
+                g = p.grad
+                grads[n] = (torch.zeros_like(p, dtype=torch.float64) if g is None
+                            else g.detach().double() / (c * bsz))
+        out["grads"] = grads
+        return out
+
+    # ------------------------------------------------------------------ internals
+
+    def _guarded(self, inst, fn, *args):
+        if inst.disabled:
+            return None
+        try:
+            return fn(*args)
+        except Exception as err:  # noqa: BLE001 - an instrument never kills the run
+            if self.on_error == "raise":
+                raise
+            self._disable(inst, err)
+            return None
+
+    def _disable(self, inst, err: BaseException | str) -> None:
+        if inst.disabled:
+            return
+        inst.disabled = True
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"sgdlab: instrument {inst.name} disabled: {reason}", file=sys.stderr)
+
+    def _needs(self) -> tuple[bool, bool]:
+        norms = sum_sq = False
+        for inst in self._due:
+            if inst.disabled:
+                continue
+            n, s = inst.needs_stats
+            norms, sum_sq = norms or n, sum_sq or s
+        return norms, sum_sq
+
+    def _arm(self) -> None:
+        norms, sum_sq = self._needs()
+        if not (norms or sum_sq):
+            return
+        key = (norms, sum_sq)
+        try:
+            stats = self._stats.get(key)
+            if stats is None:
+                stats = self._stats[key] = _SafeStats(self.model, norms=norms, sum_sq=sum_sq,
+                                                      reduction="sum")
+            stats.failure = None
+            stats.attach()
+        except Exception as err:  # noqa: BLE001
+            self._fail_stats(err)
+            return
+        self._armed = stats
+        self._capture = {"calls": 0}
+        self._fwd_handle = self.model.register_forward_hook(self._on_output)
+
+    def _on_output(self, module, args, output) -> None:
+        if not torch.is_grad_enabled():
+            return
+        cap = self._capture
+        cap["calls"] += 1
+        if cap["calls"] > 1:
+            return
+        leaves, spec = pytree.tree_flatten(output)
+        cap["leaves"], cap["spec"] = leaves, spec
+        idx = [i for i, t in enumerate(leaves) if isinstance(t, torch.Tensor) and t.requires_grad]
+        cap["idx"] = idx
+        cap["deltas"] = {}
+        for i in idx:
+            def hook(grad, i=i):
+                cap["deltas"][i] = grad.detach()
+            leaves[i].register_hook(hook)
+
+    def _disarm(self) -> None:
+        if self._fwd_handle is not None:
+            self._fwd_handle.remove()
+            self._fwd_handle = None
+        if self._armed is not None:
+            self._armed.detach()
+            self._armed = None
+        self._capture = {}
+
+    def _fail_stats(self, err: BaseException | str) -> None:
+        for inst in self._due:
+            if any(inst.needs_stats):
+                if self.on_error == "raise":
+                    raise err if isinstance(err, BaseException) else ValueError(err)
+                self._disable(inst, err)
+
+    def _harvest(self) -> None:
+        """Read the micro-batch's statistics after its backward, scaled by 1/c²."""
+        stats, cap = self._armed, self._capture
+        try:
+            stats.check()
+            if cap.get("calls", 0) == 0:
+                raise ValueError("the model was not called with gradients enabled inside "
+                                 "the step")
+            if cap["calls"] > 1:
+                raise ValueError("the model was called more than once in one micro-batch")
+            c, bsz, loss_sum = self._infer_scale(cap)
+            norms_wanted, sum_sq_wanted = stats.want_norms, stats.want_sum_sq
+            entry: dict[str, Any] = {"c": c, "B": bsz, "loss_sum": loss_sum}
+            inv = 1.0 / (c * c)
+            if norms_wanted:
+                entry["sq_norms"] = {n: float(v.double().sum()) * inv
+                                     for n, v in stats.sq_norms_by_param().items()}
+            if sum_sq_wanted:
+                entry["sum_sq"] = {n: v.double() * inv for n, v in stats.sum_sq().items()}
+            self._micro.append(entry)
+        except Exception as err:  # noqa: BLE001
+            self._disarm()
+            self._fail_stats(err)
+            return
+        self._disarm()
+
+    def _infer_scale(self, cap: dict[str, Any]) -> tuple[float, int, float]:
+        """c with δ_user = c·δ_ref, δ_ref = ∂(Σ_b ℓ_b)/∂out on the detached output."""
+        leaves, idx = cap["leaves"], cap["idx"]
+        if not idx or not cap["deltas"]:
+            raise ValueError("the backward did not reach the model's output")
+        det = list(leaves)
+        for i in idx:
+            det[i] = leaves[i].detach().requires_grad_(True)
+        with torch.enable_grad():
+            ell = self.loss_fn(pytree.tree_unflatten(det, cap["spec"]), self.batch[1])
+            bsz = _batch_len(self.batch[0])
+            if not isinstance(ell, torch.Tensor) or ell.dim() != 1 or (
+                    bsz is not None and ell.shape[0] != bsz):
+                shape = tuple(ell.shape) if isinstance(ell, torch.Tensor) else type(ell).__name__
+                raise ValueError(f"loss_fn must return per-example losses of shape (B,), got "
+                                 f"{shape}")
+            refs = torch.autograd.grad(ell.sum(), [det[i] for i in idx], allow_unused=True)
+        num = den = uu = 0.0
+        pairs = []
+        for i, r in zip(idx, refs, strict=True):
+            u = cap["deltas"].get(i)
+            u = torch.zeros_like(leaves[i]) if u is None else u
+            r = torch.zeros_like(u) if r is None else r
+            u, r = u.double(), r.double()
+            num += float((u * r).sum())
+            den += float((r * r).sum())
+            uu += float((u * u).sum())
+            pairs.append((u, r))
+        if den == 0.0 or uu == 0.0:
+            raise ValueError("the loss gradient at the output is zero: the scale of the "
+                             "backward cannot be inferred")
+        c = num / den
+        resid = math.sqrt(sum(float((u - c * r).pow(2).sum()) for u, r in pairs))
+        if not c > 0 or resid > SCALE_RTOL * math.sqrt(uu):
+            raise ValueError("the backward is not c·Σ loss_fn(model(x), y) (relative residual "
+                             f"{resid / math.sqrt(uu):.2g}); per-example statistics need the "
+                             "gradient of a multiple of the summed per-example losses")
+        return c, int(ell.shape[0]), float(ell.detach().double().sum())
+
+    def _after_optimizer(self, optimizer, args, kwargs) -> None:
+        if self._pending:
+            self._flush(after_step=True)
+
+    def _flush(self, after_step: bool = False) -> None:
+        pending, self._pending = self._pending, []
+        for inst, rec in pending:
+            if after_step and not inst.disabled:
+                extra = self._guarded(inst, inst.after_optimizer_step, self)
+                if inst.disabled:
+                    continue
+                if extra:
+                    rec.update(extra)
+            self._emit(rec)
+
+    def _emit(self, rec: dict[str, Any]) -> None:
+        self.records.append(rec)
+        if self._writer is not None:
+            self._writer.write(rec)
+        if self._tb is not None:
+            for key, value in rec.items():
+                if key not in ("kind", "step", "name") and isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"{rec['name']}/{key}", value, rec["step"])
+        if self._log is not None:
+            self._log(rec)

@@ -1,0 +1,351 @@
+"""sgdlab.Monitor in a user's own loop, against independent references.
+
+References: tests/_zoo.per_example_reference (a float64 loop of one autograd backward per
+example) for the noise scale, torch.autograd.functional.hessian on the flattened parameters
+for sharpness. Tolerances: 1e-8 relative for per-example quantities (float64 models),
+1e-6 for the top Hessian eigenvalue (power iteration to tol 1e-12).
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sgdlab
+from sgdlab import instruments
+from sgdlab.instruments import Instrument, NoiseScaleInstrument, Sharpness
+
+from _zoo import TinyGRU, TinyTransformer, cases, per_example_ce, per_example_reference
+
+REL = 1e-8
+
+
+def _reference_noise(model, x, y):
+    """tr Σ, ‖G‖², B_simple, per-layer tr Σ and B* quantiles from per-example gradients."""
+    norms, sum_sq, grads = per_example_reference(model, per_example_ce, x, y)
+    B = x.shape[0]
+    ghat = {n: sum(g[n] for g in grads) / B for n in grads[0]}
+    g2 = sum(float((v * v).sum()) for v in ghat.values())
+    tr = B / (B - 1) * (float(norms.sum()) / B - g2)
+    per_layer = {n: B / (B - 1) * (float(sum_sq[n].sum()) / B - float((ghat[n] ** 2).sum()))
+                 for n in ghat}
+    bstar = torch.cat([(16 * (B / (B - 1) * (sum_sq[n] / B - ghat[n] ** 2)).clamp(min=0)
+                        / ghat[n] ** 2).reshape(-1) for n in ghat])
+    bstar = bstar[torch.isfinite(bstar)]
+    q50 = float(torch.quantile(bstar, 0.5))
+    return {"tr_sigma": tr, "g_norm_sq": g2 - tr / B, "b_simple": tr / (g2 - tr / B),
+            "per_layer": per_layer, "b_star_q50": q50}
+
+
+def _no_hooks(model: nn.Module) -> bool:
+    return all(not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
+               for m in model.modules())
+
+
+def _one_step(model, x, y, instruments=("noise_scale",), backward=None, **kw):
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    mon = sgdlab.Monitor(model, opt, per_example_ce, instruments=list(instruments), every=1,
+                         **kw)
+    opt.zero_grad()
+    with mon.step(x, y):
+        loss = per_example_ce(model(x), y)
+        (backward(loss) if backward else loss.mean()).backward()
+    opt.step()
+    assert _no_hooks(model)
+    return mon
+
+
+@pytest.mark.parametrize("name", ["transformer_pre_norm", "mha_own_params", "gru", "lstm",
+                                  "tied_embeddings", "conv1d_reflect", "embedding_padding_idx"])
+@pytest.mark.parametrize("quantiles", [True, False])
+def test_noise_scale_from_user_backward_matches_per_example_loop(name, quantiles):
+    model, x, y = cases()[name]
+    mon = _one_step(model, x, y, instruments=[NoiseScaleInstrument(quantiles=quantiles)])
+    (rec,) = mon.records
+    assert (rec["kind"], rec["name"], rec["step"]) == ("probe", "noise_scale", 1)
+    ref = _reference_noise(model, x, y)
+    for key in ("tr_sigma", "g_norm_sq", "b_simple"):
+        assert rec[key] == pytest.approx(ref[key], rel=REL), key
+    for layer, tr in ref["per_layer"].items():
+        assert rec[f"{layer}/tr_sigma"] == pytest.approx(tr, rel=REL, abs=1e-14), layer
+    # attention's key bias has ĝ = 0 in exact arithmetic (softmax is shift invariant): there
+    # B* = 16σ²/ĝ² is roundoff over roundoff, so the quantiles are compared elsewhere only
+    if quantiles and name not in ("transformer_pre_norm", "mha_own_params"):
+        assert rec["b_star_q50"] == pytest.approx(ref["b_star_q50"], rel=REL)
+    assert ("b_star_q50" in rec) == quantiles
+    assert rec["batch_size"] == x.shape[0]
+
+
+@pytest.mark.parametrize("how, scale", [("mean", 1 / 6), ("sum", 1.0), ("times3", 3 / 6)])
+def test_backward_scale_is_inferred(how, scale):
+    model, x, y = cases()["gru"]
+    backward = {"mean": lambda l: l.mean(), "sum": lambda l: l.sum(),
+                "times3": lambda l: 3 * l.mean()}[how]
+    rec = _one_step(model, x, y, backward=backward).records[0]
+    assert rec["backward_scale"] == pytest.approx(scale, rel=1e-12)
+    ref = _reference_noise(model, x, y)
+    assert rec["tr_sigma"] == pytest.approx(ref["tr_sigma"], rel=REL)
+    assert rec["g_norm_sq"] == pytest.approx(ref["g_norm_sq"], rel=REL)
+
+
+def test_gradient_accumulation_combines_micro_batches():
+    model, x, y = cases(batch=8)["lstm"]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    mon = sgdlab.Monitor(model, opt, per_example_ce, instruments=["noise_scale"], every=1)
+    opt.zero_grad()
+    for xb, yb in ((x[:4], y[:4]), (x[4:], y[4:])):
+        mon.begin(xb, yb)
+        (per_example_ce(model(xb), yb).mean() / 2).backward()
+    mon.gradients_ready()
+    opt.step()
+    (rec,) = mon.records
+    assert rec["batch_size"] == 8 and rec["backward_scale"] == pytest.approx(1 / 8, rel=1e-12)
+    ref = _reference_noise(model, x, y)
+    for key in ("tr_sigma", "g_norm_sq", "b_simple", "b_star_q50"):
+        assert rec[key] == pytest.approx(ref[key], rel=REL), key
+    assert mon.step_count == 1 and _no_hooks(model)
+
+
+def test_weighted_loss_is_refused_with_one_line(capsys):
+    model, x, y = cases()["mha_own_params"]
+    w = torch.linspace(0.5, 2.0, x.shape[0], dtype=torch.float64)
+    mon = _one_step(model, x, y, instruments=["noise_scale", "effective_lr"],
+                    backward=lambda l: (w * l).mean())
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("sgdlab: instrument noise_scale disabled: the backward is not "
+                             "c·Σ loss_fn(model(x), y)")
+    assert [r["name"] for r in mon.records] == ["effective_lr"]
+
+
+def _train(model_fn, x, y, steps, monitor_kw=None, seed=0):
+    torch.manual_seed(seed)
+    model = model_fn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    mon = (sgdlab.Monitor(model, opt, per_example_ce, **monitor_kw)
+           if monitor_kw is not None else None)
+    for t in range(steps):
+        xb, yb = x[t % 4::4], y[t % 4::4]
+        opt.zero_grad()
+        ctx = mon.step(xb, yb) if mon else torch.enable_grad()
+        with ctx:
+            per_example_ce(model(xb), yb).mean().backward()
+        opt.step()
+    if mon:
+        mon.close()
+    return model, mon
+
+
+@pytest.mark.parametrize("arch", ["transformer", "gru", "dropout_mlp"])
+def test_monitoring_never_changes_training(arch):
+    gen = torch.Generator().manual_seed(1)
+    if arch == "transformer":
+        fn, x = TinyTransformer, torch.randint(0, 20, (32, 5), generator=gen)
+    elif arch == "gru":
+        fn, x = TinyGRU, torch.randn(32, 4, 3, generator=gen)
+    else:
+        def fn():
+            return nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Dropout(0.2), nn.Linear(16, 5))
+        x = torch.randn(32, 3, generator=gen)
+    y = torch.randint(0, 5, (32,), generator=gen)
+    bare, _ = _train(fn, x, y, 6)
+    kw = {"instruments": ["noise_scale", "sharpness", "effective_lr"], "every": 2}
+    watched, mon = _train(fn, x, y, 6, kw)
+    for (n, a), b in zip(bare.state_dict().items(), watched.state_dict().values(), strict=True):
+        assert torch.equal(a, b), n
+    # dropout between Linear layers: still per-example (the masks are drawn by the user's
+    # forward only); sharpness runs in eval mode with the RNG forked
+    assert {r["name"] for r in mon.records} == {"noise_scale", "sharpness", "effective_lr"}
+    assert [r["step"] for r in mon.records if r["name"] == "effective_lr"] == [2, 4, 6]
+    assert _no_hooks(watched)
+
+
+def _steps_of(every, n=30, **kw):
+    model = nn.Linear(3, 5)
+    x, y = torch.randn(4, 3), torch.randint(0, 5, (4,))
+    mon = sgdlab.Monitor(model, None, per_example_ce, instruments=["effective_lr"],
+                         every=every, **kw)
+    for _ in range(n):
+        with mon.step(x, y):
+            per_example_ce(model(x), y).mean().backward()
+    return [r["step"] for r in mon.records]
+
+
+def test_schedules():
+    assert _steps_of(7) == [7, 14, 21, 28]
+    assert _steps_of("log", total_steps=30) == sorted(instruments.log_spaced_steps(30))
+    assert _steps_of(lambda s: s in (2, 5, 29)) == [2, 5, 29]
+    with pytest.raises(ValueError, match="every must be an integer >= 1, 'log' or a callable"):
+        _steps_of(0)
+
+
+def test_nothing_due_attaches_no_hook():
+    model, x, y = cases()["tied_embeddings"]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = sgdlab.Monitor(model, opt, per_example_ce, instruments=["noise_scale"], every=3)
+    for t in range(1, 4):
+        opt.zero_grad()
+        mon.begin(x, y)
+        assert _no_hooks(model) == (t != 3)
+        per_example_ce(model(x), y).mean().backward()
+        mon.gradients_ready()
+        opt.step()
+    assert [r["step"] for r in mon.records] == [3] and _no_hooks(model)
+
+
+def test_state_dict_round_trip_continues_exactly():
+    def run(stop=None, state=None, steps=8):
+        torch.manual_seed(0)
+        model = TinyGRU()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        mon = sgdlab.Monitor(model, opt, per_example_ce,
+                             instruments=["noise_scale", "effective_lr", "ddp_noise_scale"],
+                             every=2)
+        gen = torch.Generator().manual_seed(3)
+        data = [(torch.randn(6, 4, 3, generator=gen), torch.randint(0, 5, (6,), generator=gen))
+                for _ in range(steps)]
+        start = 0
+        if state is not None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            mon.load_state_dict(state["monitor"])
+            start = mon.step_count
+        ddp = mon.instruments[2].estimator
+        for t in range(start, steps):
+            if stop is not None and t == stop:
+                return {"model": model.state_dict(), "opt": opt.state_dict(),
+                        "monitor": mon.state_dict()}
+            xb, yb = data[t]
+            opt.zero_grad()
+            with mon.step(xb, yb):
+                per_example_ce(model(xb), yb).mean().backward()
+            opt.step()
+            ddp.update(1.0 + t, 0.5 + t / 10, 2, 8)  # the smoothed state must carry over
+        return mon.records, ddp.b_simple
+    full, b_full = run()
+    resumed, b_resumed = run(state=run(stop=5))
+    assert resumed == [r for r in full if r["step"] > 5] and resumed
+    assert b_resumed == b_full
+
+
+class Exploding(Instrument):
+    name = "exploding"
+
+    def measure(self, monitor):
+        if monitor.step_count >= 2:
+            raise RuntimeError("boom\nsecond line")
+        return {"value": 1.0}
+
+
+def test_failing_instrument_is_disabled_with_one_line(capsys):
+    model, x, y = cases()["gru"]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = sgdlab.Monitor(model, opt, per_example_ce, instruments=[Exploding(), "noise_scale"],
+                         every=1)
+    for _ in range(4):
+        opt.zero_grad()
+        with mon.step(x, y):
+            per_example_ce(model(x), y).mean().backward()
+        opt.step()
+    assert capsys.readouterr().err == "sgdlab: instrument exploding disabled: boom\n"
+    assert [(r["name"], r["step"]) for r in mon.records] == [
+        ("exploding", 1), ("noise_scale", 1)] + [("noise_scale", t) for t in (2, 3, 4)]
+
+
+def test_batchnorm_in_training_mode_disables_noise_scale_without_changing_training(capsys):
+    def fn():
+        return nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 5))
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.randn(32, 3, generator=gen), torch.randint(0, 5, (32,), generator=gen)
+    bare, _ = _train(fn, x, y, 4)
+    watched, mon = _train(fn, x, y, 4, {"instruments": ["noise_scale"], "every": 1})
+    for a, b in zip(bare.state_dict().values(), watched.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("sgdlab: instrument noise_scale disabled: ")
+    assert "BatchNorm" in err[0] and not mon.records and _no_hooks(watched)
+
+
+def test_exception_in_the_body_measures_nothing():
+    model, x, y = cases()["gru"]
+    mon = sgdlab.Monitor(model, None, per_example_ce, instruments=["noise_scale"], every=1)
+    with pytest.raises(KeyError), mon.step(x, y):
+        model(x)
+        raise KeyError("user error")
+    assert mon.step_count == 0 and not mon.records and _no_hooks(model)
+
+
+def _full_hessian_top(model, x, y):
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def f(v):
+        parts, i = {}, 0
+        for n, s in zip(names, shapes, strict=True):
+            k = s.numel()
+            parts[n] = v[i:i + k].reshape(s)
+            i += k
+        out = torch.func.functional_call(model, parts, (x,))
+        return per_example_ce(out, y).mean()
+
+    from sgdlab.probes.curvature import math_sdpa
+    with math_sdpa():
+        H = torch.autograd.functional.hessian(f, flat)
+    ev = torch.linalg.eigvalsh(H)
+    return float(ev[ev.abs().argmax()])
+
+
+def test_sharpness_on_attention_on_cpu_matches_the_full_hessian():
+    torch.manual_seed(0)
+    model = TinyTransformer(vocab=6, d=4, heads=2).double()
+    gen = torch.Generator().manual_seed(4)
+    x, y = torch.randint(0, 6, (8, 5), generator=gen), torch.randint(0, 5, (8,), generator=gen)
+    xb, yb = x[:4], y[:4]
+    mon = _one_step(model, xb, yb, instruments=[Sharpness(iters=3000, tol=1e-12)],
+                    hessian_data=(x, y))
+    assert model.training  # restored after the eval-mode HVPs
+    model.eval()
+    ref = _full_hessian_top(model, x, y)
+    (rec,) = mon.records
+    assert rec["lambda_max"] == pytest.approx(ref, rel=1e-6)
+    assert rec["stability_bound"] == (pytest.approx(2 / ref, rel=1e-6) if ref > 0 else math.inf)
+
+
+def test_out_writes_metrics_and_plots(tmp_path):
+    model, x, y = cases()["gru"]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = sgdlab.Monitor(model, opt, per_example_ce, instruments=["noise_scale"], every=1,
+                         out=tmp_path / "run")
+    for _ in range(3):
+        opt.zero_grad()
+        with mon.step(x, y):
+            per_example_ce(model(x), y).mean().backward()
+        opt.step()
+    mon.close()
+    from sgdlab.metrics_log import read_metrics
+    assert read_metrics(tmp_path / "run" / "metrics.jsonl") == mon.records
+    assert (tmp_path / "run" / "plots" / "probe_noise_scale.png").is_file()
+
+
+def test_loss_fn_must_be_per_example(capsys):
+    model, x, y = cases()["gru"]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    mon = sgdlab.Monitor(model, opt, lambda o, t: F.cross_entropy(o, t),
+                         instruments=["noise_scale"], every=1)
+    with mon.step(x, y):
+        per_example_ce(model(x), y).mean().backward()
+    assert "per-example losses of shape (B,), got ()" in capsys.readouterr().err
+    assert not mon.records
+
+
+def test_import_sgdlab_stays_cheap():
+    code = ("import sys, sgdlab; assert 'sgdlab.monitor' not in sys.modules; "
+            "assert 'torch' not in sys.modules; assert sgdlab.Monitor.__name__ == 'Monitor'")
+    subprocess.run([sys.executable, "-c", code], check=True)
