@@ -629,7 +629,8 @@ def from_callable(fn: Callable[..., object], dataset: object | None, *,
             torch.manual_seed(seed)
             model = fn(*args, **options)
     if not isinstance(model, nn.Module):
-        raise TypeError(f"it returned {type(model).__name__}, not a torch.nn.Module")
+        raise TypeError(f"the model callable returned {type(model).__name__}, "
+                        "not a torch.nn.Module")
     return model
 
 

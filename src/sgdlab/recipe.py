@@ -375,12 +375,14 @@ def _summarise(lrs: list[float], losses: list[float], smoothed: list[float],
                         step_mode=step_mode)
 
 
-def _write_lr_find(out: str | os.PathLike, result: LRFindResult, settings: dict[str, Any]
-                   ) -> None:
+def _write_lr_find(out: str | os.PathLike, result: LRFindResult, settings: dict[str, Any],
+                   config: dict[str, Any] | None = None) -> None:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = result.to_dict()
     record["settings"] = settings
+    if config is not None:
+        record["config"] = config
     _write_json(out_dir / "lr_find.json", record)
     try:
         from sgdlab.plots import plot_lr_find
@@ -476,7 +478,7 @@ def lr_find(model: nn.Module | TrainConfig, optimizer: torch.optim.Optimizer | N
                              (*settings, step_mode), val)
         record = {**record, "steps_run": len(result.lrs)}
         if out is not None:
-            _write_lr_find(out, result, record | {"config": run_cfg.to_dict()})
+            _write_lr_find(out, result, record, run_cfg.to_dict())
         return result
     _check_objects(model, optimizer, loss_fn, data)
     stream = _train_stream(data, batch_size, seed)

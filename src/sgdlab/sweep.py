@@ -158,7 +158,10 @@ def _build_models(model: str | Callable[..., nn.Module], dataset: Dataset,
         raise ValueError(f"train_many: model must be a registry name or a callable, "
                          f"got {type(model).__name__}")
     if (isinstance(model, type) and issubclass(model, nn.Module)) or not takes_spec(model):
-        made = [from_callable(model, dataset, seed=s, **dict(options)) for s in seeds]
+        try:
+            made = [from_callable(model, dataset, seed=s, **dict(options)) for s in seeds]
+        except TypeError as err:
+            raise ValueError(f"train_many: {err}") from None
     else:
         made = [model(s, **dict(options)) for s in seeds]
     for m in made:
