@@ -175,8 +175,11 @@ def test_unknown_name_lists_known_ones():
     ("adam", dict(betas=(0.9, 1.0)), r"betas\[1\] must be in \[0, 1\), got 1.0"),
     ("adam", dict(betas=0.9), r"betas must be a pair"),
     ("adam", dict(eps=-1e-8), r"eps must be in \[0, inf\)"),
-    ("sgd", dict(lr=0.1, momentum=0.9), "unknown hyper-parameter 'momentum' for optimizer "
-                                        "'sgd'; allowed: lr, weight_decay, decoupled"),
+    # torch's momentum= makes sgd heavy ball (tests/test_user_components.py); beta= does not
+    ("sgd", dict(lr=0.1, beta=0.9), "unknown hyper-parameter 'beta' for optimizer "
+                                    "'sgd'; allowed: lr, weight_decay, decoupled"),
+    ("momentum", dict(lr=0.1, beta=0.9, momentum=0.9), "give 'beta' or its torch name"),
+    ("sgd", dict(lr=0.1, momentum=0.9, style="ema"), "for style give optimizer 'momentum'"),
     ("snr_sgd", dict(), "optimizer 'snr_sgd' needs 'lr'"),
 ])
 def test_bad_hyperparameters_name_the_parameter(name, hp, message):
