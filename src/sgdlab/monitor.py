@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,24 @@ class _Schedule:
         if self.steps is not None:
             return step in self.steps
         return bool(self.fn(step))
+
+
+class _Step:
+    """What :meth:`Monitor.step` returns (a class, not a generator: cheaper per step)."""
+
+    __slots__ = ("monitor",)
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+
+    def __enter__(self) -> Monitor:
+        return self.monitor
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.monitor.gradients_ready()
+        else:
+            self.monitor.cancel()
 
 
 class Monitor:
@@ -227,17 +245,12 @@ class Monitor:
 
     # ------------------------------------------------------------------ public API
 
-    @contextlib.contextmanager
-    def step(self, x: Any, y: Any) -> Iterator[Monitor]:
-        """``begin(x, y)``; the body (forward and the user's backward); ``gradients_ready()``
-        on normal exit. If the body raises, nothing is measured and the hooks are removed."""
+    def step(self, x: Any, y: Any) -> _Step:
+        """Context manager: ``begin(x, y)``; the body (forward and the user's backward);
+        ``gradients_ready()`` on normal exit. If the body raises, nothing is measured, the
+        step is not counted and the hooks are removed."""
         self.begin(x, y)
-        try:
-            yield self
-        except BaseException:
-            self.cancel()
-            raise
-        self.gradients_ready()
+        return _Step(self)
 
     def begin(self, x: Any, y: Any) -> None:
         """Before a micro-batch's forward: starts step ``step_count + 1`` (or continues it,
@@ -512,22 +525,21 @@ class Monitor:
                 raise ValueError(f"loss_fn must return per-example losses of shape (B,), got "
                                  f"{shape}")
             refs = torch.autograd.grad(ell.sum(), [det[i] for i in idx], allow_unused=True)
-        num = den = uu = 0.0
-        pairs = []
+        us, rs = [], []
         for i, r in zip(idx, refs, strict=True):
             u = cap["deltas"].get(i)
             u = torch.zeros_like(leaves[i]) if u is None else u
             r = torch.zeros_like(u) if r is None else r
-            u, r = u.double(), r.double()
-            num += float((u * r).sum())
-            den += float((r * r).sum())
-            uu += float((u * u).sum())
-            pairs.append((u, r))
+            us.append(u.detach().reshape(-1).double())
+            rs.append(r.reshape(-1).double())
+        u = torch.cat(us) if len(us) > 1 else us[0]
+        r = torch.cat(rs) if len(rs) > 1 else rs[0]
+        num, den, uu = torch.stack([u @ r, r @ r, u @ u]).tolist()
         if den == 0.0 or uu == 0.0:
             raise ValueError("the loss gradient at the output is zero: the scale of the "
                              "backward cannot be inferred")
         c = num / den
-        resid = math.sqrt(sum(float((u - c * r).pow(2).sum()) for u, r in pairs))
+        resid = float(torch.linalg.vector_norm(u - c * r))
         if not c > 0 or resid > SCALE_RTOL * math.sqrt(uu):
             raise ValueError("the backward is not c·Σ loss_fn(model(x), y) (relative residual "
                              f"{resid / math.sqrt(uu):.2g}); per-example statistics need the "

@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,6 +61,19 @@ class NoiseScale:
         if self.b_cabs is not None:
             rec["b_cabs"] = self.b_cabs
         return rec
+
+
+def _quantiles(values: np.ndarray, quantiles: Sequence[float]) -> list[float]:
+    """Quantiles with linear interpolation between order statistics (numpy's and torch's
+    default), from one vectorised sort (faster than either library's quantile here)."""
+    v = np.sort(values)
+    out = []
+    for q in quantiles:
+        pos = q * (v.size - 1)
+        lo = int(math.floor(pos))
+        hi = min(lo + 1, v.size - 1)
+        out.append(float(v[lo] + (pos - lo) * (v[hi] - v[lo])))
+    return out
 
 
 def _ratio(num: float, den: float) -> float:
@@ -102,15 +116,16 @@ def noise_scale_from_stats(sq_norm_sums: dict[str, float | torch.Tensor],
         tr_total += tr
         g_hat_total += g2
         if sum_sq is not None and name in sum_sq:
-            var = bsz / (bsz - 1) * (sum_sq[name].double() / bsz - gh * gh)   # σ²[c]
-            b_star.append((16 * var.clamp(min=0) / (gh * gh)).reshape(-1))
+            g_sq = gh * gh
+            var = sum_sq[name].double().div(bsz).sub_(g_sq).mul_(bsz / (bsz - 1))  # σ²[c]
+            b_star.append(var.clamp_(min=0).mul_(16).div_(g_sq).reshape(-1))
     g_unbiased = g_hat_total - tr_total / bsz
     qs = {}
     if b_star:
-        allb = torch.cat(b_star)
-        finite = allb[torch.isfinite(allb)]
-        if finite.numel():
-            vals = torch.quantile(finite, torch.tensor(list(quantiles), dtype=torch.float64))
+        allb = torch.cat(b_star).cpu().numpy()
+        finite = allb[np.isfinite(allb)]
+        if finite.size:
+            vals = _quantiles(finite, quantiles)
             qs = {f"q{int(q * 100)}": float(v) for q, v in zip(quantiles, vals, strict=True)}
     cabs = None if lr is None or not math.isfinite(loss) else _ratio(lr * tr_total, loss)
     return NoiseScale(bsz, loss, tr_total, g_unbiased, g_hat_total,

@@ -1,0 +1,140 @@
+"""Cost of ``sgdlab.Monitor`` in a user's training step, as a ratio to the bare step (SPEC §3).
+
+For each model, side by side in one run (rounds interleaved, the order rotated every round,
+medians over rounds; models and timing from ``benchmarks/probes_overhead.py``), the time of
+
+* the bare step: ``zero_grad``, forward, mean cross-entropy, backward, ``optimizer.step()``
+  (torch SGD with momentum), the reference 1.00;
+* the same step inside ``with monitor.step(x, y):`` with nothing due (``every`` larger than
+  the run): no hook is attached, O(1) Python per step;
+* with ``noise_scale`` due at every step, norms only (``NoiseScaleInstrument(quantiles=
+  False)``: tr Σ, ‖G‖², B_simple, per layer) and with the B* quantiles (the default, which
+  needs Σ_b g_b² per coordinate);
+* the bound on those two: :class:`~sgdlab.probes.per_example.PerExampleStats` alone in the
+  bare step (attach, backward, read the statistics, detach) — what the Monitor adds on top
+  is the scale inference (one loss evaluation and a backward through the loss only), ĝ from
+  p.grad and the estimator.
+
+    python benchmarks/monitor_overhead.py [--batch 128] [--rounds 7] [--threads 1]
+                                          [--models mlp,cifar]
+
+Floors (issue 9): noise_scale due ≤ 1.5× (goal 1.2×), nothing due ≤ 1.05× (goal 1.01×).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sgdlab  # noqa: E402
+from probes_overhead import MODELS, ce_none, time_rows  # noqa: E402
+from sgdlab.instruments import NoiseScaleInstrument  # noqa: E402
+from sgdlab.probes.per_example import PerExampleStats  # noqa: E402
+
+FLOORS = {"nothing due": 1.05, "noise_scale due": 1.5}
+
+
+def rows_for(make: Callable[[], torch.nn.Module], x: torch.Tensor, y: torch.Tensor
+             ) -> tuple[dict[str, Callable[[], object]], list[Callable[[], None]]]:
+    """name → one training step on its own copy of the model and optimizer; clean-ups."""
+    torch.manual_seed(0)
+    base = make()
+    rows: dict[str, Callable[[], object]] = {}
+    cleanup: list[Callable[[], None]] = []
+
+    def setup():
+        model = copy.deepcopy(base)
+        return model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    model_b, opt_b = setup()
+
+    def bare():
+        opt_b.zero_grad()
+        F.cross_entropy(model_b(x), y).backward()
+        opt_b.step()
+
+    rows["bare step"] = bare
+
+    def monitored(label: str, **kw) -> None:
+        model, opt = setup()
+        mon = sgdlab.Monitor(model, opt, ce_none, **kw)
+        cleanup.append(mon.close)
+
+        def step():
+            opt.zero_grad()
+            with mon.step(x, y):
+                F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        rows[label] = step
+
+    monitored("nothing due", instruments=["noise_scale"], every=10**9)
+    monitored("noise_scale due, norms only",
+              instruments=[NoiseScaleInstrument(quantiles=False)], every=1)
+    monitored("noise_scale due, with B* quantiles", instruments=["noise_scale"], every=1)
+
+    def stats_alone(label: str, **kw) -> None:
+        model, opt = setup()
+        stats = PerExampleStats(model, reduction="mean", **kw)
+        read = stats.sq_norms_by_param if kw.get("sum_sq") is False else stats.sum_sq
+
+        def step():
+            opt.zero_grad()
+            stats.attach()
+            F.cross_entropy(model(x), y).backward()
+            read()
+            stats.detach()
+            opt.step()
+
+        rows[label] = step
+
+    stats_alone("bound: PerExampleStats norms alone", sum_sq=False)
+    stats_alone("bound: PerExampleStats Σ_b g² alone", norms=False)
+    return rows, cleanup
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--budget", type=float, default=0.3, help="seconds per row and round")
+    ap.add_argument("--models", default="mlp,cifar")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"# sgdlab.Monitor vs the bare step, batch {args.batch}, medians of {args.rounds} "
+          f"interleaved rounds, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    for key in args.models.split(","):
+        title, make, shape = MODELS[key]
+        x = torch.randn(args.batch, *shape, generator=torch.Generator().manual_seed(0))
+        y = torch.randint(0, 10, (args.batch,), generator=torch.Generator().manual_seed(1))
+        rows, cleanup = rows_for(make, x, y)
+        times = time_rows(rows, args.rounds, args.budget)
+        for fn in cleanup:
+            fn()
+        ref_wall = statistics.median(times["bare step"][0])
+        ref_cpu = statistics.median(times["bare step"][1])
+        n_params = sum(p.numel() for p in make().parameters())
+        print(f"\n## {title} ({n_params:,} parameters), batch {args.batch}\n")
+        print("| step | ms (median) | × bare step | × bare (process CPU time) | floor |")
+        print("|---|---:|---:|---:|---|")
+        for name, (wall, cpu) in times.items():
+            med = statistics.median(wall)
+            ratio = med / ref_wall
+            floor = next((f for k, f in FLOORS.items() if name.startswith(k)), None)
+            verdict = "" if floor is None else (f"≤ {floor}: " + ("met" if ratio <= floor
+                                                                   else "NOT met"))
+            print(f"| {name} | {1e3 * med:.3f} | {ratio:.3f} | "
+                  f"{statistics.median(cpu) / ref_cpu:.3f} | {verdict} |")
+
+
+if __name__ == "__main__":
+    main()
