@@ -8,6 +8,7 @@ for sharpness. Tolerances: 1e-8 relative for per-example quantities (float64 mod
 
 from __future__ import annotations
 
+import copy
 import math
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from torch import nn
 import sgdlab
 from sgdlab import instruments
 from sgdlab.instruments import Instrument, NoiseScaleInstrument, Sharpness
+from sgdlab.train import Callback, Trainer
 
 from _zoo import TinyGRU, TinyTransformer, cases, per_example_ce, per_example_reference
 
@@ -349,3 +351,41 @@ def test_import_sgdlab_stays_cheap():
     code = ("import sys, sgdlab; assert 'sgdlab.monitor' not in sys.modules; "
             "assert 'torch' not in sys.modules; assert sgdlab.Monitor.__name__ == 'Monitor'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class Capture(Callback):
+    """Keeps the model (float64 copy) and batch at which step ``k``'s gradient was taken."""
+
+    def __init__(self, k):
+        self.k, self.seen = k, None
+
+    def after_backward(self, trainer):
+        if trainer.step + 1 == self.k:
+            self.seen = (copy.deepcopy(trainer.model).double(), trainer.batch)
+
+
+@pytest.mark.parametrize("arch", ["transformer", "gru"])
+def test_trainer_instruments_run_on_the_monitor(arch, capsys):
+    gen = torch.Generator().manual_seed(0)
+    if arch == "transformer":
+        make, x = TinyTransformer, torch.randint(1, 20, (96, 5), generator=gen)
+    else:
+        make, x = TinyGRU, torch.randn(96, 4, 3, generator=gen)
+    y = torch.randint(0, 5, (96,), generator=gen)
+    torch.manual_seed(0)
+    cap = Capture(6)
+    t = Trainer({"optimizer": "sgd", "lr": 0.05, "batch_size": 16, "steps": 6, "seed": 0,
+                 "probes": ["noise_scale", "sharpness", "effective_lr"], "probe_every": 3},
+                callbacks=[cap], model=make(), data=(x[:80], y[:80], x[80:], y[80:]),
+                loss_fn=per_example_ce)
+    assert t.fit()["status"] == "completed"
+    assert "disabled" not in capsys.readouterr().err
+    probes = [r for r in t.history if r["kind"] == "probe"]
+    assert probes == t.monitor.records
+    assert [(r["name"], r["step"]) for r in probes] == [
+        (n, s) for s in (3, 6) for n in ("noise_scale", "sharpness", "effective_lr")]
+    model64, (xb, yb) = cap.seen
+    ref = _reference_noise(model64, xb.double() if xb.is_floating_point() else xb, yb)
+    rec = probes[3]
+    for key in ("tr_sigma", "g_norm_sq"):   # float32 training against a float64 reference
+        assert rec[key] == pytest.approx(ref[key], rel=1e-4), key

@@ -149,6 +149,7 @@ class Monitor:
             callable ``step -> bool``. Steps count from 1.
         out: a directory for ``metrics.jsonl`` (via :class:`sgdlab.metrics_log.MetricsWriter`)
             and, at :meth:`close`, ``plots/probe_NAME.png``; ``None``: records stay in memory.
+        total_steps: the run's length, for ``every="log"`` (else log-spaced without end).
         hessian_data: a fixed ``(x, y)`` for ``sharpness`` (default: the step's batch).
         tensorboard: also write scalars under ``out/tensorboard`` (needs tensorboard).
         log: a callable receiving each record (sgdlab's Trainer passes its own ``log``).
@@ -225,7 +226,11 @@ class Monitor:
 
             self._writer = MetricsWriter(self._out / "metrics.jsonl")
             if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                except ImportError:
+                    raise ValueError("tensorboard: the tensorboard package is not installed "
+                                     "(pip install 'sgdlab[tensorboard]')") from None
 
                 self._tb = SummaryWriter(log_dir=str(self._out / "tensorboard"))
         self._stats: dict[tuple[bool, bool], _SafeStats] = {}
@@ -237,7 +242,8 @@ class Monitor:
         self._capture: dict[str, Any] = {}
         self._micro: list[dict[str, Any]] = []
         self._post_handle = None
-        if optimizer is not None and hasattr(optimizer, "register_step_post_hook"):
+        if (self.instruments and optimizer is not None
+                and hasattr(optimizer, "register_step_post_hook")):
             self._post_handle = optimizer.register_step_post_hook(self._after_optimizer)
         self._closed = False
         for inst in self.instruments:
@@ -419,7 +425,8 @@ class Monitor:
             return
         inst.disabled = True
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"sgdlab: instrument {inst.name} disabled: {reason}", file=sys.stderr)
+        if self.rank == 0:
+            print(f"sgdlab: instrument {inst.name} disabled: {reason}", file=sys.stderr)
 
     def _needs(self) -> tuple[bool, bool]:
         norms = sum_sq = False
