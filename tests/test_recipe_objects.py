@@ -14,24 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from _user_data import sequences, tokens
 from sgdlab import data, optim, recipe
 from sgdlab.config import ConfigError
 
 from _zoo import CLASSES, BatchNormEval, TinyGRU, TinyTransformer, per_example_ce
-
-
-def tokens(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """int64 token sequences (B, 5) whose label is a function of the first token."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(1, 20, (n, 5), generator=g)
-    return x, x[:, 0] % CLASSES
-
-
-def sequences(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """float sequences (B, 7, 3) with labels in 0..4 from the sign pattern of two sums."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 7, 3, generator=g)
-    return x, (x[:, :, 0].sum(1) > 0).long() + 2 * (x[:, :, 1].sum(1) > 0).long()
 
 
 def transformer(seed: int = 0) -> nn.Module:

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import TensorDataset
 
+from _user_data import sequences, tokens
 from sgdlab import checkpoint, data, models, optim
 from sgdlab.cli import main
 from sgdlab.config import ConfigError, TrainConfig, from_dict
@@ -28,19 +29,7 @@ from sgdlab.metrics_log import read_metrics
 from sgdlab.sweep import grid, train_many
 from sgdlab.train import Callback, Trainer
 
-from _zoo import CLASSES, EmbeddingBagLike, TinyGRU, TinyTransformer, per_example_ce
-
-
-def tokens(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(1, 20, (n, 5), generator=g)
-    return x, x[:, 0] % CLASSES
-
-
-def sequences(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 7, 3, generator=g)
-    return x, (x[:, :, 0].sum(1) > 0).long() + 2 * (x[:, :, 1].sum(1) > 0).long()
+from _zoo import EmbeddingBagLike, TinyGRU, TinyTransformer, per_example_ce
 
 
 def transformer() -> nn.Module:
@@ -376,7 +365,7 @@ def test_models_register(clean_registries):
     from_dict({"model": "tiny_gru", "steps": 1})  # the config accepts the new name
     with pytest.raises(ValueError, match="unknown option"):
         models.build("tiny_gru", models.DataSpec((7, 3), 4), width=3)
-    with pytest.raises(ValueError, match="'mlp' is already registered .*known models: linear"):
+    with pytest.raises(ValueError, match="'mlp' is already registered .*known: linear"):
         models.register("mlp")
     with pytest.raises(ValueError, match="already registered"):
         models.register("tiny_gru")

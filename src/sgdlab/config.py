@@ -259,6 +259,20 @@ def call_user(fn: Any, field_name: str, value: str, *args: Any, **kwargs: Any) -
                           f"{_first_line(err)}") from None
 
 
+def check_new_name(kind: str, name: Any, known: list[str], builtin: frozenset[str],
+                   replace: bool) -> None:
+    """Validate a name for a public registry (``models.register``, ``optim.register``): a
+    non-empty string of letters, digits and ``_``, not built in, and not registered yet
+    unless ``replace``. Raises ``ValueError`` (one line, listing the known names)."""
+    if not isinstance(name, str) or not name or not name.replace("_", "").isalnum():
+        raise ValueError(f"{kind} name must be a non-empty string of letters, digits and _, "
+                         f"got {name!r}")
+    if name in builtin or (name in known and not replace):
+        raise ValueError(f"{kind} {name!r} is already registered (known: {', '.join(known)});"
+                         " pick another name" + ("" if name in builtin else
+                                                 " or pass replace=True"))
+
+
 def _name_or_import(name: str, value: Any, choices) -> None:
     if is_import_string(value) or (isinstance(value, str) and value.startswith(OBJECT_PREFIX)):
         return

@@ -571,14 +571,10 @@ def register(name: str, *, replace: bool = False) -> Callable[[Callable[..., nn.
         def tiny_gru(spec, hidden=32):
             return MyGRU(spec.input_shape, spec.num_outputs, hidden)
     """
+    from sgdlab.config import check_new_name
+
     key = name.lower().replace("-", "_") if isinstance(name, str) else name
-    if not isinstance(key, str) or not key or not key.replace("_", "").isalnum():
-        raise ValueError(f"model name must be a non-empty string of letters, digits and _, "
-                         f"got {name!r}")
-    if key in _BUILTIN or (key in _REGISTRY and not replace):
-        raise ValueError(f"model {key!r} is already registered (known models: "
-                         f"{', '.join(available())}); pick another name"
-                         + ("" if key in _BUILTIN else " or pass replace=True"))
+    check_new_name("model", key, available(), _BUILTIN, replace)
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if not callable(fn):

@@ -57,13 +57,9 @@ def register(name: str, cls: Callable[..., torch.optim.Optimizer], *,
         sgdlab.optim.register("lion", Lion)
         opt = sgdlab.optim.create("lion", model.parameters(), lr=1e-4)
     """
-    if not isinstance(name, str) or not name or not name.replace("_", "").isalnum():
-        raise ValueError(f"optimizer name must be a non-empty string of letters, digits and _, "
-                         f"got {name!r}")
-    if name in _BUILTIN or (name in OPTIMIZERS and not replace):
-        raise ValueError(f"optimizer {name!r} is already registered (known: "
-                         f"{', '.join(available())}); pick another name"
-                         + ("" if name in _BUILTIN else " or pass replace=True"))
+    from sgdlab.config import check_new_name
+
+    check_new_name("optimizer", name, available(), _BUILTIN, replace)
     ok = (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or (
         callable(cls) and not isinstance(cls, type))
     if not ok:
