@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -27,7 +26,8 @@ from sgdlab.cli import main
 from sgdlab.config import ConfigError, TrainConfig, from_dict
 from sgdlab.metrics_log import read_metrics
 from sgdlab.sweep import grid, train_many
-from sgdlab.train import Callback, Trainer
+from sgdlab.train import Trainer
+from test_train import StopAt
 
 from _zoo import EmbeddingBagLike, TinyGRU, TinyTransformer, per_example_ce
 
@@ -40,17 +40,6 @@ def transformer() -> nn.Module:
 def gru() -> nn.Module:
     torch.manual_seed(2)
     return TinyGRU()
-
-
-class StopAt(Callback):
-    """Simulates SIGINT arriving during step ``k``."""
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-
-    def after_step(self, trainer):
-        if trainer.step == self.k:
-            trainer._stop_signal = signal.SIGINT
 
 
 def final_params(run_dir) -> dict[str, torch.Tensor]:
