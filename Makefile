@@ -46,6 +46,7 @@ bench: setup
 	$(PY) benchmarks/optim_step.py
 	$(PY) benchmarks/trainer_throughput.py
 	$(PY) benchmarks/probes_overhead.py
+	$(PY) benchmarks/monitor_overhead.py
 	$(PY) benchmarks/sweep.py
 
 # Optional baselines for benchmarks/probes_overhead.py. --no-deps: BackPACK declares
