@@ -185,6 +185,12 @@ class Monitor:
     disabled (the backward is not c·Σ loss_fn(model(x), y)). Norms and Σ_b g_b² are divided
     by c², micro-batches are summed (B = total) and ĝ = p.grad / (c·B).
 
+    Requirements of the medium tier (else the instrument is disabled with one line): the
+    model is called once, with gradients enabled, per micro-batch; the backward is of
+    c·Σ_b loss_fn(model(x), y)_b only. A penalty on the parameters added to the loss
+    (``loss + λ‖w‖²``) cannot be seen at the output and would enter ĝ: use the optimizer's
+    ``weight_decay`` instead.
+
     Monitoring never changes training: no RNG is drawn (sharpness runs in eval mode with the
     RNG state forked), ``p.grad`` is not modified.
     """

@@ -3,7 +3,8 @@
 Read it top to bottom: :func:`build` turns a :class:`~sgdlab.config.TrainConfig` into data,
 model, loss, optimizer, schedule and sampler; :class:`Trainer` runs the loop
 
-    for each step:  draw a batch (SPEC §1 sampling) → forward → loss → backward
+    for each step:  draw a batch (SPEC §1 sampling) → monitor.begin → forward → loss
+                    → backward → monitor.gradients_ready (the instruments, sgdlab.Monitor)
                     → callbacks.after_backward → optimizer.step → scheduler.step
                     → callbacks.after_step → averaging (SWA/EMA) → log / eval / checkpoint
 
