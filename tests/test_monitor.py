@@ -389,3 +389,17 @@ def test_trainer_instruments_run_on_the_monitor(arch, capsys):
     rec = probes[3]
     for key in ("tr_sigma", "g_norm_sq"):   # float32 training against a float64 reference
         assert rec[key] == pytest.approx(ref[key], rel=1e-4), key
+
+
+def test_micro_batches_with_different_scales_are_refused(capsys):
+    """.mean() over micro-batches of 5 and 3 examples: p.grad is not the mean gradient of the
+    8 examples, so no ĝ can be formed; one line, no record."""
+    model, x, y = cases(batch=8)["gru"]
+    mon = sgdlab.Monitor(model, None, per_example_ce, instruments=["noise_scale"], every=1)
+    for xb, yb in ((x[:5], y[:5]), (x[5:], y[5:])):
+        mon.begin(xb, yb)
+        (per_example_ce(model(xb), yb).mean() / 2).backward()
+    mon.gradients_ready()
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "micro-batches were backpropagated with different scales" in err[0]
+    assert not mon.records and mon.step_count == 1 and _no_hooks(model)
