@@ -281,6 +281,10 @@ def test_exception_in_the_body_measures_nothing():
         model(x)
         raise KeyError("user error")
     assert mon.step_count == 0 and not mon.records and _no_hooks(model)
+    with mon.step(x, y):     # the next step is measured as if nothing had happened
+        per_example_ce(model(x), y).mean().backward()
+    assert mon.records[0]["tr_sigma"] == pytest.approx(_reference_noise(model, x, y)["tr_sigma"],
+                                                       rel=REL)
 
 
 def _full_hessian_top(model, x, y):

@@ -314,7 +314,7 @@ class Monitor:
 
     def cancel(self) -> None:
         """Drop the step in progress: hooks removed, nothing measured, the step not counted."""
-        self._disarm()
+        self._disarm(discard=True)
         self._in_step = False
         self._due, self._micro = [], []
 
@@ -479,13 +479,18 @@ class Monitor:
                 cap["deltas"][i] = grad.detach()
             leaves[i].register_hook(hook)
 
-    def _disarm(self) -> None:
+    def _disarm(self, discard: bool = False) -> None:
+        """Remove the hooks; ``discard``: forget the PerExampleStats object too (after an
+        error or an interrupted step its bookkeeping may be mid-batch; a fresh one is built
+        when needed)."""
         if self._fwd_handle is not None:
             self._fwd_handle.remove()
             self._fwd_handle = None
         if self._armed is not None:
-            self._armed.detach()
-            self._armed = None
+            stats, self._armed = self._armed, None
+            stats.detach()
+            if discard:
+                self._stats = {k: v for k, v in self._stats.items() if v is not stats}
         self._capture = {}
 
     def _fail_stats(self, err: BaseException | str) -> None:
@@ -516,7 +521,7 @@ class Monitor:
                 entry["sum_sq"] = {n: v.double() * inv for n, v in stats.sum_sq().items()}
             self._micro.append(entry)
         except Exception as err:  # noqa: BLE001
-            self._disarm()
+            self._disarm(discard=True)
             self._fail_stats(err)
             return
         self._disarm()
