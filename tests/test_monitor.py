@@ -96,6 +96,22 @@ def test_backward_scale_is_inferred(how, scale):
     assert rec["g_norm_sq"] == pytest.approx(ref["g_norm_sq"], rel=REL)
 
 
+def test_stale_gradients_in_p_grad_are_not_this_batchs():
+    """Without zero_grad, p.grad holds an earlier batch's gradient too: ĝ is this batch's."""
+    model, x, y = cases()["gru"]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    mon = sgdlab.Monitor(model, opt, per_example_ce, instruments=["noise_scale"], every=2)
+    for _ in range(2):                      # no zero_grad: step 2 adds to step 1's p.grad
+        with mon.step(x, y):
+            per_example_ce(model(x), y).mean().backward()
+        opt.step()
+    (rec,) = mon.records
+    ref = _reference_noise(model, x, y)
+    assert rec["step"] == 2
+    assert rec["g_norm_sq"] == pytest.approx(ref["g_norm_sq"], rel=REL)
+    assert rec["tr_sigma"] == pytest.approx(ref["tr_sigma"], rel=REL)
+
+
 def test_gradient_accumulation_combines_micro_batches():
     model, x, y = cases(batch=8)["lstm"]
     opt = torch.optim.SGD(model.parameters(), lr=0.0)

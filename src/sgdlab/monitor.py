@@ -247,6 +247,8 @@ class Monitor:
         self._fwd_handle = None
         self._capture: dict[str, Any] = {}
         self._micro: list[dict[str, Any]] = []
+        self._grad_before: dict[int, torch.Tensor] = {}
+        self._snapped = False
         self._post_handle = None
         if (self.instruments and optimizer is not None
                 and hasattr(optimizer, "register_step_post_hook")):
@@ -288,6 +290,7 @@ class Monitor:
         for inst in due:
             self._guarded(inst, inst.begin, self)
         self._micro = []
+        self._grad_before, self._snapped = {}, False
         self._arm()
 
     def gradients_ready(self) -> None:
@@ -404,13 +407,14 @@ class Monitor:
                     for n, v in m[key].items():
                         acc[n] = v if n not in acc else acc[n] + v
                 out[key] = acc
-        grads = {}
-        for n, p in self.model.named_parameters():
-            if p.requires_grad:
-                g = p.grad
-                grads[n] = (torch.zeros_like(p, dtype=torch.float64) if g is None
-                            else g.detach().double() / (c * bsz))
-        out["grads"] = grads
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        # ĝ in the parameters' own dtype, one multi-tensor division (no float64 copies)
+        before = self._grad_before
+        ghat = torch._foreach_div(
+            [torch.zeros_like(p) if p.grad is None else
+             p.grad.detach() - before[id(p)] if id(p) in before else p.grad.detach()
+             for _, p in named], c * bsz)
+        out["grads"] = {n: g for (n, _), g in zip(named, ghat, strict=True)}
         return out
 
     # ------------------------------------------------------------------ internals
@@ -476,8 +480,19 @@ class Monitor:
         cap["deltas"] = {}
         for i in idx:
             def hook(grad, i=i):
+                if not self._snapped:
+                    self._snap_grads()
                 cap["deltas"][i] = grad.detach()
             leaves[i].register_hook(hook)
+
+    def _snap_grads(self) -> None:
+        """At the start of the step's first backward (the user's zero_grad is behind us):
+        gradients already in p.grad are not this batch's — without zero_grad, or with
+        ``zero_grad(set_to_none=False)`` — and are subtracted from ĝ."""
+        self._snapped = True
+        self._grad_before = {id(p): p.grad.detach().clone() for p in self.model.parameters()
+                             if p.requires_grad and p.grad is not None
+                             and bool(p.grad.detach().any())}
 
     def _disarm(self, discard: bool = False) -> None:
         """Remove the hooks; ``discard``: forget the PerExampleStats object too (after an
@@ -515,8 +530,10 @@ class Monitor:
             entry: dict[str, Any] = {"c": c, "B": bsz, "loss_sum": loss_sum}
             inv = 1.0 / (c * c)
             if norms_wanted:
-                entry["sq_norms"] = {n: float(v.double().sum()) * inv
-                                     for n, v in stats.sq_norms_by_param().items()}
+                by_param = stats.sq_norms_by_param()
+                sums = (torch.stack(list(by_param.values())).sum(1).tolist()
+                        if by_param else [])            # one reduction, one host sync
+                entry["sq_norms"] = {n: v * inv for n, v in zip(by_param, sums, strict=True)}
             if sum_sq_wanted:
                 entry["sum_sq"] = {n: v.double() * inv for n, v in stats.sum_sq().items()}
             self._micro.append(entry)
@@ -548,10 +565,11 @@ class Monitor:
             u = cap["deltas"].get(i)
             u = torch.zeros_like(leaves[i]) if u is None else u
             r = torch.zeros_like(u) if r is None else r
-            us.append(u.detach().reshape(-1).double())
-            rs.append(r.reshape(-1).double())
-        u = torch.cat(us) if len(us) > 1 else us[0]
-        r = torch.cat(rs) if len(rs) > 1 else rs[0]
+            us.append(u.detach().reshape(-1))
+            rs.append(r.reshape(-1))
+        # in the output's own dtype (float32: the 1e-4 residual test is far above rounding)
+        u = torch.cat([t.to(us[0].dtype) for t in us]) if len(us) > 1 else us[0]
+        r = torch.cat([t.to(u.dtype) for t in rs]) if len(rs) > 1 else rs[0]
         num, den, uu = torch.stack([u @ r, r @ r, u @ u]).tolist()
         if den == 0.0 or uu == 0.0:
             raise ValueError("the loss gradient at the output is zero: the scale of the "

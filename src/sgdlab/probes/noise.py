@@ -105,17 +105,19 @@ def noise_scale_from_stats(sq_norm_sums: dict[str, float | torch.Tensor],
     tr_total = g_hat_total = 0.0
     per_layer: dict[str, dict[str, float]] = {}
     b_star: list[torch.Tensor] = []
-    for name, g in grads.items():
-        if name not in sq_norm_sums:
-            continue
-        gh = g.detach().double()
-        g2 = float((gh * gh).sum())
+    names = [n for n in grads if n in sq_norm_sums]
+    # ‖ĝ_p‖² of every parameter from one multi-tensor norm and one host sync
+    norms = (torch.stack(torch._foreach_norm([grads[n].detach() for n in names]))
+             .double().square().tolist() if names else [])
+    for name, g2 in zip(names, norms, strict=True):
+        g = grads[name]
         tr = bsz / (bsz - 1) * (float(sq_norm_sums[name]) / bsz - g2)
         per_layer[name] = {"tr_sigma": tr, "g_norm_sq": g2 - tr / bsz,
                            "b_simple": _ratio(tr, g2 - tr / bsz)}
         tr_total += tr
         g_hat_total += g2
         if sum_sq is not None and name in sum_sq:
+            gh = g.detach().double()
             g_sq = gh * gh
             var = sum_sq[name].double().div(bsz).sub_(g_sq).mul_(bsz / (bsz - 1))  # σ²[c]
             b_star.append(var.clamp_(min=0).mul_(16).div_(g_sq).reshape(-1))
