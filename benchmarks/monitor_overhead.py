@@ -7,9 +7,9 @@ medians over rounds; models and timing from ``benchmarks/probes_overhead.py``), 
   (torch SGD with momentum), the reference 1.00;
 * the same step inside ``with monitor.step(x, y):`` with nothing due (``every`` larger than
   the run): no hook is attached, O(1) Python per step;
-* with ``noise_scale`` due at every step, norms only (``NoiseScaleInstrument(quantiles=
-  False)``: tr Σ, ‖G‖², B_simple, per layer) and with the B* quantiles (the default, which
-  needs Σ_b g_b² per coordinate);
+* with ``noise_scale`` due at every step (the default: per-example norms only, tr Σ, ‖G‖²,
+  B_simple, per layer) and ``noise_scale_bstar`` (also the B* quantiles, which need
+  Σ_b g_b² per coordinate);
 * the bound on those two: :class:`~sgdlab.probes.per_example.PerExampleStats` alone in the
   bare step (attach, backward, read the statistics, detach) — what the Monitor adds on top
   is the scale inference (one loss evaluation and a backward through the loss only), ĝ from
@@ -36,7 +36,6 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sgdlab  # noqa: E402
 from probes_overhead import MODELS, ce_none, time_rows  # noqa: E402
-from sgdlab.instruments import NoiseScaleInstrument  # noqa: E402
 from sgdlab.probes.per_example import PerExampleStats  # noqa: E402
 
 FLOORS = {"nothing due": 1.05, "noise_scale due": 1.5}
@@ -77,9 +76,10 @@ def rows_for(make: Callable[[], torch.nn.Module], x: torch.Tensor, y: torch.Tens
         rows[label] = step
 
     monitored("nothing due", instruments=["noise_scale"], every=10**9)
-    monitored("noise_scale due, norms only",
-              instruments=[NoiseScaleInstrument(quantiles=False)], every=1)
-    monitored("noise_scale due, with B* quantiles", instruments=["noise_scale"], every=1)
+    monitored("noise_scale due",
+              instruments=["noise_scale"], every=1)
+    monitored("noise_scale_bstar due (B* quantiles)", instruments=["noise_scale_bstar"],
+              every=1)
 
     def stats_alone(label: str, **kw) -> None:
         model, opt = setup()

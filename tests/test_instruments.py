@@ -110,7 +110,16 @@ def test_noise_scale_instrument_logs_b_simple():
     t.fit()
     rec = [r for r in t.history if r["kind"] == "probe"][-1]
     assert rec["name"] == "noise_scale" and rec["batch_size"] == 64
-    assert rec["tr_sigma"] > 0 and "b_star_q50" in rec and "hidden.0.weight/b_simple" in rec
+    assert rec["tr_sigma"] > 0 and "hidden.0.weight/b_simple" in rec
+    assert "b_star_q50" not in rec                      # the quantiles are noise_scale_bstar's
+
+
+def test_noise_scale_bstar_instrument_logs_quantiles():
+    t = Trainer(cfg(model="mlp", probes=["noise_scale_bstar"], probe_every=10, steps=20))
+    t.fit()
+    rec = [r for r in t.history if r["kind"] == "probe"][-1]
+    assert rec["name"] == "noise_scale_bstar"
+    assert 0 < rec["b_star_q10"] <= rec["b_star_q50"] <= rec["b_star_q90"]
 
 
 def test_noise_scale_instrument_disables_itself_under_batchnorm(capsys):

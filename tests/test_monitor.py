@@ -115,7 +115,7 @@ def test_stale_gradients_in_p_grad_are_not_this_batchs():
 def test_gradient_accumulation_combines_micro_batches():
     model, x, y = cases(batch=8)["lstm"]
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    mon = sgdlab.Monitor(model, opt, per_example_ce, instruments=["noise_scale"], every=1)
+    mon = sgdlab.Monitor(model, opt, per_example_ce, instruments=["noise_scale_bstar"], every=1)
     opt.zero_grad()
     for xb, yb in ((x[:4], y[:4]), (x[4:], y[4:])):
         mon.begin(xb, yb)

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tensorboard", action="store_true", default=None,
                    help="also write TensorBoard event files")
     t.add_argument("--probe", help="comma-separated instruments: effective_lr, noise_scale, "
-                                    "sharpness, snr")
+                                    "noise_scale_bstar, sharpness, snr")
     t.add_argument("--probe-every", type=int, help="steps between measurements (default 50)")
     t.add_argument("--probe-schedule", help="linear (every --probe-every steps) or log")
     t.add_argument("--nproc", type=int, default=1,

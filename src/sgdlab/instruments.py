@@ -140,14 +140,16 @@ class NoiseScaleInstrument(Instrument):
     step's batch, from per-example statistics of the user's own backward (SPEC §3), via
     :func:`sgdlab.probes.noise.noise_scale_from_stats`.
 
-    ``quantiles=True`` gathers Σ_b g_b² per coordinate (B* quantiles; Σ_b‖g_b‖² per layer is
-    its sum); ``False`` only the per-example squared norms (cheaper on sequence/conv layers).
+    By default only the per-example squared norms are gathered (tr Σ, ‖G‖², B_simple, per
+    layer). ``quantiles=True`` (the ``noise_scale_bstar`` instrument) also gathers Σ_b g_b² per
+    coordinate for the quantiles of B*[c] = 16σ²[c]/ĝ[c]² — on sequence and conv layers that
+    forms each layer's per-example gradients, 1.5–2× the cost of the norms.
     """
 
     name, tier = "noise_scale", "medium"
 
     def __init__(self, schedule: Callable[[int], bool] | None = None,
-                 quantiles: bool = True) -> None:
+                 quantiles: bool = False) -> None:
         super().__init__(schedule)
         self.quantiles = quantiles
         self.needs_stats = (not quantiles, quantiles)
@@ -177,6 +179,15 @@ class NoiseScaleInstrument(Instrument):
             rec[f"{layer}/g_norm_sq"] = vals["g_norm_sq"]
             rec[f"{layer}/b_simple"] = vals["b_simple"]
         return rec
+
+
+class NoiseScaleBStar(NoiseScaleInstrument):
+    """``noise_scale`` with the per-coordinate B* quantiles (SPEC §2.6, §3)."""
+
+    name = "noise_scale_bstar"
+
+    def __init__(self, schedule: Callable[[int], bool] | None = None) -> None:
+        super().__init__(schedule, quantiles=True)
 
 
 class DDPNoiseScale(Instrument):
@@ -309,6 +320,7 @@ class SNRDiagnostics(Instrument):
 INSTRUMENTS: dict[str, type[Instrument]] = {
     "effective_lr": EffectiveLR,
     "noise_scale": NoiseScaleInstrument,
+    "noise_scale_bstar": NoiseScaleBStar,
     "sharpness": Sharpness,
     "snr": SNRDiagnostics,
     "ddp_noise_scale": DDPNoiseScale,
