@@ -34,6 +34,7 @@ is c = 1/B) from one call of the measured module per micro-batch.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -105,6 +106,14 @@ class MonitorCallback(_pl.Callback):
             self.monitor = None
         if not trainer.optimizers:
             raise ValueError("MonitorCallback: the trainer has no optimizer")
+        # precision="16-mixed" with a GradScaler: Lightning unscales p.grad before
+        # on_before_optimizer_step while the output gradients the Monitor infers the scale c
+        # from still carry the loss scale S, so ĝ = p.grad/(c·B) would be off by 1/S —
+        # monitoring is switched off with one line instead (training goes on)
+        if getattr(getattr(trainer, "precision_plugin", None), "scaler", None) is not None:
+            print("sgdlab: MonitorCallback disabled: precision='16-mixed' with a GradScaler "
+                  "is not supported (use 'bf16-mixed' or '32-true')", file=sys.stderr)
+            return
         module = self.model_fn(pl_module) if self.model_fn is not None else pl_module
         self.monitor = Monitor(module, trainer.optimizers[0], self.loss_fn,
                                instruments=self.instruments, every=self.every, out=self.out,
