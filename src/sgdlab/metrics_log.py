@@ -101,6 +101,15 @@ def _dumps_line(record: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- atomic writes
 
 
+def write_scalars(tb: Any, record: dict[str, Any], step: int) -> None:
+    """Every numeric field of ``record`` as a TensorBoard scalar ``NAME/field`` at ``step``
+    (NAME: the record's ``name``, else its ``kind``; ``kind``/``step``/``name`` skipped)."""
+    prefix = record.get("name", record.get("kind"))
+    for key, value in record.items():
+        if key not in ("kind", "step", "name") and isinstance(value, (int, float)):
+            tb.add_scalar(f"{prefix}/{key}", value, step)
+
+
 def _fsync_dir(directory: Path) -> None:
     """Best effort: make a rename durable (not possible on every platform)."""
     try:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from sgdlab.metrics_log import write_scalars
 from sgdlab.probes.per_example import PerExampleStats
 
 __all__ = ["Monitor", "SCALE_RTOL"]
@@ -602,8 +603,6 @@ class Monitor:
         if self._writer is not None:
             self._writer.write(rec)
         if self._tb is not None:
-            for key, value in rec.items():
-                if key not in ("kind", "step", "name") and isinstance(value, (int, float)):
-                    self._tb.add_scalar(f"{rec['name']}/{key}", value, rec["step"])
+            write_scalars(self._tb, rec, rec["step"])
         if self._log is not None:
             self._log(rec)

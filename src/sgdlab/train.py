@@ -45,7 +45,13 @@ from sgdlab import __version__, checkpoint, data, models, optim, schedules
 from sgdlab import config as config_mod
 from sgdlab import data as data_mod
 from sgdlab.config import ConfigError, TrainConfig
-from sgdlab.metrics_log import MetricsWriter, atomic_write_json, atomic_write_text, truncate_to
+from sgdlab.metrics_log import (
+    MetricsWriter,
+    atomic_write_json,
+    atomic_write_text,
+    truncate_to,
+    write_scalars,
+)
 
 EXIT_DIVERGED = 3
 
@@ -423,10 +429,7 @@ class Trainer:
         if self.writer is not None:
             self.writer.write(record)
         if self.tb is not None:
-            for key, value in record.items():
-                if key not in ("kind", "step", "name") and isinstance(value, (int, float)):
-                    tag = f"{record.get('name', record['kind'])}/{key}"
-                    self.tb.add_scalar(tag, value, record.get("step", self.step))
+            write_scalars(self.tb, record, record.get("step", self.step))
 
     def fit(self) -> dict[str, Any]:
         """Train from step 0 (creating the run directory); returns the summary."""
