@@ -308,3 +308,106 @@ def test_a_failed_forward_leaves_no_tracking_behind():
         with pytest.raises(ValueError, match="PackedSequence"):
             rnn(packed)
     assert _get_current_function_mode_stack() == []
+
+
+# ------------------------------------------------------------------ graph attribution
+# Models made of torch Linear/Conv layers only are attributed from the autograd graph at the
+# end of the forward, without the TorchFunctionMode; the tracker is the reference.
+
+
+class FastTied(nn.Module):
+    """One weight shared by two Linear modules (both are its owners)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.head = nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 5)
+        self.fc2.weight = self.fc1.weight
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.fc2(torch.tanh(self.fc1(x)))))
+
+
+class FastReadAgain(nn.Module):
+    """A Linear's weight also read by ``F.linear`` in the parent."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.head = nn.Linear(6, 5), nn.Linear(5, 5)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc(x))
+        return self.head(h) + F.linear(h.flip(1), self.head.weight)
+
+
+class FastDeadBranch(nn.Module):
+    """A layer call whose output is discarded, and its weight used in the parent instead."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 5), nn.Linear(6, 5)
+
+    def forward(self, x):
+        self.b(x)
+        return self.a(x) + F.linear(x, self.b.weight).tanh()
+
+
+def fast_inplace():
+    return nn.Sequential(nn.Linear(6, 7), nn.ReLU(inplace=True), nn.Linear(7, 5))
+
+
+def fast_cnn():
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=2),
+                         nn.Flatten(), nn.Linear(4 * 4 * 2, 5))
+
+
+GRAPH_MODELS = {"tied": (FastTied, (6,)), "read_again": (FastReadAgain, (6,)),
+                "dead_branch": (FastDeadBranch, (6,)), "inplace": (fast_inplace, (6,)),
+                "cnn": (fast_cnn, (2, 6, 4)), "passed_param": (PassedParam, (6,)),
+                "twice_called": (lambda: CASES["twice_called"][0], (6,))}
+
+
+def _nonlocal_names(model, x, y, graph: bool) -> tuple[set[str], dict]:
+    stats = PerExampleStats(model)
+    assert stats._graph_mode
+    stats._graph_mode = graph
+    with stats:
+        per_example_ce(model(x), y).sum().backward()
+        norms = stats.sq_norms()
+    for p in model.parameters():
+        p.grad = None
+    return {stats._names[k] for k in stats._nonlocal}, norms
+
+
+@pytest.mark.parametrize("name", list(GRAPH_MODELS))
+def test_graph_attribution_matches_the_loop_and_the_tracker(name):
+    make, shape = GRAPH_MODELS[name]
+    torch.manual_seed(0)
+    model = make().double()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(5, *shape, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 5, (5,), generator=gen)
+    res = per_example_stats(model, per_example_ce, x, y)
+    assert_stats(model, x, y, res.sq_norms, res.sq_norms_by_param, res.sum_sq)
+    graph, n_graph = _nonlocal_names(model, x, y, graph=True)
+    tracked, n_tracked = _nonlocal_names(model, x, y, graph=False)
+    assert graph == tracked
+    assert rel(n_graph, n_tracked) < RTOL
+    expected = {"read_again": {"head.weight"}, "dead_branch": {"b.weight"},
+                "passed_param": {"emb.weight"}}.get(name, set())
+    assert graph == expected
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_graph_attribution_on_the_shipped_models_finds_every_use_local(kind):
+    from sgdlab import models
+
+    dataset, shape = ("mnist1d", (40,)) if kind == "mlp" else ("digits", (1, 8, 8))
+    model = models.build(kind, dataset, seed=0).double()
+    stats = PerExampleStats(model)
+    if not stats._graph_mode:
+        pytest.skip(f"{kind} has layers other than Linear/Conv")
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, *shape, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 10, (4,), generator=gen)
+    graph, _ = _nonlocal_names(model, x, y, graph=True)
+    assert graph == set()

@@ -545,6 +545,11 @@ class PerExampleStats:
                          if any(p.requires_grad for p in m.parameters())]
         if model not in self._tracked:
             self._tracked.insert(0, model)
+        # models made of torch's own Linear/Conv layers only: uses are attributed from the
+        # autograd graph at the end of the forward (no TorchFunctionMode, hooks on the root
+        # and the layers only); see _graph_attribution
+        self._graph_mode = all(not layer.fallback for layer in self._layers.values())
+        self._graph_nodes: list[tuple[_Layer, object]] = []
         self._active = False
         self._stack: list[int] = []         # module calls active now (ids), innermost last
         self._batched: list[bool] = []      # whether each of them received the batch
@@ -557,7 +562,8 @@ class PerExampleStats:
         """Register the hooks (once; :meth:`detach` removes them)."""
         if self._handles:
             raise RuntimeError("PerExampleStats is already attached")
-        for m in self._tracked:
+        tracked = [self.model] if self._graph_mode else self._tracked
+        for m in tracked:
             self._handles.append(m.register_forward_pre_hook(self._push, prepend=True,
                                                              with_kwargs=True))
         for m in self._batchnorms:
@@ -565,7 +571,7 @@ class PerExampleStats:
         for layer in self._layers.values():
             hook = self._fallback_hook if layer.fallback else self._layer_hook
             self._handles.append(layer.module.register_forward_hook(hook, with_kwargs=True))
-        for m in self._tracked:
+        for m in tracked:
             self._handles.append(m.register_forward_hook(self._pop, with_kwargs=True,
                                                          always_call=True))
         return self
@@ -681,18 +687,26 @@ class PerExampleStats:
     # (x.detach(), register_hook, …) are kept out of it.
 
     def _push(self, module, args, kwargs):
+        if self._mode is None:
+            return self._push_body(module, args, kwargs)
         with _NO_TORCH_FUNCTION():
             return self._push_body(module, args, kwargs)
 
     def _pop(self, module, args, kwargs, output):
+        if self._mode is None:
+            return self._pop_body(module, args, kwargs, output)
         with _NO_TORCH_FUNCTION():
             return self._pop_body(module, args, kwargs, output)
 
     def _layer_hook(self, module, args, kwargs, output):
+        if self._mode is None:
+            return self._layer_hook_body(module, args, kwargs, output)
         with _NO_TORCH_FUNCTION():
             return self._layer_hook_body(module, args, kwargs, output)
 
     def _fallback_hook(self, module, args, kwargs, output):
+        if self._mode is None:
+            return self._fallback_hook_body(module, args, kwargs, output)
         with _NO_TORCH_FUNCTION():
             return self._fallback_hook_body(module, args, kwargs, output)
 
@@ -749,7 +763,10 @@ class PerExampleStats:
         if not self._stack:
             self._stop_tracking()
             if output is not None:
+                if self._graph_mode:
+                    self._graph_attribution(output)
                 self._forward_done()
+            self._graph_nodes.clear()
         return None
 
     def _start_batch(self, args, kwargs) -> None:
@@ -766,8 +783,9 @@ class PerExampleStats:
                     self.batch_size = t.shape[0]
                     break
         self._active = True
-        self._mode = _UseTracker(self)
-        self._mode.__enter__()
+        if not self._graph_mode:
+            self._mode = _UseTracker(self)
+            self._mode.__enter__()
 
     def _stop_tracking(self) -> None:
         mode, self._mode = self._mode, None
@@ -803,6 +821,78 @@ class PerExampleStats:
         unused = [p for k, p in self._params.items() if k not in self._use_prefix]
         for p in unused:
             self._grad_watch.append(p.register_post_accumulate_grad_hook(self._unseen_grad))
+
+    def _graph_attribution(self, output) -> None:
+        """Attribution from the autograd graph of the forward (models whose layers are all
+        torch Linear/Conv modules; SPEC §3).
+
+        From the model's outputs, count the *uses* of every parameter p that reach them: the
+        edges into p's AccumulateGrad node, where an edge from a unary node (one input:
+        ``p.t()``, a cast, a view) counts as many uses as that node has itself. Each call of
+        an owner layer whose output reaches the outputs is one use of its weight and one of
+        its bias. Where the two counts agree, every use of p is inside its owners' calls (any
+        other use — ``F.linear(h, emb.weight)`` in the parent, the weight read by another
+        module — adds at least one); where they differ, p is attributed to the model call
+        itself, whose per-example ``vjp`` gives its whole gradient.
+        """
+        leaves = [t for t in pytree.tree_leaves(output)
+                  if isinstance(t, torch.Tensor) and t.requires_grad]
+        uses: dict[int, int] = {}
+        roots: dict[object, int] = {}
+        for t in leaves:
+            if t.grad_fn is None:
+                if id(t) in self._params:           # the model returned a parameter
+                    uses[id(t)] = uses.get(id(t), 0) + 1
+            else:
+                roots[t.grad_fn] = roots.get(t.grad_fn, 0) + 1
+        # consumers of unary nodes and AccumulateGrad nodes, in one pass over the graph
+        consumers: dict[object, list] = {}
+        seen = set(roots)
+        todo = list(roots)
+        acc = []
+        while todo:
+            node = todo.pop()
+            for nxt, _ in node.next_functions:
+                if nxt is None:
+                    continue
+                nf = nxt.next_functions
+                if len(nf) <= 1:
+                    lst = consumers.get(nxt)
+                    if lst is None:
+                        consumers[nxt] = lst = []
+                        if not nf:
+                            acc.append(nxt)
+                    lst.append(node)
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        memo: dict[object, int] = {}
+
+        def count(node) -> int:             # uses of a unary node or an AccumulateGrad node
+            n = memo.get(node)
+            if n is None:
+                n = roots.get(node, 0)
+                for m in consumers.get(node, ()):
+                    n += count(m) if len(m.next_functions) == 1 else 1
+                memo[node] = n
+            return n
+
+        for node in acc:
+            var = getattr(node, "variable", None)
+            if var is not None and id(var) in self._params:
+                uses[id(var)] = uses.get(id(var), 0) + count(node)
+        local: dict[int, int] = {}
+        for layer, node in self._graph_nodes:
+            if node in seen:
+                m = layer.module
+                for p in (m.weight, m.bias):
+                    if p is not None and id(p) in self._params:
+                        local[id(p)] = local.get(id(p), 0) + 1
+        root = (id(self.model),)
+        for k in uses.keys() | local.keys():
+            self._use_prefix[k] = root
+            if uses.get(k, 0) != local.get(k, 0):
+                self._nonlocal.add(k)
 
     def _unseen_grad(self, p: torch.Tensor) -> None:
         if self._error is None:
@@ -854,6 +944,8 @@ class PerExampleStats:
             self._bad_batch(layer, x)
         use = _Use(x.detach(), [output])
         layer.uses.append(use)
+        if self._graph_mode:
+            self._graph_nodes.append((layer, output.grad_fn))
         output.register_hook(self._grad_hook(layer, use, 0))
         if self._collect is not None:
             self._collect.append((output, output._version, layer))
