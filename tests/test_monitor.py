@@ -423,3 +423,81 @@ def test_micro_batches_with_different_scales_are_refused(capsys):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "micro-batches were backpropagated with different scales" in err[0]
     assert not mon.records and mon.step_count == 1 and _no_hooks(model)
+
+
+@pytest.mark.parametrize("kw, closed", [
+    ({}, True),
+    ({"ignore_index": 3}, False),                 # a class index that is ignored
+    ({"ignore_index": -100, "ignored": True}, False),
+    ({"label_smoothing": 0.1}, False),
+    ({"weight": True}, False),
+])
+def test_cross_entropy_output_grad_is_autograds(kw, closed):
+    """The closed-form δ_ref (softmax − onehot, from the loss's own graph) is autograd's
+    gradient of Σ_b ℓ_b, and anything else is left to autograd (None)."""
+    from sgdlab.monitor import _cross_entropy_output_grad
+
+    kw = dict(kw)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 5, dtype=torch.float64, generator=g).requires_grad_(True)
+    y = torch.randint(0, 5, (7,), generator=g)
+    if kw.pop("ignored", False):
+        y[2] = -100
+    if kw.pop("weight", False):
+        kw["weight"] = torch.rand(5, dtype=torch.float64, generator=g)
+    ell = F.cross_entropy(logits, y, reduction="none", **kw)
+    got = _cross_entropy_output_grad(ell, [logits])
+    if not closed:
+        assert got is None
+        return
+    (ref,) = torch.autograd.grad(ell.sum(), [logits])
+    assert torch.allclose(got[0], ref, rtol=1e-14, atol=1e-15)
+    # not recognised: another input, a (B, C, S) output, a reduced loss
+    seq = torch.randn(7, 5, 3, dtype=torch.float64, requires_grad=True)
+    assert _cross_entropy_output_grad(F.cross_entropy(seq, y[:, None].expand(7, 3),
+                                                      reduction="none").sum(1), [seq]) is None
+    assert _cross_entropy_output_grad(ell, [logits.detach().requires_grad_(True)]) is None
+
+
+def test_closed_form_and_autograd_scale_inference_give_the_same_record():
+    """The same loss written so that the closed form does not apply gives the same numbers."""
+    model, x, y = cases()["tied_embeddings"]
+
+    def gather_ce(out, y):
+        return -F.log_softmax(out, dim=-1).gather(1, y[:, None]).squeeze(1)
+
+    recs = []
+    for loss_fn in (per_example_ce, gather_ce):
+        m = copy.deepcopy(model)
+        opt = torch.optim.SGD(m.parameters(), lr=0.0)
+        mon = sgdlab.Monitor(m, opt, loss_fn, instruments=["noise_scale"], every=1)
+        with mon.step(x, y):
+            loss_fn(m(x), y).mean().backward()
+        opt.step()
+        recs.append(mon.records[0])
+    for key in ("tr_sigma", "g_norm_sq", "b_simple", "loss", "backward_scale"):
+        assert recs[0][key] == pytest.approx(recs[1][key], rel=1e-12), key
+
+
+def test_a_measured_steps_output_is_freed_without_the_garbage_collector():
+    """No reference cycle keeps the model's output (and its graph) alive after a step."""
+    import gc
+    import weakref
+
+    model, x, y = cases()["tied_embeddings"]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    mon = sgdlab.Monitor(model, opt, per_example_ce, instruments=["noise_scale"], every=1)
+    refs = []
+    gc.disable()
+    try:
+        for _ in range(2):
+            opt.zero_grad()
+            with mon.step(x, y):
+                out = model(x)
+                refs.append(weakref.ref(out))
+                per_example_ce(out, y).mean().backward()
+                del out
+            opt.step()
+        assert [r() for r in refs] == [None, None]
+    finally:
+        gc.enable()

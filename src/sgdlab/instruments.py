@@ -164,14 +164,15 @@ class NoiseScaleInstrument(Instrument):
     def measure(self, monitor: Monitor) -> dict[str, Any]:  # noqa: D102
         from sgdlab.probes.noise import noise_scale_from_stats
 
-        st = monitor.example_stats()
+        st = monitor.example_stats(grads=self.quantiles)
         if self.quantiles:
             sums = {n: float(v.sum()) for n, v in st["sum_sq"].items()}
         else:
             sums = dict(st["sq_norms"])
-            sums.update({n: 0.0 for n in st["grads"] if n not in sums})
-        res = noise_scale_from_stats(sums, st["grads"], st["batch_size"], st["loss"],
-                                     monitor.lr, st.get("sum_sq"))
+            sums.update({n: 0.0 for n in st["grad_sq_norms"] if n not in sums})
+        res = noise_scale_from_stats(sums, st.get("grads"), st["batch_size"], st["loss"],
+                                     monitor.lr, st.get("sum_sq"),
+                                     grad_sq_norms=st["grad_sq_norms"])
         rec = res.as_record()
         rec["backward_scale"] = st["scale"]
         for layer, vals in res.per_layer.items():

@@ -89,6 +89,43 @@ def _batch_len(x: Any) -> int | None:
     return None
 
 
+_U64 = 1 << 64
+
+
+def _cross_entropy_output_grad(ell: torch.Tensor, inputs: list[torch.Tensor]
+                               ) -> list[torch.Tensor] | None:
+    """∂(Σ_b ℓ_b)/∂logits in closed form when ``ell`` is ``F.cross_entropy(logits, y,
+    reduction="none")`` of a (B, C) leaf ``logits`` without class weights or label smoothing,
+    read from ell's own autograd graph: softmax(logits) − onehot(y), i.e. exp of the log-softmax
+    that the graph saved, minus 1 at the targets (what autograd's backward would compute, in
+    two kernels instead of a pass of the autograd engine). ``None`` for anything else (then
+    the caller backpropagates), including targets equal to ``ignore_index``."""
+    if len(inputs) != 1 or ell.dim() != 1:
+        return None
+    nll = ell.grad_fn
+    if type(nll).__name__ != "NllLossBackward0" or nll._saved_reduction != 0 or (
+            nll._saved_weight is not None):
+        return None
+    (ls, _), = nll.next_functions
+    if ls is None or type(ls).__name__ != "LogSoftmaxBackward0":
+        return None
+    (leaf, _), = ls.next_functions
+    x = inputs[0]
+    if getattr(leaf, "variable", None) is not x or x.dim() != 2 or ls._saved_dim not in (1, -1):
+        return None
+    ignore = nll._saved_ignore_index
+    ignore = ignore - _U64 if ignore >= _U64 // 2 else ignore
+    if 0 <= ignore < x.shape[1]:    # a class index that is ignored: let autograd mask it
+        return None
+    target = nll._saved_target
+    g = ls._saved_result.exp()
+    try:        # a target equal to ignore_index (out of range) raises: autograd masks it
+        g.scatter_add_(1, target.reshape(-1, 1), g.new_full((g.shape[0], 1), -1.0))
+    except (RuntimeError, IndexError):
+        return None
+    return [g]
+
+
 class _Schedule:
     """When an instrument is due: every k steps, log-spaced, or a callable step → bool."""
 
@@ -212,6 +249,9 @@ class Monitor:
         self.model: nn.Module = model.module if isinstance(model, ddp) else model
         self.optimizer = optimizer
         self.loss_fn = loss_fn
+        # read once (walking the module tree each step costs more than the statistics of a
+        # small model); requires_grad is checked at each use
+        self._named_params: list[tuple[str, nn.Parameter]] = list(self.model.named_parameters())
         self.hessian_data = hessian_data
         self.on_error = on_error
         self.schedule = _Schedule(every, total_steps)
@@ -385,11 +425,12 @@ class Monitor:
             return 0.0
         return self.optimizer.param_groups[0].get("weight_decay", 0.0)
 
-    def example_stats(self) -> dict[str, Any]:
+    def example_stats(self, grads: bool = True) -> dict[str, Any]:
         """Per-example statistics of this step's batch from the user's backward, summed over
         micro-batches and divided by c² (SPEC §3): ``batch_size``, ``scale`` (c), ``loss``
         (mean ℓ_b), ``sq_norms`` ({name: Σ_b ‖g_b,p‖²}, when norms were gathered), ``sum_sq``
-        ({name: Σ_b g_b²}, when gathered) and ``grads`` ({name: ĝ = p.grad/(c·B)})."""
+        ({name: Σ_b g_b²}, when gathered) and ``grad_sq_norms`` ({name: ‖ĝ_p‖²}, floats);
+        ``grads=True`` also gives ``grads`` ({name: ĝ = p.grad/(c·B)}, tensors)."""
         if not self._micro:
             raise ValueError("no per-example statistics were gathered for this step")
         micro = self._micro
@@ -408,14 +449,20 @@ class Monitor:
                     for n, v in m[key].items():
                         acc[n] = v if n not in acc else acc[n] + v
                 out[key] = acc
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        # ĝ in the parameters' own dtype, one multi-tensor division (no float64 copies)
+        named = [(n, p) for n, p in self._named_params if p.requires_grad]
         before = self._grad_before
-        ghat = torch._foreach_div(
-            [torch.zeros_like(p) if p.grad is None else
-             p.grad.detach() - before[id(p)] if id(p) in before else p.grad.detach()
-             for _, p in named], c * bsz)
-        out["grads"] = {n: g for (n, _), g in zip(named, ghat, strict=True)}
+        # this step's Σ_b c·g_b in the parameters' own dtype (no float64 copies)
+        step_grads = [torch.zeros_like(p) if p.grad is None else
+                      p.grad.detach() - before[id(p)] if id(p) in before else p.grad.detach()
+                      for _, p in named]
+        # ‖ĝ_p‖² from one multi-tensor norm and one host sync
+        norms = torch.stack(torch._foreach_norm(step_grads)).tolist() if named else []
+        inv = 1.0 / (c * bsz)
+        out["grad_sq_norms"] = {n: (v * inv) ** 2 for (n, _), v in zip(named, norms,
+                                                                         strict=True)}
+        if grads:
+            ghat = torch._foreach_mul(step_grads, inv)
+            out["grads"] = {n: g for (n, _), g in zip(named, ghat, strict=True)}
         return out
 
     # ------------------------------------------------------------------ internals
@@ -474,16 +521,21 @@ class Monitor:
         cap["calls"] += 1
         if cap["calls"] > 1:
             return
-        leaves, spec = pytree.tree_flatten(output)
+        # a tensor output without pytree (whose flatten makes a reference cycle per call)
+        leaves, spec = (([output], None) if isinstance(output, torch.Tensor)
+                        else pytree.tree_flatten(output))
         cap["leaves"], cap["spec"] = leaves, spec
         idx = [i for i, t in enumerate(leaves) if isinstance(t, torch.Tensor) and t.requires_grad]
         cap["idx"] = idx
-        cap["deltas"] = {}
+        cap["deltas"] = deltas = {}
         for i in idx:
-            def hook(grad, i=i):
+            # the hook holds ``deltas``, not ``cap``: cap holds the output, which holds the
+            # hook — a cycle through a tensor's hooks that the garbage collector cannot see,
+            # which would keep every measured step's output alive
+            def hook(grad, i=i, deltas=deltas):
                 if not self._snapped:
                     self._snap_grads()
-                cap["deltas"][i] = grad.detach()
+                deltas[i] = grad.detach()
             leaves[i].register_hook(hook)
 
     def _snap_grads(self) -> None:
@@ -491,7 +543,7 @@ class Monitor:
         gradients already in p.grad are not this batch's — without zero_grad, or with
         ``zero_grad(set_to_none=False)`` — and are subtracted from ĝ."""
         self._snapped = True
-        self._grad_before = {id(p): p.grad.detach().clone() for p in self.model.parameters()
+        self._grad_before = {id(p): p.grad.detach().clone() for _, p in self._named_params
                              if p.requires_grad and p.grad is not None
                              and bool(p.grad.detach().any())}
 
@@ -531,9 +583,9 @@ class Monitor:
             entry: dict[str, Any] = {"c": c, "B": bsz, "loss_sum": loss_sum}
             inv = 1.0 / (c * c)
             if norms_wanted:
-                by_param = stats.sq_norms_by_param()
-                sums = (torch.stack(list(by_param.values())).sum(1).tolist()
-                        if by_param else [])            # one reduction, one host sync
+                by_param = stats.sq_norm_sums()
+                sums = (torch.stack(list(by_param.values())).tolist()
+                        if by_param else [])            # one host sync
                 entry["sq_norms"] = {n: v * inv for n, v in zip(by_param, sums, strict=True)}
             if sum_sq_wanted:
                 entry["sum_sq"] = {n: v.double() * inv for n, v in stats.sum_sq().items()}
@@ -545,43 +597,53 @@ class Monitor:
         self._disarm()
 
     def _infer_scale(self, cap: dict[str, Any]) -> tuple[float, int, float]:
-        """c with δ_user = c·δ_ref, δ_ref = ∂(Σ_b ℓ_b)/∂out on the detached output."""
-        leaves, idx = cap["leaves"], cap["idx"]
-        if not idx or not cap["deltas"]:
+        """c with δ_user = c·δ_ref, δ_ref = ∂(Σ_b ℓ_b)/∂out on the detached output.
+
+        c = ⟨u, r⟩/⟨r, r⟩ (u = δ_user, r = δ_ref, all outputs flattened); the residual
+        ‖u − c·r‖² = ⟨u, u⟩ − ⟨u, r⟩²/⟨r, r⟩ comes from the same 2×2 Gram matrix, taken in
+        float64 (its cancellation error, ~1e-13·⟨u, u⟩, is far below the (1e-4)² tested)."""
+        leaves, idx, deltas = cap["leaves"], cap["idx"], cap["deltas"]
+        if not idx or not deltas:
             raise ValueError("the backward did not reach the model's output")
         det = list(leaves)
         for i in idx:
             det[i] = leaves[i].detach().requires_grad_(True)
         with torch.enable_grad():
-            ell = self.loss_fn(pytree.tree_unflatten(det, cap["spec"]), self.batch[1])
+            out = det[0] if cap["spec"] is None else pytree.tree_unflatten(det, cap["spec"])
+            ell = self.loss_fn(out, self.batch[1])
             bsz = _batch_len(self.batch[0])
             if not isinstance(ell, torch.Tensor) or ell.dim() != 1 or (
                     bsz is not None and ell.shape[0] != bsz):
                 shape = tuple(ell.shape) if isinstance(ell, torch.Tensor) else type(ell).__name__
                 raise ValueError(f"loss_fn must return per-example losses of shape (B,), got "
                                  f"{shape}")
-            refs = torch.autograd.grad(ell.sum(), [det[i] for i in idx], allow_unused=True)
+            inputs = [det[i] for i in idx]
+            refs = _cross_entropy_output_grad(ell, inputs)
+            if refs is None:
+                refs = torch.autograd.grad(ell.sum(), inputs, allow_unused=True)
         us, rs = [], []
         for i, r in zip(idx, refs, strict=True):
-            u = cap["deltas"].get(i)
+            u = deltas.get(i)
             u = torch.zeros_like(leaves[i]) if u is None else u
             r = torch.zeros_like(u) if r is None else r
-            us.append(u.detach().reshape(-1))
-            rs.append(r.reshape(-1))
-        # in the output's own dtype (float32: the 1e-4 residual test is far above rounding)
-        u = torch.cat([t.to(us[0].dtype) for t in us]) if len(us) > 1 else us[0]
+            us.append(u.reshape(-1))
+            rs.append(r.reshape(-1).to(u.dtype))
+        u = torch.cat(us) if len(us) > 1 else us[0]
         r = torch.cat([t.to(u.dtype) for t in rs]) if len(rs) > 1 else rs[0]
-        num, den, uu = torch.stack([u @ r, r @ r, u @ u]).tolist()
-        if den == 0.0 or uu == 0.0:
+        pair = torch.stack([u, r]).double()
+        gram = (pair @ pair.T).reshape(-1)
+        uu, ur, _, rr = gram.tolist()
+        loss_sum = ell.detach().sum().item()
+        if rr == 0.0 or uu == 0.0:
             raise ValueError("the loss gradient at the output is zero: the scale of the "
                              "backward cannot be inferred")
-        c = num / den
-        resid = float(torch.linalg.vector_norm(u - c * r))
-        if not c > 0 or resid > SCALE_RTOL * math.sqrt(uu):
+        c = ur / rr
+        rel = math.sqrt(max(uu - ur * ur / rr, 0.0) / uu)
+        if not c > 0 or rel > SCALE_RTOL:
             raise ValueError("the backward is not c·Σ loss_fn(model(x), y) (relative residual "
-                             f"{resid / math.sqrt(uu):.2g}); per-example statistics need the "
+                             f"{rel:.2g}); per-example statistics need the "
                              "gradient of a multiple of the summed per-example losses")
-        return c, int(ell.shape[0]), float(ell.detach().double().sum())
+        return c, int(ell.shape[0]), loss_sum
 
     def _after_optimizer(self, optimizer, args, kwargs) -> None:
         if self._pending:

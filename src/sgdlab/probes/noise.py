@@ -81,10 +81,11 @@ def _ratio(num: float, den: float) -> float:
 
 
 def noise_scale_from_stats(sq_norm_sums: dict[str, float | torch.Tensor],
-                           grads: dict[str, torch.Tensor], batch_size: int,
+                           grads: dict[str, torch.Tensor] | None, batch_size: int,
                            loss: float = math.nan, lr: float | None = None,
                            sum_sq: dict[str, torch.Tensor] | None = None,
-                           quantiles: Sequence[float] = QUANTILES) -> NoiseScale:
+                           quantiles: Sequence[float] = QUANTILES, *,
+                           grad_sq_norms: dict[str, float] | None = None) -> NoiseScale:
     """The noise-scale estimator from per-example statistics of one batch (SPEC §3).
 
     Inputs, per parameter name: ``sq_norm_sums[name]`` = Σ_b ‖g_b‖² restricted to that
@@ -97,7 +98,8 @@ def noise_scale_from_stats(sq_norm_sums: dict[str, float | torch.Tensor],
         B_simple = Σ_p tr Σ_p / Σ_p ‖G_p‖²,   B*[c] = 16 σ²[c]/ĝ[c]²,   B_CABS = η tr Σ / loss
 
     where σ²[c] = B/(B − 1)(Σ_b g_b[c]²/B − ĝ[c]²). Parameters absent from ``sq_norm_sums``
-    are skipped. The sums are taken in float64.
+    are skipped. The sums are taken in float64. ``grad_sq_norms`` ({name: ‖ĝ_p‖²}) may be
+    given instead of ``grads`` when ``sum_sq`` is None (no B* quantiles).
     """
     bsz = int(batch_size)
     if bsz < 2:
@@ -105,19 +107,26 @@ def noise_scale_from_stats(sq_norm_sums: dict[str, float | torch.Tensor],
     tr_total = g_hat_total = 0.0
     per_layer: dict[str, dict[str, float]] = {}
     b_star: list[torch.Tensor] = []
-    names = [n for n in grads if n in sq_norm_sums]
-    # ‖ĝ_p‖² of every parameter from one multi-tensor norm and one host sync
-    norms = (torch.stack(torch._foreach_norm([grads[n].detach() for n in names]))
-             .double().square().tolist() if names else [])
+    if grad_sq_norms is not None:
+        names = [n for n in grad_sq_norms if n in sq_norm_sums]
+        norms = [float(grad_sq_norms[n]) for n in names]
+    elif grads is not None:
+        names = [n for n in grads if n in sq_norm_sums]
+        # ‖ĝ_p‖² of every parameter from one multi-tensor norm and one host sync
+        norms = (torch.stack(torch._foreach_norm([grads[n].detach() for n in names]))
+                 .double().square().tolist() if names else [])
+    else:
+        raise ValueError("noise_scale_from_stats needs grads or grad_sq_norms")
+    if sum_sq is not None and grads is None:
+        raise ValueError("the B* quantiles (sum_sq) need grads")
     for name, g2 in zip(names, norms, strict=True):
-        g = grads[name]
         tr = bsz / (bsz - 1) * (float(sq_norm_sums[name]) / bsz - g2)
         per_layer[name] = {"tr_sigma": tr, "g_norm_sq": g2 - tr / bsz,
                            "b_simple": _ratio(tr, g2 - tr / bsz)}
         tr_total += tr
         g_hat_total += g2
         if sum_sq is not None and name in sum_sq:
-            gh = g.detach().double()
+            gh = grads[name].detach().double()
             g_sq = gh * gh
             var = sum_sq[name].double().div(bsz).sub_(g_sq).mul_(bsz / (bsz - 1))  # σ²[c]
             b_star.append(var.clamp_(min=0).mul_(16).div_(g_sq).reshape(-1))

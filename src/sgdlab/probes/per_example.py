@@ -391,6 +391,20 @@ class _UseTracker(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def _count_uses(node, roots: dict, consumers: dict, unary: set, memo: dict) -> int:
+    """Uses of a unary autograd node or an AccumulateGrad node that reach the outputs: its
+    edges into the outputs (``roots``) plus, per consumer, 1 — or, for a unary consumer (a
+    view, a cast, ``p.t()``), that consumer's own count (a module-level function: a nested
+    recursive closure would be a reference cycle per call, left to the garbage collector)."""
+    n = memo.get(node)
+    if n is None:
+        n = roots.get(node, 0)
+        for m in consumers.get(node, ()):
+            n += _count_uses(m, roots, consumers, unary, memo) if m in unary else 1
+        memo[node] = n
+    return n
+
+
 def _fast(m: nn.Module) -> bool:
     """Linear/Conv1d/Conv2d whose forward is torch's own and whose only parameters are
     ``weight`` and ``bias``: the factor formulas of the module docstring apply."""
@@ -595,11 +609,14 @@ class PerExampleStats:
 
     def sq_norms(self) -> torch.Tensor:
         """‖g_b‖² = Σ_params ‖∇_p ℓ_b‖² for each example of the last batch, shape (B,) (SPEC §3)."""
-        self._check_norms()
-        if self._total is None:
+        by_param = self.sq_norms_by_param()
+        if not by_param:
             raise RuntimeError("no parameter received per-example statistics: call the model "
                                "and backpropagate inside the PerExampleStats context first")
-        return self._total
+        total = None
+        for v in by_param.values():
+            total = v if total is None else total + v
+        return total
 
     def sq_norms_by_param(self) -> dict[str, torch.Tensor]:
         """‖∇_p ℓ_b‖² per parameter name, each of shape (B,) (SPEC §3); parameters that did not
@@ -610,6 +627,18 @@ class PerExampleStats:
         for k, v in self._norms.items():
             if isinstance(v, tuple):                    # ‖δ_b‖²‖x_b‖², kept as its factors
                 v = v[0] * v[1]
+            out[self._names[k]] = v * scale if scale != 1 else v
+        return out
+
+    def sq_norm_sums(self) -> dict[str, torch.Tensor]:
+        """Σ_b ‖∇_p ℓ_b‖² per parameter name, 0-d tensors (SPEC §3: the numerator of tr Σ_p);
+        for a 2-D Linear weight Σ_b ‖δ_b‖²‖x_b‖² is one dot product of the two factors (the
+        per-example norms are not formed). Parameters that did not take part are absent."""
+        self._check_norms()
+        scale = self._scale()
+        out = {}
+        for k, v in self._norms.items():
+            v = torch.dot(v[0], v[1]) if isinstance(v, tuple) else v.sum()
             out[self._names[k]] = v * scale if scale != 1 else v
         return out
 
@@ -647,7 +676,6 @@ class PerExampleStats:
         self._pending: dict[int, list] = {}
         self._done_owners: dict[int, int] = {}
         self._norms: dict[int, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
-        self._total: torch.Tensor | None = None
         self._sum_sq: dict[int, torch.Tensor] = {}
         self._finalized = False
         # use tracking: common prefix of the module stacks of each parameter's uses, the
@@ -847,12 +875,16 @@ class PerExampleStats:
                 roots[t.grad_fn] = roots.get(t.grad_fn, 0) + 1
         # consumers of unary nodes and AccumulateGrad nodes, in one pass over the graph
         consumers: dict[object, list] = {}
+        unary: set[object] = set()          # nodes with one input edge
         seen = set(roots)
         todo = list(roots)
         acc = []
         while todo:
             node = todo.pop()
-            for nxt, _ in node.next_functions:
+            nexts = node.next_functions
+            if len(nexts) == 1:
+                unary.add(node)
+            for nxt, _ in nexts:
                 if nxt is None:
                     continue
                 nf = nxt.next_functions
@@ -867,20 +899,11 @@ class PerExampleStats:
                     seen.add(nxt)
                     todo.append(nxt)
         memo: dict[object, int] = {}
-
-        def count(node) -> int:             # uses of a unary node or an AccumulateGrad node
-            n = memo.get(node)
-            if n is None:
-                n = roots.get(node, 0)
-                for m in consumers.get(node, ()):
-                    n += count(m) if len(m.next_functions) == 1 else 1
-                memo[node] = n
-            return n
-
         for node in acc:
             var = getattr(node, "variable", None)
             if var is not None and id(var) in self._params:
-                uses[id(var)] = uses.get(id(var), 0) + count(node)
+                uses[id(var)] = uses.get(id(var), 0) + _count_uses(node, roots, consumers,
+                                                                   unary, memo)
         local: dict[int, int] = {}
         for layer, node in self._graph_nodes:
             if node in seen:
@@ -1040,14 +1063,9 @@ class PerExampleStats:
         if self.want_norms:
             dd = torch.linalg.vecdot(d, d)
             if w is not None:
-                xx = torch.linalg.vecdot(x, x)
-                self._norms[id(w)] = (dd, xx)
-                term = torch.addcmul(dd, dd, xx) if b is not None else dd * xx
-            else:
-                term = dd
+                self._norms[id(w)] = (dd, torch.linalg.vecdot(x, x))
             if b is not None:
                 self._norms[id(b)] = dd
-            self._total = term if self._total is None else self._total + term
         if self.want_sum_sq:
             d2 = d.square()
             if w is not None:
@@ -1107,7 +1125,6 @@ class PerExampleStats:
             sq = total.square().sum(0) if self.want_sum_sq else None
         if norms is not None:
             self._norms[k] = norms
-            self._total = norms if self._total is None else self._total + norms
         if sq is not None:
             self._sum_sq[k] = sq
 
@@ -1157,8 +1174,6 @@ class PerExampleStats:
                 self._recording = prev
         for k in list(self._pending):
             self._compute(k)
-        if self._total is not None and self.reduction == "mean":
-            self._total = self._total * self._scale()
 
     def _finish_fallback(self, layer: _Layer) -> None:
         params = self._site_params(layer)
@@ -1287,7 +1302,7 @@ def per_example_stats(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: t
     out = PerExampleResult(losses=losses.detach())
     if norms:
         stats._finalize()
-        out.sq_norms = stats.sq_norms() if stats._total is not None else losses.new_zeros(B)
+        out.sq_norms = stats.sq_norms() if stats._norms else losses.new_zeros(B)
         if by_param:
             out.sq_norms_by_param = stats.sq_norms_by_param()
     if sum_sq:
