@@ -45,7 +45,13 @@ Per layer type (SPEC §3):
   as an argument, a parametrization's originals — is attributed to the innermost module call
   that encloses *all* its uses, contains it and receives the batch; that module's per-example
   ``vjp`` gives its whole gradient and nothing else contributes to it. So no gradient is
-  counted twice or missed, whatever the nesting.
+  counted twice or missed, whatever the nesting. Models whose parameters all belong to
+  torch's Linear/Conv layers skip the ``TorchFunctionMode`` (its per-call cost dominates a
+  small model's step): at the end of the forward one walk of the autograd graph counts the
+  uses of every parameter that reach the outputs (edges into its AccumulateGrad node,
+  through views and casts) and compares them with the calls of its owner layers; where they
+  differ — a weight read elsewhere, e.g. ``F.linear(h, self.emb.weight)`` — the parameter is
+  attributed to the model call itself (see ``PerExampleStats._graph_attribution``).
 * BatchNorm in training mode (or without running statistics) couples the examples of a batch:
   per-example gradients are not defined, and a ``ValueError`` is raised (SPEC §3).
 
@@ -876,18 +882,22 @@ class PerExampleStats:
         # consumers of unary nodes and AccumulateGrad nodes, in one pass over the graph
         consumers: dict[object, list] = {}
         unary: set[object] = set()          # nodes with one input edge
-        seen = set(roots)
+        # next_functions of each node seen (read once: each read builds a new tuple)
+        seen: dict[object, tuple] = {r: r.next_functions for r in roots}
         todo = list(roots)
         acc = []
         while todo:
             node = todo.pop()
-            nexts = node.next_functions
+            nexts = seen[node]
             if len(nexts) == 1:
                 unary.add(node)
             for nxt, _ in nexts:
                 if nxt is None:
                     continue
-                nf = nxt.next_functions
+                nf = seen.get(nxt)
+                if nf is None:
+                    seen[nxt] = nf = nxt.next_functions
+                    todo.append(nxt)
                 if len(nf) <= 1:
                     lst = consumers.get(nxt)
                     if lst is None:
@@ -895,9 +905,6 @@ class PerExampleStats:
                         if not nf:
                             acc.append(nxt)
                     lst.append(node)
-                if nxt not in seen:
-                    seen.add(nxt)
-                    todo.append(nxt)
         memo: dict[object, int] = {}
         for node in acc:
             var = getattr(node, "variable", None)
