@@ -13,6 +13,7 @@ code 2 and nothing written. ``train`` exits 0 when the run completes, 3 when it 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 
 from sgdlab import __version__
+from sgdlab.paths import check_writable_dir, os_error_line
 
 EXIT_USAGE = 2
 
@@ -35,114 +37,215 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _kv(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--opt`` and friends; VALUE is read as YAML (numbers, lists, ...)."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
-    from sgdlab.config import coerce_numbers
+    if not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a non-empty KEY, got {text!r}")
+    from sgdlab.config import parse_yaml
 
     try:
-        return key.strip(), coerce_numbers(yaml.safe_load(value))
-    except yaml.YAMLError:
+        return key.strip(), parse_yaml(value)
+    except (yaml.YAMLError, RecursionError):
         return key.strip(), value
 
 
+def _names(values) -> str:
+    """A registry's names as the help lists them: ``one of: a, b, c;``."""
+    return "one of: " + ", ".join(values) + ";"
+
+
+def registries() -> dict[str, list[str]]:
+    """The names ``--help`` lists, read from the registries (so the help cannot drift):
+    datasets, models, optimizers, schedules, instruments, claims."""
+    from sgdlab import data, experiments, instruments, models, optim, schedules
+
+    return {"datasets": list(data.names()), "models": list(models.available()),
+            "optimizers": list(optim.available()), "schedules": list(schedules.available()),
+            "instruments": list(instruments.available()),
+            "claims": list(experiments.available())}
+
+
+def _lr_required() -> list[str]:
+    """Optimizers without a default learning rate (``--lr`` is required for them)."""
+    import inspect
+
+    from sgdlab import optim
+
+    return [n for n in optim.available()
+            if optim.hyperparameters(n).get("lr", inspect.Parameter.empty)
+            is inspect.Parameter.empty]
+
+
+def _default(field: str) -> str:
+    """The :class:`~sgdlab.config.TrainConfig` default of ``field``, as the help shows it."""
+    import dataclasses
+
+    from sgdlab.config import FIELDS
+
+    f = FIELDS[field]
+    value = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None or value in ([], {}):
+        return "none"
+    return str(value)
+
+
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """Arguments shared by train, lr-find and check: what to train and how."""
-    p.add_argument("--config", metavar="FILE.yaml", help="YAML config; flags override it")
-    p.add_argument("--dataset", help="mnist1d, digits, mnist, cifar10, linreg, logreg, or "
-                                      "MODULE:CALLABLE / path/to/file.py:CALLABLE returning an "
-                                      "sgdlab Dataset or a dict of x_train, y_train, x_test, "
-                                      "y_test (+ task)")
-    p.add_argument("--model", help="linear, logistic, mlp, cnn, scale_invariant, resnet, or "
-                                    "MODULE:CALLABLE / path/to/file.py:CALLABLE taking the "
-                                    "data's DataSpec (or nothing) and returning an nn.Module")
-    p.add_argument("--optimizer", help="sgd, momentum, rmsprop, adam, adamw, snr_sgd")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--schedule", help="constant, step, multistep, cosine, linear, "
-                                      "inverse_time, sgdr")
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--batch-size", type=int)
+    """Arguments shared by train, lr-find and check: what to train and how. Their defaults
+    are those of :class:`~sgdlab.config.TrainConfig`, then the ``--config`` file."""
+    reg = registries()
+    imp = "or an import string MODULE:CALLABLE / path/to/file.py:CALLABLE"
+    d = _default
+    p.add_argument("--config", metavar="FILE.yaml",
+                   help="YAML file of config fields (the names of config.yaml); the flags "
+                        "given here override it (default: none)")
+    p.add_argument("--dataset", help=f"data set, {_names(reg['datasets'])} {imp} returning an "
+                   "sgdlab Dataset or a dict of x_train, y_train, x_test, y_test (+ task) "
+                   f"(default: {d('dataset')})")
+    p.add_argument("--model", help=f"model, {_names(reg['models'])} {imp} taking the data's "
+                   f"DataSpec (or nothing) and returning an nn.Module (default: {d('model')})")
+    p.add_argument("--optimizer", help=f"optimizer, {_names(reg['optimizers'])} "
+                   f"hyper-parameters with --opt (default: {d('optimizer')})")
+    p.add_argument("--lr", type=float, help="learning rate, a number >= 0 (default: the "
+                   f"optimizer's own; required for {', '.join(_lr_required())})")
+    p.add_argument("--schedule", help=f"learning-rate schedule, {_names(reg['schedules'])} "
+                   f"parameters with --schedule-opt (default: {d('schedule')})")
+    p.add_argument("--warmup-steps", type=int, help="steps of linear warm-up before the "
+                   f"schedule, an integer >= 0 (default: {d('warmup_steps')})")
+    p.add_argument("--batch-size", type=int, help="examples per step, an integer >= 1 "
+                   f"(default: {d('batch_size')})")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int)
-    length.add_argument("--epochs", type=float)
-    p.add_argument("--sampling", help="shuffle (epochs) or replacement (i.i.d. batches)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto, cpu or cuda")
-    p.add_argument("--data-dir", help="directory holding the data (cifar10)")
-    p.add_argument("--opt", type=_kv, action="append", default=[], metavar="KEY=VALUE",
-                   help="optimizer hyper-parameter, e.g. --opt beta=0.9 --opt weight_decay=5e-4")
-    p.add_argument("--model-opt", type=_kv, action="append", default=[], metavar="KEY=VALUE",
-                   help="model option, e.g. --model-opt width=200")
-    p.add_argument("--data-opt", type=_kv, action="append", default=[], metavar="KEY=VALUE",
-                   help="data-set option, e.g. --data-opt n_train=1000")
-    p.add_argument("--schedule-opt", type=_kv, action="append", default=[], metavar="KEY=VALUE",
-                   help="schedule parameter, e.g. --schedule-opt every=1000")
+    length.add_argument("--steps", type=int, help="length of the run in optimizer steps, an "
+                        "integer >= 1; give this or --epochs, here or in the config "
+                        "(default: none)")
+    length.add_argument("--epochs", type=float, help="length of the run in epochs of "
+                        "floor(N/B) steps, a number > 0; give this or --steps (default: none)")
+    p.add_argument("--sampling", help="batches: shuffle (epochs without replacement) or "
+                   f"replacement (i.i.d. batches) (default: {d('sampling')})")
+    p.add_argument("--seed", type=int, help="seed of data, model and sampler, an integer >= 0 "
+                   f"(default: {d('seed')})")
+    p.add_argument("--device", help="auto (cuda when available), cpu or cuda "
+                   f"(default: {d('device')})")
+    p.add_argument("--data-dir", help="directory holding the data files (cifar10) "
+                   "(default: $SGDLAB_DATA_DIR, else the user data directory)")
+    for flag, what, example in (("--opt", "optimizer hyper-parameter", "beta=0.9"),
+                                ("--model-opt", "model option", "width=200"),
+                                ("--data-opt", "data-set option", "n_train=1000"),
+                                ("--schedule-opt", "schedule parameter", "every=1000")):
+        p.add_argument(flag, type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                       help=f"{what}, VALUE read as YAML, e.g. {flag} {example}; repeatable "
+                            "(default: none)")
+
+
+def _add_train_arguments(t: argparse.ArgumentParser) -> None:
+    """The options of ``sgdlab train`` beyond :func:`_add_run_arguments`."""
+    reg, d = registries(), _default
+    t.add_argument("--out", help="run directory to create; it must not hold files yet "
+                   "(default: runs/<dataset>-<model>-<optimizer>, with -2, -3, … if taken)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its "
+                   "last checkpoint, bit for bit (default: start a new run)")
+    t.add_argument("--eval-every", type=int, help="steps between evaluations, an integer >= 0; "
+                   f"0: 20 evaluations per run (default: {d('eval_every')})")
+    t.add_argument("--log-every", type=int, help="steps between lines of metrics.jsonl, an "
+                   "integer >= 0; 0: about 200 lines per run, at least every 50 steps "
+                   f"(default: {d('log_every')})")
+    t.add_argument("--full-train-loss", action="store_true", default=None,
+                   help="also evaluate the loss on the whole training set at each "
+                        f"evaluation (default: {d('full_train_loss')})")
+    t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints, an "
+                   "integer >= 0 (a run also checkpoints at its end and on SIGINT/SIGTERM) "
+                   f"(default: {d('checkpoint_every')})")
+    from sgdlab.config import AVERAGES, PROBE_SCHEDULES
+
+    t.add_argument("--average", help=f"weight averaging, {_names(AVERAGES)} swa and ema as in "
+                   f"torch.optim.swa_utils (default: {d('average')})")
+    t.add_argument("--average-start", type=float, help="fraction of the run before averaging "
+                   f"starts, a number in [0, 1] (default: {d('average_start')})")
+    t.add_argument("--ema-decay", type=float, help="decay of the ema average, a number in "
+                   f"[0, 1] (default: {d('ema_decay')})")
+    t.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also write TensorBoard event files under OUT/tensorboard "
+                        f"(default: {d('tensorboard')})")
+    t.add_argument("--probe", help=f"comma-separated instruments, each {_names(reg['instruments'])}"
+                   f" (default: {d('probes')})")
+    t.add_argument("--probe-every", type=int, help="steps between measurements, an integer "
+                   f">= 1 (default: {d('probe_every')})")
+    t.add_argument("--probe-schedule", help=f"when to measure, {_names(PROBE_SCHEDULES)} "
+                   "linear: every --probe-every steps, log: log-spaced steps "
+                   f"(default: {d('probe_schedule')})")
+    t.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine (under torchrun; gloo on "
+                        "CPU, nccl on GPU), an integer >= 1 (default: %(default)s)")
+    t.add_argument("--quiet", action="store_true", help="no progress output (default: progress "
+                   "on stderr)")
+    t.add_argument("--check-config", "--dry-run", dest="check_config", action="store_true",
+                   help="validate everything (fields, --out, data, model, optimizer, schedule) "
+                        "and exit without training or writing anything (default: off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``sgdlab`` argument parser with its sub-commands."""
+    """The ``sgdlab`` argument parser with its sub-commands; every option's help gives its
+    default and what is allowed, the lists of names read from the registries."""
     parser = _Parser(prog="sgdlab", description="Train with stochastic gradient descent and "
                                                 "measure what SGD does.")
     parser.add_argument("--version", action="version", version=f"sgdlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    reg = registries()
 
-    t = sub.add_parser("train", help="train a model; writes a run directory")
+    t = sub.add_parser("train", help="train a model; writes a run directory",
+                       description="Train a model; writes a run directory. Exit 0: completed, "
+                                   "2: bad input, 3: diverged, 128+N: stopped by signal N.")
     _add_run_arguments(t)
-    t.add_argument("--out", help="run directory to create (default runs/<dataset>-<model>-…)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run bit for bit")
-    t.add_argument("--eval-every", type=int)
-    t.add_argument("--log-every", type=int)
-    t.add_argument("--full-train-loss", action="store_true", default=None,
-                   help="evaluate the loss on the whole training set")
-    t.add_argument("--checkpoint-every", type=int)
-    t.add_argument("--average", help="none, swa or ema (torch.optim.swa_utils)")
-    t.add_argument("--average-start", type=float, help="fraction of the run before averaging")
-    t.add_argument("--ema-decay", type=float)
-    t.add_argument("--tensorboard", action="store_true", default=None,
-                   help="also write TensorBoard event files")
-    t.add_argument("--probe", help="comma-separated instruments: effective_lr, noise_scale, "
-                                    "noise_scale_bstar, sharpness, snr")
-    t.add_argument("--probe-every", type=int, help="steps between measurements (default 50)")
-    t.add_argument("--probe-schedule", help="linear (every --probe-every steps) or log")
-    t.add_argument("--nproc", type=int, default=1,
-                   help="data-parallel processes on this machine (runs under torchrun)")
-    t.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_train_arguments(t)
 
     f = sub.add_parser("lr-find", help="learning-rate range test (SPEC §4.11)")
     _add_run_arguments(f)
-    f.add_argument("--start-lr", type=float, default=1e-6)
-    f.add_argument("--end-lr", type=float, default=10.0)
-    f.add_argument("--num-steps", type=int, default=200)
-    f.add_argument("--out", help="directory for lr_find.png and lr_find.json")
+    f.add_argument("--start-lr", type=float, default=1e-6,
+                   help="first learning rate, a number > 0 (default: %(default)s)")
+    f.add_argument("--end-lr", type=float, default=10.0,
+                   help="last learning rate, a number > --start-lr (default: %(default)s)")
+    f.add_argument("--num-steps", type=int, default=200,
+                   help="steps of the test, an integer >= 10 (default: %(default)s)")
+    f.add_argument("--out", help="directory for lr_find.png and lr_find.json, checked before "
+                   "the test runs (default: nothing written)")
 
     pr = sub.add_parser("probe", help="measure instruments at a run's last checkpoint")
-    pr.add_argument("run_dir", metavar="RUN_DIR")
+    pr.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by sgdlab "
+                    "train (config.yaml and checkpoints/last.pt)")
     pr.add_argument("--probe", default="effective_lr,noise_scale,sharpness",
-                    help="comma-separated instruments (default: effective_lr,noise_scale,"
-                         "sharpness)")
-    pr.add_argument("--batch-size", type=int, help="examples for the per-batch quantities "
-                                                   "(default: the run's batch size)")
+                    help=f"comma-separated instruments, each {_names(reg['instruments'])} "
+                         "(default: %(default)s)")
+    pr.add_argument("--batch-size", type=int, help="examples for the per-batch quantities, an "
+                    "integer >= 1 (default: the run's batch size)")
 
     rp = sub.add_parser("reproduce", help="measure the notes' claims; writes a report")
     mode = rp.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_const", const="quick", dest="mode",
                       help="all claims in about 5 minutes on 2 CPU cores (the default)")
     mode.add_argument("--full", action="store_const", const="full", dest="mode",
-                      help="more seeds and longer runs (about 40 minutes on 2 CPU cores)")
+                      help="more seeds and longer runs, about 40 minutes on 2 CPU cores "
+                           "(default: --quick)")
     mode.add_argument("--smoke", action="store_const", const="smoke", dest="mode",
-                      help="tiny budgets (used by the test suite)")
-    rp.add_argument("--only", help="comma-separated claims: ids (e.g. 1-temperature) or "
-                                   "their numbers (e.g. 1,5)")
-    rp.add_argument("--seeds", type=int, help="seeds where a claim repeats over seeds "
-                                              "(default: 1 smoke, 2 quick, 5 full)")
-    rp.add_argument("--out", required=True, help="report directory; runs are cached in "
-                                                 "OUT/cache, so an interrupted run resumes")
-    rp.add_argument("--strict", action="store_true", help="exit 1 when any claim is FAIL")
+                      help="tiny budgets, used by the test suite (default: --quick)")
+    rp.add_argument("--only", help=f"comma-separated claims, each {_names(reg['claims'])} or "
+                    "its number (e.g. 1,5) (default: all)")
+    rp.add_argument("--seeds", type=int, help="seeds where a claim repeats over seeds, an "
+                    "integer >= 1 (default: 1 smoke, 2 quick, 5 full)")
+    rp.add_argument("--out", required=True, help="report directory, checked before anything "
+                    "runs; runs are cached in OUT/cache, so an interrupted run resumes "
+                    "(required)")
+    rp.add_argument("--strict", action="store_true", help="exit 1 when any claim is FAIL "
+                    "(default: exit 0 whatever the verdicts)")
 
     c = sub.add_parser("check", help="initial-loss and overfit checks (SPEC §4.11)")
     _add_run_arguments(c)
-    c.add_argument("--overfit-examples", type=int, default=50)
-    c.add_argument("--overfit-steps", type=int, default=500)
+    c.add_argument("--overfit-examples", type=int, default=50, help="training examples the "
+                   "model must overfit, an integer >= 1 (default: %(default)s)")
+    c.add_argument("--overfit-steps", type=int, default=500, help="steps allowed for the "
+                   "overfit check, an integer >= 1 (default: %(default)s)")
     return parser
 
 
@@ -273,8 +376,10 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
         overrides = _overrides(args)
         overrides["out"] = None
         if args.steps is None and args.epochs is None:
-            overrides["steps"] = args.num_steps
+            overrides["steps"] = max(1, args.num_steps)  # lr_find names a bad --num-steps
         cfg = cfgmod.resolve(args.config, **overrides)
+        if args.out is not None:
+            check_writable_dir(args.out, "out")  # before the test runs, not after
         result = recipe.lr_find(cfg, start_lr=args.start_lr, end_lr=args.end_lr,
                                 num_steps=args.num_steps, out=args.out)
     except cfgmod.ConfigError as err:
@@ -297,7 +402,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         overrides = _overrides(args)
         overrides["out"] = None
         if args.steps is None and args.epochs is None:
-            overrides["steps"] = args.overfit_steps
+            overrides["steps"] = max(1, args.overfit_steps)  # check names a bad value
         cfg = cfgmod.resolve(args.config, **overrides)
         results = recipe.check(cfg, overfit_examples=args.overfit_examples,
                                overfit_steps=args.overfit_steps)
@@ -317,7 +422,10 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         rows = probe_run.probe_checkpoint(args.run_dir, names, batch_size=args.batch_size)
     except cfgmod.ConfigError as err:
         return _fail(str(err))
-    width = max(len(f"{n}.{k}") for n, k, _ in rows) if rows else 10
+    if not rows:
+        print("sgdlab: warning: no quantity was measured at this checkpoint", file=sys.stderr)
+        return 0
+    width = max(len(f"{n}.{k}") for n, k, _ in rows)
     print(f"{'quantity':{width}s}  value")
     for name, key, value in rows:
         print(f"{name + '.' + key:{width}s}  {value:.6g}")
@@ -341,6 +449,53 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    """``sgdlab train --check-config``: validate a new run as ``train`` would (every field,
+    ``--out``, then build data, model, optimizer, schedule and instruments), print one line
+    and exit 0, or one error line and exit 2. Nothing is written."""
+    from sgdlab import config as cfgmod
+    from sgdlab.train import Trainer
+
+    if args.resume:
+        return _fail("--check-config validates a new run; it cannot be combined with --resume")
+    if args.nproc < 1:
+        return _fail(f"nproc must be an integer >= 1, got {args.nproc}")
+    try:
+        cfg = cfgmod.resolve(args.config, **_overrides(args))
+        out = Path(cfg.out if cfg.out is not None else _default_out(cfg))
+        check_writable_dir(out, "out")
+        if out.is_dir() and any(out.iterdir()):
+            return _fail(f"out: {out} already holds files; choose another --out or "
+                         f"continue it with --resume {out}")
+        if cfg.batch_size % args.nproc:
+            return _fail(f"batch_size must be divisible by the {args.nproc} processes, "
+                         f"got {cfg.batch_size}")
+        trainer = Trainer(dataclasses.replace(cfg, out=None), progress=False)
+    except cfgmod.ConfigError as err:
+        return _fail(str(err))
+    print(f"config OK: {cfg.dataset} / {cfg.model} / {cfg.optimizer}, "
+          f"{trainer.total_steps} steps of batch {cfg.batch_size}; would write {out}")
+    return 0
+
+
+def _run_handler(handler, args: argparse.Namespace) -> int:
+    """Run a sub-command; what escapes it as a bad input (a :class:`ConfigError`, an
+    ``OSError`` naming a path) is one line and exit 2, Ctrl-C outside ``train`` exit 130."""
+    from sgdlab.config import ConfigError
+
+    try:
+        return handler(args)
+    except ConfigError as err:
+        return _fail(str(err))
+    except OSError as err:
+        return _fail(os_error_line(err))
+    except KeyboardInterrupt:
+        if args.command == "train":
+            raise
+        print("sgdlab: interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``sgdlab`` console script."""
     parser = build_parser()
@@ -348,9 +503,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command == "train" and args.check_config:
+        return _run_handler(_cmd_check_config, args)
     handler = {"train": _cmd_train, "lr-find": _cmd_lr_find, "check": _cmd_check,
                "probe": _cmd_probe, "reproduce": _cmd_reproduce}
-    return handler[args.command](args)
+    return _run_handler(handler[args.command], args)
 
 
 if __name__ == "__main__":

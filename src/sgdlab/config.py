@@ -88,7 +88,10 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:
     """Build and validate a config from a mapping; unknown keys are an error."""
-    unknown = sorted(set(values) - set(FIELDS))
+    if not isinstance(values, dict):
+        raise ConfigError(f"config must be a mapping of field: value, got "
+                          f"{type(values).__name__}")
+    unknown = sorted((k for k in values if k not in FIELDS), key=str)
     if unknown:
         raise ConfigError(f"unknown config field {unknown[0]!r}; allowed: {', '.join(FIELDS)}")
     cfg = TrainConfig(**values)
@@ -96,36 +99,71 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads exponent notation without a dot (``5e-4``,
+    ``1e3``) as a float, as YAML 1.2 does (YAML 1.1 reads it as a string). A quoted value
+    (``'50'``) stays a string, so a wrong type is reported as the user wrote it."""
 
 
-def coerce_numbers(value: Any) -> Any:
-    """Turn strings such as ``"5e-4"`` into floats, recursively.
+YamlLoader.yaml_implicit_resolvers = {
+    k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
-    YAML 1.1 (PyYAML) reads exponent notation without a dot (``5e-4``) as a string; every
-    number of a config is meant as a number.
-    """
-    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-        return float(value)
-    if isinstance(value, dict):
-        return {k: coerce_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [coerce_numbers(v) for v in value]
-    return value
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML ``text`` with :class:`YamlLoader` (safe: plain data only)."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a mapping (safe loader only)."""
+    """Read a YAML config file into a mapping (safe loader only, UTF-8 text).
+
+    Every problem (missing, a directory, unreadable, not UTF-8, not YAML, not a mapping) is a
+    one-line :class:`ConfigError` starting with ``config:`` and naming the file."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ConfigError(f"config: file {str(p)!r} does not exist")
+    if p.is_dir():
+        raise ConfigError(f"config: {p} is a directory, not a YAML file")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        raw = p.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"config: cannot read {p} ({err.strerror or type(err).__name__})") \
+            from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config: {p} is not UTF-8 text (byte 0x{raw[err.start]:02x} at "
+                          f"offset {err.start}); save it as UTF-8") from None
+    try:
+        data = parse_yaml(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"config: {p} is not valid YAML ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"config: {p} is not valid YAML ({_yaml_problem(err)})") from None
+    except RecursionError:
+        raise ConfigError(f"config: {p} is nested too deeply") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config: {p} must hold a mapping of field: value")
-    return coerce_numbers(data)
+        raise ConfigError(f"config: {p} must hold a mapping of field: value, got "
+                          f"{_yaml_type(data)}")
+    return data
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a YAML error: the problem and its line/column."""
+    problem = getattr(err, "problem", None)
+    mark = getattr(err, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _yaml_type(value: Any) -> str:
+    """The YAML name of a value's type, for messages."""
+    return {list: "a list", str: "a string", int: "a number", float: "a number",
+            bool: "a boolean"}.get(type(value), type(value).__name__)
 
 
 def resolve(file: str | Path | None = None, **overrides: Any) -> TrainConfig:
@@ -135,7 +173,10 @@ def resolve(file: str | Path | None = None, **overrides: Any) -> TrainConfig:
         if value is None:
             continue
         if key.endswith("_options") and isinstance(value, dict):
-            values[key] = {**values.get(key, {}), **value}
+            base = values.get(key) or {}
+            if not isinstance(base, dict):
+                raise ConfigError(f"{key} must be a mapping, got {base!r}")
+            values[key] = {**base, **value}
         else:
             values[key] = value
     if overrides.get("steps") is not None:

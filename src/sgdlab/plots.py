@@ -312,15 +312,96 @@ def plot_curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     return save_figure(fig, path)
 
 
+def _parser():
+    """The argument parser of ``python -m sgdlab.plots``."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str):  # noqa: D102 - one line, exit 2
+            self.exit(2, f"{self.prog}: error: {message}\n")
+
+    p = Parser(prog="python -m sgdlab.plots",
+               description="Redraw the figures of existing run directories into RUN/plots/ "
+                           "(loss, accuracy, learning rate, norms, one per probe) from "
+                           "RUN/metrics.jsonl. Exit 0: drawn, 2: a bad path or file.")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="a run directory written by sgdlab train (holding metrics.jsonl)")
+    return p
+
+
+def _check_run(run: str) -> Path:
+    """``RUN/metrics.jsonl`` if ``run`` is a run directory with a readable log and a writable
+    ``plots/``; else a one-line :class:`~sgdlab.config.ConfigError` naming the path."""
+    from sgdlab.config import ConfigError
+    from sgdlab.paths import check_writable_dir
+
+    path = Path(run)
+    if not path.exists():
+        raise ConfigError(f"RUN: {path} does not exist")
+    if not path.is_dir():
+        raise ConfigError(f"RUN: {path} is a file, not a run directory")
+    metrics = path / "metrics.jsonl"
+    if not metrics.is_file():
+        raise ConfigError(f"RUN: {path} holds no metrics.jsonl (is it a run directory?)")
+    if not os.access(metrics, os.R_OK):
+        raise ConfigError(f"RUN: {metrics} is not readable (permission denied)")
+    check_writable_dir(path / "plots", "RUN")
+    return metrics
+
+
+def truncated_last_line(path: str | os.PathLike) -> int | None:
+    """The number of the last line of ``path`` if it is cut short (no final newline and not a
+    JSON object: a run killed mid-write, or one still writing), else ``None``."""
+    data = Path(path).read_bytes()
+    if not data or data.endswith(b"\n"):
+        return None
+    last = data.rsplit(b"\n", 1)[-1]
+    try:
+        import json
+
+        if isinstance(json.loads(last.decode("utf-8")), dict):
+            return None
+    except (UnicodeDecodeError, ValueError):
+        pass
+    return data.count(b"\n") + 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m sgdlab.plots RUN [RUN ...]``: redraw the figures of existing runs."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args:
-        print("usage: python -m sgdlab.plots RUN [RUN ...]", file=sys.stderr)
+    """``python -m sgdlab.plots RUN [RUN ...]``: redraw the figures of existing runs.
+
+    Every run is checked before anything is drawn: a missing path, a file, a directory
+    without ``metrics.jsonl`` or an unwritable ``plots/`` is one line on stderr and exit 2.
+    Unreadable lines of the log are skipped with one warning each naming ``FILE:LINE`` (a
+    truncated last line too: a run killed mid-write leaves one)."""
+    import warnings
+
+    from sgdlab.config import ConfigError
+    from sgdlab.paths import os_error_line
+
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    prog = "sgdlab.plots"
+    try:
+        logs = [_check_run(run) for run in args.runs]
+        for run, log in zip(args.runs, logs, strict=True):
+            cut = truncated_last_line(log)
+            if cut is not None:
+                print(f"{prog}: warning: {log}:{cut}: skipping a truncated last line",
+                      file=sys.stderr)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                written = plot_run(run)
+            for w in caught:
+                print(f"{prog}: warning: {w.message}", file=sys.stderr)
+            if not written:
+                print(f"{prog}: warning: {log} holds no records to plot", file=sys.stderr)
+            for path in written:
+                print(path)
+    except ConfigError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    for run in args:
-        for path in plot_run(run):
-            print(path)
+    except OSError as err:
+        print(f"{prog}: error: {os_error_line(err)}", file=sys.stderr)
+        return 2
     return 0
 
 

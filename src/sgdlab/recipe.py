@@ -462,6 +462,10 @@ def lr_find(model: nn.Module | TrainConfig, optimizer: torch.optim.Optimizer | N
     record = {"start_lr": settings[0], "end_lr": settings[1], "num_steps": settings[2],
               "smoothing": settings[3], "diverge_factor": settings[4], "step_mode": step_mode,
               "accumulation_steps": settings[5]}
+    if out is not None:
+        from sgdlab.paths import check_writable_dir
+
+        check_writable_dir(out, "out")  # before the test runs, not when writing its result
     if isinstance(model, TrainConfig):
         if optimizer is not None or loss_fn is not None or data is not None:
             raise ConfigError("lr_find: give a TrainConfig alone, or model, optimizer, "

@@ -14,6 +14,7 @@ import torch
 from sgdlab import __version__, experiments, report
 from sgdlab.config import ConfigError
 from sgdlab.experiments.base import Context, Result
+from sgdlab.paths import check_writable_dir
 
 MODES = ("smoke", "quick", "full")
 
@@ -34,7 +35,7 @@ def reproduce(out: str | Path, mode: str = "quick", only: list[str] | None = Non
                           f"{', '.join(experiments.available())}")
     if seeds is not None and seeds < 1:
         raise ConfigError(f"seeds must be an integer >= 1, got {seeds}")
-    out = Path(out)
+    out = check_writable_dir(out, "out")  # before any claim runs
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context(out, mode, seeds or {"smoke": 1, "quick": 2, "full": 5}[mode])
     results = []
