@@ -501,3 +501,41 @@ def test_a_measured_steps_output_is_freed_without_the_garbage_collector():
         assert [r() for r in refs] == [None, None]
     finally:
         gc.enable()
+
+
+def test_due_tells_the_schedule_and_wrapped_optimizers_are_unwrapped():
+    """``due(t)`` follows the instruments' schedules; an optimizer wrapper in the style of
+    accelerate's AcceleratedOptimizer (a torch Optimizer subclass that never ran
+    Optimizer.__init__, stepping ``.optimizer``) is measured through the optimizer inside."""
+    model, x, y = cases()["gru"]
+    inner = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    class Wrapped(torch.optim.Optimizer):
+        def __init__(self, opt):                # no super().__init__: no hook dicts
+            self.optimizer = opt
+
+        @property
+        def param_groups(self):
+            return self.optimizer.param_groups
+
+        def step(self, closure=None):
+            return self.optimizer.step(closure)
+
+        def zero_grad(self, set_to_none=True):
+            self.optimizer.zero_grad(set_to_none)
+
+    opt = Wrapped(inner)
+    mon = sgdlab.Monitor(model, opt, per_example_ce, instruments=["noise_scale", "effective_lr"],
+                         every=3)
+    assert [mon.due(t) for t in range(1, 7)] == [False, False, True, False, False, True]
+    assert mon.optimizer is inner and mon.lr == 0.1
+    for _ in range(3):
+        assert mon.due() == (mon.step_count + 1 == 3)
+        opt.zero_grad()
+        with mon.step(x, y):
+            per_example_ce(model(x), y).mean().backward()
+        opt.step()
+    assert [(r["name"], r["step"]) for r in mon.records] == [("noise_scale", 3),
+                                                             ("effective_lr", 3)]
+    # emitted by the inner optimizer's step post-hook (else still pending until close())
+    assert mon.records[1]["lr"] == 0.1

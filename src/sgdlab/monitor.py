@@ -92,6 +92,18 @@ def _batch_len(x: Any) -> int | None:
 _U64 = 1 << 64
 
 
+def unwrap_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer inside a wrapper that steps it (accelerate's
+    ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``: ``.optimizer`` /
+    ``._optimizer``), else ``optimizer`` itself: its step post-hook and param_groups are the
+    inner optimizer's."""
+    for attr in ("optimizer", "_optimizer"):
+        inner = getattr(optimizer, attr, None)
+        if isinstance(inner, torch.optim.Optimizer) and inner is not optimizer:
+            return inner
+    return optimizer
+
+
 def _cross_entropy_output_grad(ell: torch.Tensor, inputs: list[torch.Tensor]
                                ) -> list[torch.Tensor] | None:
     """∂(Σ_b ℓ_b)/∂logits in closed form when ``ell`` is ``F.cross_entropy(logits, y,
@@ -247,7 +259,7 @@ class Monitor:
         ddp = nn.parallel.DistributedDataParallel
         self.ddp_model: nn.Module | None = model if isinstance(model, ddp) else None
         self.model: nn.Module = model.module if isinstance(model, ddp) else model
-        self.optimizer = optimizer
+        self.optimizer = unwrap_optimizer(optimizer)
         self.loss_fn = loss_fn
         # read once (walking the module tree each step costs more than the statistics of a
         # small model); requires_grad is checked at each use
@@ -291,9 +303,9 @@ class Monitor:
         self._grad_before: dict[int, torch.Tensor] = {}
         self._snapped = False
         self._post_handle = None
-        if (self.instruments and optimizer is not None
-                and hasattr(optimizer, "register_step_post_hook")):
-            self._post_handle = optimizer.register_step_post_hook(self._after_optimizer)
+        if (self.instruments and self.optimizer is not None
+                and hasattr(self.optimizer, "register_step_post_hook")):
+            self._post_handle = self.optimizer.register_step_post_hook(self._after_optimizer)
         self._closed = False
         for inst in self.instruments:
             self._guarded(inst, inst.setup, self)
@@ -321,10 +333,7 @@ class Monitor:
             return
         self.batch = (x, y)
         self._in_step = True
-        t = self.step_count + 1
-        sched = self.schedule
-        due = [i for i in self.instruments if not i.disabled
-               and (i.schedule(t) if i.schedule is not None else sched(t))]
+        due = self._due_at(self.step_count + 1)
         self._due = due
         if not due:
             return
@@ -386,6 +395,11 @@ class Monitor:
                 plot_run(self._out)
             except Exception as err:  # noqa: BLE001 - plots are a convenience
                 print(f"sgdlab: plots not written ({err})", file=sys.stderr)
+
+    def due(self, step: int | None = None) -> bool:
+        """Whether an instrument is due at ``step`` (default: the coming step,
+        ``step_count + 1``) — e.g. to skip work of one's own on the other steps."""
+        return bool(self._due_at(self.step_count + 1 if step is None else int(step)))
 
     def set_ddp_model(self, ddp_model: nn.Module) -> None:
         """The DistributedDataParallel wrapper of :attr:`model` (for ``ddp_noise_scale``'s
@@ -466,6 +480,11 @@ class Monitor:
         return out
 
     # ------------------------------------------------------------------ internals
+
+    def _due_at(self, t: int) -> list:
+        sched = self.schedule
+        return [i for i in self.instruments if not i.disabled
+                and (i.schedule(t) if i.schedule is not None else sched(t))]
 
     def _guarded(self, inst, fn, *args):
         if inst.disabled:

@@ -61,11 +61,6 @@ class _Inputs(list):
     the Monitor finds the batch size among its tensors)."""
 
 
-def _unwrap_optimizer(opt):
-    inner = getattr(opt, "optimizer", None)       # accelerate's AcceleratedOptimizer
-    return inner if isinstance(inner, torch.optim.Optimizer) else opt
-
-
 class _KwargsModel(torch.nn.Module):
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
@@ -177,11 +172,6 @@ class MonitorCallback(_tf.TrainerCallback):
         holder.append(dict(kwargs))
         return None
 
-    def _due(self, t: int) -> bool:
-        mon = self.monitor
-        return any(not i.disabled and (i.schedule(t) if i.schedule is not None
-                                       else mon.schedule(t)) for i in mon.instruments)
-
     def _begin(self) -> None:
         self._holder = _Inputs()
         self.monitor.begin(self._holder, self._holder)
@@ -199,7 +189,7 @@ class MonitorCallback(_tf.TrainerCallback):
             raise ValueError("MonitorCallback: the Trainer passed no model")
         insts = [_HFSharpness(self.loss_fn) if i == "sharpness" else i
                  for i in self.instruments]
-        self.monitor = Monitor(model, _unwrap_optimizer(optimizer) if optimizer else None,
+        self.monitor = Monitor(model, optimizer,
                                self._monitor_loss, instruments=insts, every=self.every,
                                out=self.out, **self.monitor_kwargs)
         self.monitor.step_count = state.global_step
@@ -212,7 +202,7 @@ class MonitorCallback(_tf.TrainerCallback):
             return
         self.monitor.step_count = state.global_step
         t = state.global_step + 1
-        if self._clip and self._due(t) and model is not None:
+        if self._clip and self.monitor.due(t) and model is not None:
             self._stash = {}
             self._stash_handles = [p.register_post_accumulate_grad_hook(self._keep_grad)
                                    for p in model.parameters() if p.requires_grad]
