@@ -179,15 +179,23 @@ def test_lightning_checkpoint_resume_continues(pl, tmp_path):
     assert state["monitor"]["step_count"] == 4
     assert [r["step"] for r in state["records"]] == [2, 4]
 
-    second = cb()
-    _pl_trainer(pl, tmp_path, [second], max_steps=8).fit(_pl_module(pl, seed=5), _pl_loader(),
-                                                         ckpt_path=str(path))
-    assert second.monitor.step_count == 8
-    assert [r["step"] for r in second.records] == [2, 4, 6, 8]
-    assert second.records[:2] == full.records[:2]            # restored from the checkpoint
-    # NOTE: the numbers of steps 6 and 8 after resume differ from the uninterrupted run's
-    # (tr_sigma 1.328 vs 1.401 at step 6); not yet diagnosed whether Lightning's resumed
-    # training or the callback differs, so only the continuation itself is asserted here.
+    resumed = []
+    for callbacks in ([cb()], []):
+        model = _pl_module(pl, seed=5)
+        _pl_trainer(pl, tmp_path, callbacks, max_steps=8).fit(model, _pl_loader(),
+                                                              ckpt_path=str(path))
+        resumed.append([p.detach().clone() for p in model.parameters()])
+        if callbacks:
+            second = callbacks[0]
+            assert second.monitor.step_count == 8
+            assert [r["step"] for r in second.records] == [2, 4, 6, 8]
+            assert second.records[:2] == full.records[:2]    # restored from the checkpoint
+    # the callback changes nothing on resume either. Lightning's resume from a checkpoint
+    # saved after fit() does not continue the uninterrupted run (the weights after step 8
+    # differ by 0.11 with or without the callback), so the numbers of steps 6 and 8 are not
+    # compared with the uninterrupted run's
+    for a, b in zip(*resumed, strict=True):
+        assert torch.equal(a, b)
 
 
 # ---------------------------------------------------------------------------- Hugging Face
