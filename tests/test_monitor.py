@@ -539,3 +539,19 @@ def test_due_tells_the_schedule_and_wrapped_optimizers_are_unwrapped():
                                                              ("effective_lr", 3)]
     # emitted by the inner optimizer's step post-hook (else still pending until close())
     assert mon.records[1]["lr"] == 0.1
+
+
+def test_begin_from_inside_the_models_forward_is_refused(capsys):
+    """begin() from the model's own forward pre-hook arms the hooks too late for this forward:
+    one line and no record (it used to give near-zero norms)."""
+    model, x, y = cases()["twice_called"]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    mon = sgdlab.Monitor(model, opt, per_example_ce, instruments=["noise_scale"], every=1)
+    handle = model.register_forward_pre_hook(lambda m, args: mon.begin(args[0], y))
+    opt.zero_grad()
+    per_example_ce(model(x), y).mean().backward()
+    mon.gradients_ready()
+    handle.remove()
+    assert mon.records == []
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "before the model's forward" in err[0]

@@ -530,7 +530,7 @@ class Monitor:
             self._fail_stats(err)
             return
         self._armed = stats
-        self._capture = {"calls": 0}
+        self._capture = {"calls": 0, "batch": stats._batch}
         self._fwd_handle = self.model.register_forward_hook(self._on_output)
 
     def _on_output(self, module, args, output) -> None:
@@ -597,6 +597,10 @@ class Monitor:
                                  "the step")
             if cap["calls"] > 1:
                 raise ValueError("the model was called more than once in one micro-batch")
+            if stats._batch == cap["batch"]:
+                raise ValueError("the per-example hooks did not see the forward start: call "
+                                 "begin(x, y) before the model's forward, not from inside it "
+                                 "(e.g. from a forward pre-hook of the model)")
             c, bsz, loss_sum = self._infer_scale(cap)
             norms_wanted, sum_sq_wanted = stats.want_norms, stats.want_sum_sq
             entry: dict[str, Any] = {"c": c, "B": bsz, "loss_sum": loss_sum}
