@@ -10,6 +10,7 @@ tiny budgets.
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import pickle
 import re
@@ -361,14 +362,17 @@ def test_malicious_or_damaged_cifar_pickles_execute_nothing(tmp_path, capsys, ki
 
 # --------------------------------------------------------------------------- property-based
 
-_SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
+#: SGDLAB_FUZZ_EXAMPLES=1000 (random seeds) for a longer hunt; the default is fixed and quick.
+_EXAMPLES = int(os.environ.get("SGDLAB_FUZZ_EXAMPLES", "0")) or None
+_SETTINGS = settings(max_examples=_EXAMPLES or 60, deadline=None, derandomize=not _EXAMPLES,
                      suppress_health_check=[HealthCheck.function_scoped_fixture,
                                             HealthCheck.too_slow])
 
 _WRONG = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.sampled_from(
     [-1.5, 0.0, 1e300, float("nan"), float("inf"), "", "50", "5e-4", "fast", "cuda", "log",
      "mnist1d", "nosuch_module:make", "math:nosuch", [1, "a"], [], {}, {"width": "x"},
-     {"n_train": -1}]))
+     {"n_train": -1}, {1: 2}, {"every": "5"}, {"a b": 1}, datetime.date(2024, 1, 1),
+     b"\xff", 10**30]))
 
 
 def _valid(name: str):
@@ -498,7 +502,7 @@ def test_random_train_arguments_validate_or_fail_in_one_line(tmp_path, capsys, a
 
 
 @faults
-@settings(max_examples=12, deadline=None, derandomize=True,
+@settings(max_examples=(_EXAMPLES or 120) // 10, deadline=None, derandomize=not _EXAMPLES,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data(), command=st.sampled_from(["train", "lr-find", "check"]))
 def test_random_arguments_run_tiny_or_fail_in_one_line(tmp_path, capsys, data, command):

@@ -365,5 +365,9 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("dataset_options", "model_options", "optimizer_options", "schedule_options"):
         if not isinstance(getattr(cfg, name), dict):
             raise ConfigError(f"{name} must be a mapping, got {getattr(cfg, name)!r}")
+        bad = [k for k in getattr(cfg, name) if not isinstance(k, str) or not k.isidentifier()]
+        if bad:
+            raise ConfigError(f"{name}: option names must be identifiers (letters, digits, _), "
+                              f"got {bad[0]!r}")
     if cfg.out is not None and not isinstance(cfg.out, str):
         raise ConfigError(f"out must be a directory path, got {cfg.out!r}")
