@@ -18,12 +18,15 @@ def test_smoke_run_of_every_claim(tmp_path, capsys):
     out = tmp_path / "rep"
     assert main(["reproduce", "--smoke", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "| claim | SPEC | verdict | seconds |" in text
+    assert "| claim | SPEC | notes | derived | what the notes get wrong / leave out |" in text
     results = json.loads((out / "results.json").read_text())
     assert [r["claim"]["id"] for r in results["results"]] == experiments.available()
     for r in results["results"]:
         assert r["error"] is None, r["error"]
         assert r["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")
+        assert r["derived_verdict"] in ("PASS", "FAIL", "INCONCLUSIVE", None)
+        assert {c["basis"] for c in r["checks"]} <= {"notes", "derived"}
+        assert any(c["basis"] == "notes" for c in r["checks"]), r["claim"]["id"]
         bad = non_finite(r["checks"])
         assert r["checks"] and not bad, (r["claim"]["id"], bad)
         for fig in r["figures"]:
@@ -109,3 +112,49 @@ def test_heat_capacity_closed_form_at_its_real_tolerance(tmp_path):
 def test_only_accepts_claim_numbers(tmp_path):
     results = reproduce(tmp_path, mode="smoke", progress=False, only=["7"])
     assert [r.claim.id for r in results] == ["7-adam-bias-correction"]
+
+
+def _result(*checks):
+    return Result(Claim("0-x", "x", "a statement", "§0"), list(checks))
+
+
+def _check(verdict, basis="notes", finding=""):
+    return Check(f"{basis} {verdict}", "p", "m", "t", verdict, basis=basis, finding=finding)
+
+
+def test_headline_is_judged_on_the_notes_checks_only():
+    """A failed derived check is a finding about the theory: it sets the derived verdict and
+    leaves the headline alone; a failed notes check fails the headline."""
+    r = _result(_check("PASS"), _check("FAIL", "derived", "the SPEC's prediction fails"))
+    assert (r.verdict, r.derived_verdict) == ("PASS", "FAIL")
+    assert r.findings == ["the SPEC's prediction fails"]
+    r = _result(_check("FAIL"), _check("PASS", "derived"))
+    assert (r.verdict, r.derived_verdict) == ("FAIL", "PASS")
+    r = _result(_check("PASS"), _check("INCONCLUSIVE"))
+    assert (r.verdict, r.derived_verdict) == ("INCONCLUSIVE", None)
+    assert _result(_check("PASS", "derived")).verdict == "INCONCLUSIVE"   # nothing about notes
+    r = _result(_check("PASS"))
+    r.error = "Traceback"
+    assert (r.verdict, r.derived_verdict) == ("ERROR", "ERROR")
+    with pytest.raises(ValueError, match="basis must be one of"):
+        Check("c", "p", "m", "t", "PASS", basis="spec")
+    with pytest.raises(ValueError, match="verdict must be one of"):
+        Check("c", "p", "m", "t", "OK")
+
+
+def test_report_shows_both_verdicts_the_basis_and_the_findings(tmp_path):
+    from sgdlab import report
+
+    r = _result(_check("PASS"), _check("FAIL", "derived", "β gap set by η′h, not 1 − β"))
+    meta = {"mode": "smoke", "seeds": 1, "date": "2026-12-03",
+            "versions": {"sgdlab": "0", "torch": "0"}}
+    table = report.verdict_table([r])
+    assert "| 0-x | §0 | **PASS** | FAIL | β gap set by η′h, not 1 − β |" in table
+    md = report.to_markdown([r], meta)
+    assert "| notes PASS | notes | p | m | t | PASS |" in md
+    assert "| derived FAIL | derived | p | m | t | FAIL |" in md
+    report.write(tmp_path, [r], meta)
+    data = json.loads((tmp_path / "results.json").read_text())["results"][0]
+    assert (data["verdict"], data["derived_verdict"]) == ("PASS", "FAIL")
+    assert data["findings"] == ["β gap set by η′h, not 1 − β"]
+    assert "β gap set by η′h, not 1 − β" in (tmp_path / "report.html").read_text()

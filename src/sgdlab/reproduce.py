@@ -51,8 +51,10 @@ def reproduce(out: str | Path, mode: str = "quick", only: list[str] | None = Non
         result.seconds = time.perf_counter() - start
         results.append(result)
         if progress:
-            print(f"[{name}] {result.verdict} ({result.seconds:.1f} s)", file=sys.stderr,
-                  flush=True)
+            derived = result.derived_verdict
+            print(f"[{name}] notes {result.verdict}"
+                  + (f", derived {derived}" if derived else "")
+                  + f" ({result.seconds:.1f} s)", file=sys.stderr, flush=True)
     meta = {"mode": mode, "seeds": ctx.seeds, "date": datetime.date.today().isoformat(),
             "versions": {"sgdlab": __version__, "torch": torch.__version__,
                          "python": platform.python_version()}}

@@ -3,6 +3,18 @@
 A claim module exposes ``CLAIM`` (a :class:`Claim`: id, title, the claim in one sentence and
 its SPEC section) and ``run(ctx) -> Result``. The verdict comes from the measurement and the
 tolerance stated up front, never from tuning until it agrees.
+
+Tolerance policy (every claim): a check's prediction and tolerance are fixed in the claim
+module before its measurement is run; a tolerance or design changed after a result was seen
+is disclosed in the check's text or the claim's notes, where the result is shown.
+
+Every :class:`Check` has a ``basis``: ``"notes"`` — a statement the seed notes make — or
+``"derived"`` — a prediction sgdlab or the SPEC adds (a corrected form, a regime, a
+mechanism, an exact formula, a control). A claim's headline verdict
+(:attr:`Result.verdict`) is judged on its ``notes`` checks only; the ``derived`` checks have
+their own verdict (:attr:`Result.derived_verdict`): a failed derived check is a finding about
+the theory (ours or the SPEC's), not about the notes. A check's ``finding`` is a short line on
+what the notes get wrong or leave out, shown in the report's summary.
 """
 
 from __future__ import annotations
@@ -18,10 +30,12 @@ from typing import Any
 from sgdlab.metrics_log import atomic_write_json, to_jsonable
 from sgdlab.threads import torch_threads
 
-__all__ = ["VERDICTS", "Check", "Claim", "Context", "Result", "single_threaded",
+__all__ = ["BASES", "VERDICTS", "Check", "Claim", "Context", "Result", "single_threaded",
            "torch_threads", "verdict", "worst_verdict"]
 
 VERDICTS = ("PASS", "FAIL", "INCONCLUSIVE", "ERROR")
+#: What a check tests: a statement of the seed notes, or a prediction sgdlab/the SPEC adds.
+BASES = ("notes", "derived")
 
 
 @dataclass(frozen=True)
@@ -38,7 +52,9 @@ class Claim:
 @dataclass
 class Check:
     """One measured comparison: ``prediction`` vs ``measured`` (± ``uncertainty``) within
-    ``tolerance`` (described in words), with its own verdict."""
+    ``tolerance`` (described in words), with its own verdict; ``basis`` ``"notes"`` or
+    ``"derived"`` (see the module docstring); ``finding``: a line for the report's "what the
+    notes get wrong / leave out" column, or empty."""
 
     name: str
     prediction: str
@@ -46,13 +62,24 @@ class Check:
     tolerance: str
     verdict: str
     numbers: dict[str, Any] = field(default_factory=dict)
+    basis: str = "notes"
+    finding: str = ""
+
+    def __post_init__(self) -> None:
+        if self.basis not in BASES:
+            raise ValueError(f"Check {self.name!r}: basis must be one of {BASES}, got "
+                             f"{self.basis!r}")
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"Check {self.name!r}: verdict must be one of {VERDICTS}, got "
+                             f"{self.verdict!r}")
 
 
 @dataclass
 class Result:
-    """A claim's outcome: the checks, the overall verdict (FAIL if any check fails, else
-    INCONCLUSIVE if any is, else PASS), figures (paths relative to the output dir), notes
-    and every number behind the verdict."""
+    """A claim's outcome: the checks, the headline verdict (on the ``notes`` checks: FAIL if
+    any fails, else INCONCLUSIVE if any is, else PASS) and the derived verdict (the same rule
+    on the ``derived`` checks), figures (paths relative to the output dir), notes and every
+    number behind the verdicts."""
 
     claim: Claim
     checks: list[Check] = field(default_factory=list)
@@ -63,14 +90,29 @@ class Result:
 
     @property
     def verdict(self) -> str:
-        """ERROR, else the worst verdict of the checks."""
+        """The headline: ERROR, else the worst verdict of the ``notes`` checks
+        (INCONCLUSIVE when there are none)."""
         if self.error is not None:
             return "ERROR"
-        return worst_verdict(c.verdict for c in self.checks)
+        return worst_verdict(c.verdict for c in self.checks if c.basis == "notes")
+
+    @property
+    def derived_verdict(self) -> str | None:
+        """ERROR, else the worst verdict of the ``derived`` checks; None when there are none."""
+        if self.error is not None:
+            return "ERROR"
+        derived = [c.verdict for c in self.checks if c.basis == "derived"]
+        return worst_verdict(derived) if derived else None
+
+    @property
+    def findings(self) -> list[str]:
+        """The checks' findings (what the notes get wrong or leave out), in check order."""
+        return [c.finding for c in self.checks if c.finding]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for results.json."""
         d = {"claim": asdict(self.claim), "verdict": self.verdict,
+             "derived_verdict": self.derived_verdict, "findings": self.findings,
              "checks": [asdict(c) for c in self.checks], "figures": self.figures,
              "notes": self.notes, "error": self.error, "seconds": self.seconds}
         return to_jsonable(d)

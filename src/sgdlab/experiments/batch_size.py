@@ -296,7 +296,8 @@ def run(ctx: Context) -> Result:
          "diverge_B": b_div, "diverge_B_eta0_hmax": b_div * ETA0_H,
          "diverged": div["diverged"], "diverge_final_excess": div["final_excess"],
          "diverge_steps": div["steps"], "diverged_threshold": DIVERGED_LOSS,
-         "steps": [r["steps"] for r in blow], "converged": [r["converged"] for r in blow]}))
+         "steps": [r["steps"] for r in blow], "converged": [r["converged"] for r in blow]},
+         basis="derived"))
 
     # 5. sum of gradients ≡ η = Bη₀
     sum_b, sum_steps = 10, ctx.budget(50, 500, 2000)

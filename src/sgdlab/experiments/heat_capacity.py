@@ -320,7 +320,7 @@ def run(ctx: Context) -> Result:
                   f"(ratio {d['ratio']:.4f} ± {d['ratio_se']:.4f})" for d in diag),
         f"every η within {tol:.0%} (INCONCLUSIVE if a 95% CI is wider)", overall,
         {"points": diag, "verdicts": per, "h": DIAG_H, "v": DIAG_V, "B": DIAG_B,
-         "tolerance": tol}))
+         "tolerance": tol}, basis="derived"))
     res.figures.append(_figure(ctx, slopes, diag))
     res.notes.append(
         "Slopes: heat_capacity from probes.stationary (float64, sampling with replacement, "

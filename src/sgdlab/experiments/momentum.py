@@ -263,7 +263,7 @@ def run(ctx: Context) -> Result:
          "ratio": {str(b): r for b, (r, _) in fo.items()},
          "ratio_se": {str(b): se for b, (_, se) in fo.items()},
          "exact_ratio": {str(b): exact[(small, b)] / first[small] for b in BETAS},
-         "verdicts": {str(b): v for b, v in fo_v.items()}}))
+         "verdicts": {str(b): v for b, v in fo_v.items()}}, basis="derived"))
 
     # 3. where it stops holding: at η′h_max = 1 − β the SPEC's condition is violated
     brk, brk_v, brk_exact = {}, {}, {}
@@ -297,7 +297,10 @@ def run(ctx: Context) -> Result:
          "ratio_se": {str(b): se for b, (_, _, se) in brk.items()},
          "exact_ratio": {str(b): v for b, v in brk_exact.items()},
          "verdicts": {str(b): v for b, v in brk_v.items()},
-         "onset_lr_hmax": onset, "ladder": list(ladder), "table": table}))
+         "onset_lr_hmax": onset, "ladder": list(ladder), "table": table}, basis="derived"))
+    if res.checks[-1].verdict == "FAIL":
+        res.checks[-1].finding = ("the SPEC's added prediction (β matters from η′h_max ≈ 1 − β) "
+                                  "fails; the notes make no such claim (SPEC §4.6 corrected)")
 
     # 4. heavy ball at η = η′(1 − β) against EMA at η′ (independent seeds)
     lr_hb = 1e-2 if 1e-2 in ladder else ladder[0]

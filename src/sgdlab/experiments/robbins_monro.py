@@ -141,7 +141,7 @@ def run(ctx: Context) -> Result:
         "every point within 4.5 standard errors (Bonferroni-level for ~400 points)",
         verdict(zmax <= 4.5), {"max_z": zmax, "max_z_schedule": zwhere[0],
                                "max_z_t": zwhere[1], "points": n_pts, "chains": chains,
-                               "groups": groups, "T": T}))
+                               "groups": groups, "T": T}, basis="derived"))
 
     # 2ch > 1: c²σ²/((2ch − 1) t) within 15% for t in [t_lo, T]
     for i, (kind, c) in enumerate(sched):

@@ -447,7 +447,8 @@ def run(ctx: Context) -> Result:
         {"windows": windows, "measured": sim["excess"], "se": sim["se"], "exact": pred,
          "z": zs, "z_threshold": z_star, "family_alpha": FAMILY_ALPHA,
          "per_window_verdict": per_w, "polyak_ruppert_limit": pr,
-         "ratio_measured_exact": [m / p for m, p in zip(sim["excess"], pred, strict=True)]}))
+         "ratio_measured_exact": [m / p for m, p in zip(sim["excess"], pred, strict=True)]},
+         basis="derived"))
 
     ratio = sim["excess"][-1] / sim["time_avg_excess"]
     ratio_se = abs(ratio) * math.hypot(sim["se"][-1] / sim["excess"][-1],

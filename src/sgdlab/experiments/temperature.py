@@ -170,7 +170,7 @@ def run(ctx: Context) -> Result:
         + ("" if n_ok == len(rows) else "; failing: " + "; ".join(
             f"η={r['lr']}, seed {r['seed']}: {r['reason']}" for r in rows if not r["ok"])),
         "all runs stationary (else the comparison is INCONCLUSIVE)",
-        verdict(True, inconclusive=n_ok < len(rows)), {"runs": rows}))
+        verdict(True, inconclusive=n_ok < len(rows)), {"runs": rows}, basis="derived"))
 
     zs, table = [], []
     for s in seeds:
