@@ -175,6 +175,7 @@ def test_smoke_run(tmp_path, monkeypatch):
     assert res.verdict in VERDICTS and res.error is None
     names = [c.name for c in res.checks]
     assert names == ["per-coordinate B* = 16σ²/G²",
+                     "window bias of the B* estimate (SPEC §4.9 (i))",
                      "control: the two quadratic frames are one problem",
                      "axis-aligned quadratic: snr_sgd beats tuned SGD",
                      "rotated quadratic: snr_sgd slows down", "workload table: who wins"]
@@ -187,9 +188,12 @@ def test_smoke_run(tmp_path, monkeypatch):
     assert np.all(np.isfinite(p1["log_ratio"])) and len(p1["log_ratio"]) == len(snr_sgd.P1_RHO)
     for k, v in p1["diagnostics_from_state"].items():
         assert math.isclose(p1["diagnostics"][k], v, rel_tol=1e-9)
+    assert [c.basis for c in res.checks] == ["notes"] + ["derived"] * 5
+    # smoke is too short for stationary running means: the bias check does not judge
+    assert res.checks[1].verdict == "INCONCLUSIVE"
     # SGD is rotation-equivariant: the frames agree to round-off
-    assert res.checks[1].verdict == "PASS" and res.checks[1].numbers["max_rel_diff"] < 1e-9
-    table = res.checks[4].numbers["table"]
+    assert res.checks[2].verdict == "PASS" and res.checks[2].numbers["max_rel_diff"] < 1e-9
+    table = res.checks[5].numbers["table"]
     assert set(table) == {"quad_aligned", "quad_rotated"}
     for wl in table.values():
         assert set(wl["rows"]) == {"snr_sgd", "sgd_cosine", "sgd_constant", "adam"}
@@ -203,3 +207,27 @@ def test_smoke_run(tmp_path, monkeypatch):
     # a second run reads every run from the cache and gives the same numbers
     again = snr_sgd.run(Context(tmp_path, mode="smoke"))
     assert again.checks[2].numbers == res.checks[2].numbers
+
+
+def test_window_bias_judge_on_constructed_numbers():
+    """SPEC §4.9 (i) judge: +2.5/λ_B with the adaptive window and 0 with the oracle's, each
+    ±0.03 with ±2 se; scatter 2/√(2λ_B) within 15 %; a short run is INCONCLUSIVE."""
+    from sgdlab.experiments.snr_sgd import BIAS_PRED, SCATTER_PRED, _check_bias
+
+    k = 9
+    inside = np.ones(k, dtype=bool)
+    se = np.full(k, 0.003)
+
+    def judge(bias, oracle, scatter=SCATTER_PRED, stationary=True, s=se):
+        return _check_bias(np.full(k, bias), s, np.full(k, oracle), s,
+                           np.full(k, scatter), inside, stationary)
+
+    c = judge(BIAS_PRED - 0.01, 0.005)
+    assert (c.verdict, c.basis) == ("PASS", "derived")
+    assert c.numbers["mean_log_ratio"] == pytest.approx(BIAS_PRED - 0.01)
+    assert c.numbers["mean_log_ratio_se"] == pytest.approx(0.003 / 3)   # √(9·se²)/9
+    assert judge(BIAS_PRED + 0.1, 0.0).verdict == "FAIL"                 # the bias is not it
+    assert judge(BIAS_PRED, 0.1).verdict == "FAIL"                       # the oracle is biased
+    assert judge(BIAS_PRED, 0.0, scatter=0.5).verdict == "FAIL"
+    assert judge(BIAS_PRED + 0.03, 0.0, s=np.full(k, 0.03)).verdict == "INCONCLUSIVE"
+    assert judge(BIAS_PRED, 0.0, stationary=False).verdict == "INCONCLUSIVE"
