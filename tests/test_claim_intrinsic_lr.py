@@ -20,10 +20,15 @@ from sgdlab.experiments import intrinsic_lr as ilr
 from sgdlab.experiments.base import Context
 from sgdlab.sweep import train_many
 
-NAMES = ["exact equivalence", "equilibrium ‖w‖⁴", "relaxation time ∝ 1/(ηλ)",
+NAMES = ["exact equivalence", "equilibrium ‖w‖⁴", "relaxation takes O(1/(ηλ)) steps",
+         "relaxation with a constant G: τ = 1/(4ηλ)",
+         "relaxation with G(η_e): τ = 1/(4ηλ(1 − γ/2))",
          "×0.1 decay: effective LR falls √10 at the new equilibrium",
          "×0.1 decay: ratio against the theory with the measured G",
+         "×0.1 decay: ratio from the from-init equilibria",
          "equal ηλ, equal train loss"]
+BASES = ["notes", "notes", "notes", "derived", "derived", "notes", "derived", "derived",
+         "notes"]
 
 
 def _finite_or_none(obj) -> bool:
@@ -45,6 +50,7 @@ def test_smoke_run_structure_and_cache(tmp_path):
     res = ilr.run(Context(tmp_path, mode="smoke"))
     assert res.error is None and res.claim.id == "5-intrinsic-lr"
     assert [c.name for c in res.checks] == NAMES
+    assert [c.basis for c in res.checks] == BASES
     assert res.checks[0].verdict == "PASS"                      # exact, even at smoke size
     assert max(res.checks[0].numbers["max_dev_by_k"].values()) < 1e-10
     for c in res.checks:
@@ -56,9 +62,9 @@ def test_smoke_run_structure_and_cache(tmp_path):
     assert len(table) >= 10 and all(math.isfinite(t["ratio"]) for t in table)
     assert all(t["cos_max"] < 1e-5 for t in table)              # ĝ ⊥ w (float32)
     assert math.isfinite(res.checks[2].numbers["slope"])
-    assert all(math.isfinite(t["ratio"]) for t in res.checks[3].numbers["table"])
+    assert all(math.isfinite(t["ratio"]) for t in res.checks[5].numbers["table"])
     # smoke windows start before 6 relaxation times: those checks cannot decide
-    assert res.checks[5].verdict == "INCONCLUSIVE"
+    assert res.checks[7].verdict == "INCONCLUSIVE"
     for fig in res.figures:
         assert (tmp_path / fig).is_file()
     again = ilr.run(Context(tmp_path, mode="smoke"))           # from the cache
@@ -175,3 +181,60 @@ def test_fit_relaxation_recovers_a_known_time():
     noisy = -0.9 * np.exp(-t / 30.0) * np.exp(0.05 * rng.standard_normal(t.size))
     assert abs(ilr.fit_relaxation(noisy)["tau"] / 30.0 - 1) < 0.1
     assert math.isnan(ilr.fit_relaxation(np.array([0.05, 0.01]))["tau"])
+
+
+def _rows(gamma_by_layer, ladder, g0=10.0, e0=0.5):
+    """From-init equilibrium rows where G = g0·(η_e/e0)^(−γ) exactly, η_e a power of ηλ."""
+    rows = []
+    for layer, gamma in gamma_by_layer.items():
+        for el in ladder:
+            e = e0 * (el / ladder[0]) ** 0.6
+            for seed in (0, 1):
+                rows.append({"phase": "from init", "lr": ilr.ETA,
+                             "weight_decay": el / ilr.ETA, "layer": layer, "seed": seed,
+                             "G": g0 * (e / e0) ** (-gamma), "eff_lr": e})
+    return rows
+
+
+def test_ladder_gamma_recovers_a_power_law():
+    ladder = [2e-3, 4e-3, 1e-2, 2e-2]
+    gam = ilr.ladder_gamma(_rows({0: 0.5, 1: 1.2}, ladder), ladder)
+    assert np.allclose(gam[0]["gamma"], 0.5, rtol=1e-12)
+    assert np.allclose(gam[1]["gamma"], 1.2, rtol=1e-12)
+
+
+def test_gamma_corrected_relaxation_and_decay_judges():
+    """τ = 1/(4ηλ(1 − γ/2)) pooled over layers; the decay ratio from the ladder's η_e."""
+    ladder = [2e-3, 4e-3, 1e-2, 2e-2]
+    gam = ilr.ladder_gamma(_rows({0: 0.5, 1: 1.0}, ladder), ladder)
+    exact = [math.sqrt(1 / (4 * el * 0.75) * 1 / (4 * el * 0.5)) for el in ladder]
+
+    def relax(taus, early=False):
+        return ilr.Check("r", "p", "m", "t", "PASS",
+                         {"pooled_tau": {str(el): t for el, t in zip(ladder, taus, strict=True)},
+                          "window_too_early": early}, basis="derived")
+
+    c = ilr._check_relaxation_gamma(relax(exact), gam, ladder)
+    assert c.verdict == "PASS" and np.allclose(c.numbers["ratio"], 1.0)
+    assert ilr._check_relaxation_gamma(relax([1.1 * t for t in exact]), gam,
+                                       ladder).verdict == "PASS"
+    assert ilr._check_relaxation_gamma(relax([1.3 * t for t in exact]), gam,
+                                       ladder).verdict == "FAIL"
+    assert ilr._check_relaxation_gamma(relax(exact, early=True), gam,
+                                       ladder).verdict == "INCONCLUSIVE"
+    # decay: η_e ∝ (ηλ)^0.6 here, so the ratio between ηλ = 1e-2 and 1e-3 is 10^0.6 (the
+    # lower one extrapolated below the ladder)
+    pred = 10 ** 0.6
+
+    def c4(ratio, se):
+        return ilr.Check("d", "p", "m", "t", "FAIL",
+                         {"table": [{"layer": 0, "ratio": ratio, "ratio_se": se},
+                                    {"layer": 1, "ratio": ratio, "ratio_se": se}],
+                          "window_too_early": False})
+
+    d = ilr._check_decay_from_ladder(c4(pred, 0.01), gam, ladder)
+    assert d.verdict == "PASS" and d.numbers["table"][0]["predicted"] == pytest.approx(pred)
+    assert d.numbers["table"][0]["ηλ/10"] == "extrapolated"
+    assert ilr._check_decay_from_ladder(c4(1.3 * pred, 0.01), gam, ladder).verdict == "FAIL"
+    assert ilr._check_decay_from_ladder(c4(1.1 * pred, 0.2), gam,
+                                        ladder).verdict == "INCONCLUSIVE"
