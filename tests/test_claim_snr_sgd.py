@@ -12,6 +12,7 @@ import torch
 from sgdlab import data
 from sgdlab.experiments import snr_sgd
 from sgdlab.experiments.base import VERDICTS, Context
+from sgdlab.experiments.kit.verdicts import direction
 
 QUAD = next(w for w in snr_sgd.WORKLOADS if w.key == "quad_rotated")
 QUAD_AL = next(w for w in snr_sgd.WORKLOADS if w.key == "quad_aligned")
@@ -150,13 +151,13 @@ def test_sgd_rows_match_torch_sgd(row):
 def test_paired_and_direction_verdicts():
     mean, se, n = snr_sgd._paired([1.0, 2.0, 3.0], [0.0, 1.5, 2.0])
     assert n == 3 and math.isclose(mean, 2.5 / 3) and se > 0
-    assert snr_sgd._direction_verdict(-1.0, 0.1, -1) == "PASS"
-    assert snr_sgd._direction_verdict(1.0, 0.1, -1) == "FAIL"
-    assert snr_sgd._direction_verdict(0.1, 0.1, -1) == "INCONCLUSIVE"
-    assert snr_sgd._direction_verdict(0.1, math.nan, 1) == "INCONCLUSIVE"
+    assert direction(-1.0, 0.1, -1) == "PASS"
+    assert direction(1.0, 0.1, -1) == "FAIL"
+    assert direction(0.1, 0.1, -1) == "INCONCLUSIVE"
+    assert direction(0.1, math.nan, 1) == "INCONCLUSIVE"
     # a diverged run (None) counts as +inf: it loses
     mean, _, _ = snr_sgd._paired([None, 1.0], [1.0, 1.0])
-    assert mean == math.inf and snr_sgd._direction_verdict(mean, 0.0, -1) == "FAIL"
+    assert mean == math.inf and direction(mean, 0.0, -1) == "FAIL"
 
 
 def test_peer_rows_when_installed():

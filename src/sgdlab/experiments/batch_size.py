@@ -49,7 +49,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from sgdlab.experiments.base import Check, Claim, Context, Result, torch_threads, verdict
+from sgdlab.experiments.base import (
+    Check,
+    Claim,
+    Context,
+    Result,
+    torch_threads,
+    verdict,
+    worst_verdict,
+)
+from sgdlab.experiments.kit.verdicts import at_most, band
 from sgdlab.probes.stationary import quadratic_excess_loss, stationary_loss
 
 CLAIM = Claim("3-batch-size", "Batch size and temperature",
@@ -111,13 +120,6 @@ def _measure(prob: dict[str, Any], eta: float, batch: int, *, chains: int, rel_s
             "converged": r.converged, "reason": r.reason, "diverged": diverged,
             "final_excess": final, "tau_int": r.tau_int,
             "seconds": time.perf_counter() - t0}
-
-
-def _interval_verdict(lo_ok: bool, hi_fail: bool) -> str:
-    """PASS when the whole ±2 se interval is inside the tolerance, FAIL when it is all outside."""
-    if lo_ok:
-        return "PASS"
-    return verdict(False, inconclusive=not hi_fail)
 
 
 def _fit_slope(bs: np.ndarray, ex: np.ndarray, se: np.ndarray) -> dict[str, float]:
@@ -220,8 +222,7 @@ def run(ctx: Context) -> Result:
     if ok_pts.sum() >= 3:
         fit = _fit_slope(fb[ok_pts], fex[ok_pts], fse[ok_pts])
         dev = abs(fit["slope"] + 1.0)
-        v = _interval_verdict(dev + 2 * fit["slope_se"] <= SLOPE_TOL,
-                              dev - 2 * fit["slope_se"] > SLOPE_TOL)
+        v = band(dev, fit["slope_se"], SLOPE_TOL)
         meas = f"slope {fit['slope']:.3f} ± {fit['slope_se']:.3f} (χ² = {fit['chi2']:.1f}, " \
                f"dof = {fit['dof']})"
     else:
@@ -244,7 +245,7 @@ def run(ctx: Context) -> Result:
         imax, imin = int(np.argmax(lex)), int(np.argmin(lex))
         ratio = float(lex[imax] / lex[imin])
         rse = ratio * math.hypot(lse[imax] / lex[imax], lse[imin] / lex[imin])
-        v = _interval_verdict(ratio + 2 * rse <= 1 + FLAT_TOL, ratio - 2 * rse > 1 + FLAT_TOL)
+        v = at_most(ratio, rse, 1 + FLAT_TOL)
         meas = f"max/min = {ratio:.3f} ± {rse:.3f} over B = {flat_bs} " \
                f"(largest Bη₀h_max = {flat_bs[-1] * ETA0_H:.3f})"
     else:
@@ -276,10 +277,9 @@ def run(ctx: Context) -> Result:
     div_steps = ctx.budget(300, 500, 500)
     div = measure(b_div * eta0, b_div, rel_blow, div_steps, 399, min_steps=div_steps)
     finite = np.isfinite(bex)
-    inside = bool(np.all(finite) and np.all(bdev + 2 * brse <= BLOWUP_TOL))
-    outside = bool(np.any(~finite) or np.any(bdev - 2 * brse > BLOWUP_TOL))
     growth = float(bex[-1] / lex.min()) if finite[-1] and np.all(lex > 0) else math.nan
-    v = "FAIL" if (outside or not div["diverged"]) else _interval_verdict(inside, False)
+    v = ("FAIL" if np.any(~finite) or not div["diverged"] else
+         worst_verdict(band(d, e, BLOWUP_TOL) for d, e in zip(bdev, brse, strict=True)))
     res.checks.append(Check(
         "η = Bη₀: blow-up near Bη₀h_max = 2",
         "exact Σ_i ησ_i²/(B(4 − 2ηh_i)), → ∞ as Bη₀h_max → 2; divergence beyond 2",

@@ -34,7 +34,6 @@ tolerance on either side of the estimate, else PASS when |ratio − 1| ≤ toler
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,7 +43,8 @@ import torch
 from torch import nn
 
 from sgdlab import data
-from sgdlab.experiments.base import Check, Claim, Context, Result, verdict, worst_verdict
+from sgdlab.experiments.base import Check, Claim, Context, Result, worst_verdict
+from sgdlab.experiments.kit.verdicts import interval
 
 CLAIM = Claim("2-heat-capacity", "Heat capacity",
               "Near a minimum the stationary loss of SGD rises as L(η) − L* = "
@@ -265,11 +265,10 @@ def _diag_run(eta: float, budget: dict[str, Any], seed: int) -> dict[str, Any]:
 
 def _judge(ratio: float, lo: float, hi: float, tol: float, stationary: bool = True) -> str:
     """INCONCLUSIVE when a run did not pass the stationarity tests (its mean may still be
-    rising from Φ*) or the 95% interval reaches further than ``tol`` from the estimate."""
-    if not stationary or not all(math.isfinite(v) for v in (ratio, lo, hi)):
-        return "INCONCLUSIVE"
-    wide = max(ratio - lo, hi - ratio) > tol
-    return verdict(abs(ratio - 1) <= tol, inconclusive=wide)
+    rising from Φ*), else the kit's :func:`~sgdlab.experiments.kit.verdicts.interval` rule
+    on the ratio to the prediction (INCONCLUSIVE when its 95 % interval reaches further than
+    ``tol`` from the estimate)."""
+    return interval(ratio, lo, hi, 1.0, tol) if stationary else "INCONCLUSIVE"
 
 
 def run(ctx: Context) -> Result:

@@ -107,6 +107,7 @@ from sgdlab.experiments.base import (
     verdict,
     worst_verdict,
 )
+from sgdlab.experiments.kit.verdicts import band
 
 CLAIM = Claim("5-intrinsic-lr", "Intrinsic learning rate",
               "For a scale-invariant network trained by SGD with coupled weight decay only ηλ "
@@ -451,17 +452,6 @@ def _mean_se(vals: list[float]) -> tuple[float, float]:
     return float(a.mean()), se
 
 
-def _band(dev: float, se: float, tol: float) -> str:
-    """PASS when dev + 2se ≤ tol, FAIL when dev − 2se > tol, else INCONCLUSIVE."""
-    if not (math.isfinite(dev) and math.isfinite(se)):
-        return "INCONCLUSIVE"
-    if dev + 2 * se <= tol:
-        return "PASS"
-    if dev - 2 * se > tol:
-        return "FAIL"
-    return "INCONCLUSIVE"
-
-
 
 @single_threaded
 def run(ctx: Context) -> Result:
@@ -526,7 +516,7 @@ def _check_equilibrium(out: dict[str, Any]) -> Check:
     for (phase, lr, wd, layer), rs in groups.items():
         m, se = _mean_se([_f(r["u"]) / _f(r["pred"]) for r in rs])
         early = rs[0]["window_start"] < MIN_TAUS * _f(rs[0]["tau_pred"])
-        v = "INCONCLUSIVE" if early else _band(abs(m - 1), se, TOL_U)
+        v = "INCONCLUSIVE" if early else band(abs(m - 1), se, TOL_U)
         verds.append(v)
         el = lr * wd
         table.append({"phase": phase, "lr": lr, "weight_decay": wd, "layer": layer,
@@ -581,7 +571,7 @@ def _check_relaxation(out: dict[str, Any], b: dict[str, Any]) -> Check:
                                                   if ok else math.nan)
     a2 = out["windows"]["t2"]
     early = a2 < MIN_TAUS * relaxation_time(ETA, min(ladder) / ETA)
-    v = "INCONCLUSIVE" if early else _band(abs(slope + 1), se, TOL_SLOPE)
+    v = "INCONCLUSIVE" if early else band(abs(slope + 1), se, TOL_SLOPE)
     prod = [4 * el * t for el, t in zip(ladder, pooled, strict=True)]
     gq = {d: [_f(f["G_first_tau_over_final"]) for f in fits if f["direction"] == d]
           for d in ("up", "down")}
@@ -610,7 +600,7 @@ def _check_order(relax: Check) -> Check:
     n = relax.numbers
     slope, se = n["slope"], n["slope_se"]
     v = ("INCONCLUSIVE" if n["window_too_early"] or not math.isfinite(slope)
-         else _band(abs(slope + 1), se, TOL_ORDER))
+         else band(abs(slope + 1), se, TOL_ORDER))
     return Check(
         "relaxation takes O(1/(ηλ)) steps",
         "τ ∝ (ηλ)^(−p) over the ladder with p nearer 1 than 0 or 2",
@@ -650,7 +640,7 @@ def _check_relaxation_gamma(relax: Check, gam: dict[int, dict[str, list]],
         preds.append(pred)
         ratios.append(pooled[i] / pred if ok else math.nan)
         verds.append("INCONCLUSIVE" if not ok or relax.numbers["window_too_early"]
-                     else _band(abs(ratios[-1] - 1), 0.0, TOL_GAMMA))
+                     else band(abs(ratios[-1] - 1), 0.0, TOL_GAMMA))
     return Check(
         "relaxation with G(η_e): τ = 1/(4ηλ(1 − γ/2))",
         "γ = −d ln G/d ln η_e from the from-init equilibria; predicted 4ηλτ "
@@ -688,7 +678,7 @@ def _check_decay_from_ladder(c4: Check, gam: dict[int, dict[str, list]],
         pred = e_hi / e_lo
         m, se = row["ratio"], row["ratio_se"]
         v = ("INCONCLUSIVE" if c4.numbers["window_too_early"]
-             else _band(abs(m / pred - 1), se / pred, TOL_RATIO))
+             else band(abs(m / pred - 1), se / pred, TOL_RATIO))
         verds.append(v)
         table.append({"layer": row["layer"], "predicted": pred, "measured": m, "se": se,
                       "ηλ/10": how, "verdict": v})
@@ -716,9 +706,9 @@ def _check_decay(out: dict[str, Any]) -> tuple[Check, Check]:
         mt, set_ = _mean_se([r / p for r, p in zip(ratios, preds, strict=True)])
         first, _ = _mean_se([_f(r["eff_pre"]) / _f(r["eff_first"]) for r in rs])
         meas[layer], theo[layer] = (m, se), (mt, set_)
-        v1 = "INCONCLUSIVE" if early else _band(abs(m / math.sqrt(10) - 1),
+        v1 = "INCONCLUSIVE" if early else band(abs(m / math.sqrt(10) - 1),
                                                 se / math.sqrt(10), TOL_RATIO)
-        v2 = "INCONCLUSIVE" if early else _band(abs(mt - 1), set_, TOL_RATIO)
+        v2 = "INCONCLUSIVE" if early else band(abs(mt - 1), set_, TOL_RATIO)
         verd1.append(v1)
         verd2.append(v2)
         table.append({"layer": layer, "ratio": m, "ratio_se": se, "immediate_ratio": first,

@@ -65,6 +65,7 @@ import torch
 import torch.nn.functional as F
 
 from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded
+from sgdlab.experiments.kit.verdicts import direction
 
 CLAIM = Claim("11-recipe", "Choosing hyper-parameters (the recipe)",
               "Initial loss ≈ ln C; the model overfits a small sample; a range test finds an η "
@@ -401,14 +402,7 @@ def run(ctx: Context) -> Result:
 
     rm, rse = summary(rising)
     fm, fse = summary(flat)
-    if rm is None or rse is None:
-        v5 = "INCONCLUSIVE"
-    elif rm > 2 * rse:
-        v5 = "PASS"
-    elif rm + 2 * rse < 0:
-        v5 = "FAIL"
-    else:
-        v5 = "INCONCLUSIVE"
+    v5 = direction(rm, rse, +1)
 
     def fmt(m, se):
         if m is None:

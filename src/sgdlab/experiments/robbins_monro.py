@@ -16,6 +16,10 @@ All schedules run as one batched tensor of independent chains, simulated step by
 of fitted slopes and time-averaged plateaus from 20 groups of chains. The exact recursion
 for m_t is computed alongside, as a check of the simulation and to say from which t the
 asymptotic formula holds within 15%.
+
+Verdicts: the kit's ±2 se band (:func:`sgdlab.experiments.kit.verdicts.band`). Until
+2026-12-03 this claim used a rule of its own (PASS on the point estimate within the
+tolerance, FAIL beyond it by 3 se); the quick-budget verdicts are the same under both.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 import torch
 
 from sgdlab.experiments.base import Check, Claim, Context, Result, torch_threads, verdict
+from sgdlab.experiments.kit.verdicts import band
 
 CLAIM = Claim("8-robbins-monro", "Robbins–Monro step sizes",
               "With η_t = c/t on a noisy quadratic E(Φ_t − Φ*)² ≈ c²σ²/((2ch − 1)t) when "
@@ -96,15 +101,6 @@ def _exact(ts: np.ndarray, kind: str, v: float) -> np.ndarray:
     return out[ts - 1]
 
 
-def _judge(dev: float, se: float, tol: float) -> str:
-    """PASS within tol, FAIL beyond tol + 3 se, else INCONCLUSIVE."""
-    if not math.isfinite(dev):
-        return "FAIL"
-    if dev <= tol:
-        return "PASS"
-    return "FAIL" if dev > tol + 3 * se else "INCONCLUSIVE"
-
-
 def run(ctx: Context) -> Result:
     """Measure the claim; see the module docstring."""
     T = ctx.budget(2_000, 20_000, 100_000)
@@ -162,7 +158,7 @@ def run(ctx: Context) -> Result:
             f"measured/predicted over t ∈ [{t_lo}, {T}]: {ratio[window].min():.3f}–"
             f"{ratio[window].max():.3f}; worst {ratio[j]:.3f} ± {rse[j]:.3f} at t = {ts[j]}",
             f"within {REL_TOL:.0%} at every t in [{t_lo}, {T}] (FAIL beyond 15% + 3 se)",
-            _judge(float(dev[j]), float(rse[j]), REL_TOL),
+            band(float(dev[j]), float(rse[j]), REL_TOL),
             {"c": c, "two_ch": 2 * c * H, "t_lo": t_lo, "T": T, "worst_t": int(ts[j]),
              "worst_ratio": float(ratio[j]), "worst_ratio_se": float(rse[j]),
              "ratio_at_T": float(ratio[-1]), "ratio_at_T_se": float(rse[-1]),
@@ -186,7 +182,7 @@ def run(ctx: Context) -> Result:
             f"{-2 * c * H:g}",
             f"{slope:.4f} ± {se:.4f} over t ∈ [{t_lo}, {T}] (exact recursion: {ex_slope:.4f})",
             f"|slope + 2ch| ≤ {SLOPE_TOL} (FAIL beyond {SLOPE_TOL} + 3 se)",
-            _judge(dev, se, SLOPE_TOL),
+            band(dev, se, SLOPE_TOL),
             {"c": c, "two_ch": 2 * c * H, "slope": slope, "slope_se": se,
              "predicted": -2 * c * H, "exact_recursion_slope": ex_slope, "t_lo": t_lo, "T": T,
              "tolerance": SLOPE_TOL}))

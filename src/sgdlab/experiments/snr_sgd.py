@@ -107,6 +107,7 @@ from sgdlab.experiments.base import (
     verdict,
     worst_verdict,
 )
+from sgdlab.experiments.kit.verdicts import direction, near
 
 CLAIM = Claim("9-snr-sgd", "snr_sgd: the notes' per-coordinate algorithm",
               "snr_sgd's per-coordinate B* matches 16σ²/G² where σ and G are known, and it is "
@@ -386,13 +387,6 @@ class QuadModel(nn.Module):
         return data.quadratic_loss(self.phi, x, self.Q)
 
 
-@lru_cache(maxsize=2)
-def _band(x: float, se: float, target: float, tol: float) -> str:
-    """PASS when |x − target| ± 2 se lies inside tol, FAIL when outside, else INCONCLUSIVE."""
-    d = abs(x - target)
-    return "PASS" if d + 2 * se <= tol else verdict(False, d - 2 * se <= tol)
-
-
 def _check_bias(log_ratio: np.ndarray, se: np.ndarray, fixed: np.ndarray,
                 fixed_se: np.ndarray, scatter: np.ndarray, inside: np.ndarray,
                 stationary: bool = True) -> Check:
@@ -405,7 +399,7 @@ def _check_bias(log_ratio: np.ndarray, se: np.ndarray, fixed: np.ndarray,
     f = float(fixed[inside].mean())
     f_se = float(np.sqrt((fixed_se[inside] ** 2).sum()) / k)
     sc = float(np.median(scatter[inside]))
-    verdicts = [_band(m, m_se, BIAS_PRED, BIAS_TOL), _band(f, f_se, 0.0, BIAS_TOL),
+    verdicts = [near(m, m_se, BIAS_PRED, BIAS_TOL), near(f, f_se, 0.0, BIAS_TOL),
                 "PASS" if abs(sc / SCATTER_PRED - 1) <= SCATTER_RTOL else "FAIL"]
     return Check(
         "window bias of the B* estimate (SPEC §4.9 (i))",
@@ -423,6 +417,7 @@ def _check_bias(log_ratio: np.ndarray, se: np.ndarray, fixed: np.ndarray,
          "predicted_scatter": SCATTER_PRED, "verdicts": verdicts}, basis="derived")
 
 
+@lru_cache(maxsize=2)
 def quadratic_problem(aligned: bool) -> dict[str, Any]:
     """DeepOBS quadratic_deep in float64 (SPEC §5); ``aligned``: the same problem in Q's
     eigenbasis V (x_b → Vᵀx_b, Φ₀ → VᵀΦ₀, Q → diag λ), so every rotation-equivariant
@@ -697,21 +692,6 @@ def _paired(a: list[float | None], b: list[float | None]) -> tuple[float, float,
     return float(np.mean(d)), se, n
 
 
-def _direction_verdict(mean: float, se: float, predicted_sign: int) -> str:
-    """PASS when the difference is beyond 2 se in the predicted direction, FAIL when beyond
-    2 se the other way, INCONCLUSIVE otherwise (or when se is unknown)."""
-    if math.isinf(mean):
-        return "PASS" if np.sign(mean) == predicted_sign else "FAIL"
-    if not math.isfinite(se):
-        return "INCONCLUSIVE"
-    z = predicted_sign * mean
-    if z > 2 * se:
-        return "PASS"
-    if z < -2 * se:
-        return "FAIL"
-    return "INCONCLUSIVE"
-
-
 def _fmt(m: float | None, sd: float | None, digits: int = 3, pct: bool = False) -> str:
     if m is None:
         return "—"
@@ -869,7 +849,7 @@ def _check_aligned(res: Result, al: dict[str, Any]) -> None:
     """Check 3: SPEC §2.6 — on the axis-aligned quadratic snr_sgd beats tuned SGD."""
     snr, sgd = al["rows"]["snr_sgd"], al["rows"]["sgd_cosine"]
     mean, se, n = _paired(snr["log_final"], sgd["log_final"])
-    v = _direction_verdict(mean, se, -1)
+    v = direction(mean, se, -1)
     const = al["rows"]["sgd_constant"]
     mc, sec, _ = _paired(snr["log_final"], const["log_final"])
     res.checks.append(Check(
@@ -899,7 +879,7 @@ def _check_rotated(res: Result, al: dict[str, Any], ro: dict[str, Any]) -> None:
     leaks into every coordinate): its final excess is above its own on the aligned frame."""
     a, r, sgd = al["rows"]["snr_sgd"], ro["rows"]["snr_sgd"], ro["rows"]["sgd_cosine"]
     mean, se, n = _paired(r["log_final"], a["log_final"])
-    v = _direction_verdict(mean, se, +1)
+    v = direction(mean, se, +1)
     m2, se2, _ = _paired(r["log_final"], sgd["log_final"])
     res.checks.append(Check(
         "rotated quadratic: snr_sgd slows down",

@@ -91,6 +91,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded, worst_verdict
+from sgdlab.experiments.kit.verdicts import z_test
 from sgdlab.probes.stationary import quadratic_excess_loss
 
 CLAIM = Claim("10-swa", "Stochastic weight averaging",
@@ -363,17 +364,6 @@ def bonferroni_z(m: int, alpha: float = FAMILY_ALPHA) -> float:
     return NormalDist().inv_cdf(1 - alpha / (2 * m))
 
 
-def _z_verdict(meas: float, pred: float, se: float, se_rel_max: float,
-               z_tol: float = Z_TOL) -> str:
-    if not (math.isfinite(meas) and math.isfinite(se)):
-        return "INCONCLUSIVE"
-    if abs(meas - pred) > z_tol * se:
-        return "FAIL"
-    if se > se_rel_max * abs(pred):
-        return "INCONCLUSIVE"
-    return "PASS"
-
-
 
 def _mean_se(values: list[float]) -> tuple[float, float | None]:
     a = np.asarray(values, dtype=np.float64)
@@ -406,8 +396,8 @@ def run(ctx: Context) -> Result:
     pred = [averaged_excess_exact(ETA, h, s2, BATCH, w) for w in windows]
     pr = [polyak_ruppert_limit(h, s2, BATCH, w) for w in windows]
 
-    v_time = _z_verdict(sim["time_avg_excess"], stat, sim["time_avg_se"], SE_REL_MAX_STAT)
-    v_last = _z_verdict(sim["excess"][0], stat, sim["se"][0], SE_REL_MAX_STAT)
+    v_time = z_test(sim["time_avg_excess"], stat, sim["time_avg_se"], Z_TOL, SE_REL_MAX_STAT)
+    v_last = z_test(sim["excess"][0], stat, sim["se"][0], Z_TOL, SE_REL_MAX_STAT)
     z_time = (sim["time_avg_excess"] - stat) / sim["time_avg_se"]
     z_last = (sim["excess"][0] - stat) / sim["se"][0]
     res.checks.append(Check(
@@ -427,7 +417,7 @@ def run(ctx: Context) -> Result:
 
     zs = [(m - p) / se for m, p, se in zip(sim["excess"], pred, sim["se"], strict=True)]
     z_star = bonferroni_z(len(windows))
-    per_w = [_z_verdict(m, p, se, SE_REL_MAX_AVG, z_star)
+    per_w = [z_test(m, p, se, z_star, SE_REL_MAX_AVG)
              for m, p, se in zip(sim["excess"], pred, sim["se"], strict=True)]
     i_worst = int(np.argmax(np.abs(zs)))
     res.checks.append(Check(
