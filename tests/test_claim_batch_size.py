@@ -51,7 +51,7 @@ def test_smoke_run(tmp_path):
     assert by["sum of gradients"].numbers["max_abs_diff"] < 1e-10
     # the sharpness probe finds h_max of the diagonal quadratic
     assert math.isclose(slope["h_max"], 1.0, rel_tol=1e-6)
-    assert res.figures == ["figures/claim3_batch_size.png"]
+    assert res.figures == ["figures/3-batch-size_excess.png"]
     assert (tmp_path / res.figures[0]).is_file()
     # a second run reads the cache and gives the same numbers
     again = batch_size.run(Context(tmp_path, mode="smoke"))

@@ -47,7 +47,7 @@ def test_heat_capacity_claim_smoke(tmp_path):
             sum(p["eta"] * hc.DIAG_H**2 * hc.DIAG_V / (hc.DIAG_B * (4 - 2 * p["eta"] * hc.DIAG_H))),
             rel=1e-12)
         assert p["exact"] > p["linear"]
-    assert res.figures == ["figures/claim2_heat_capacity.png"]
+    assert res.figures == ["figures/2-heat-capacity_ladder.png"]
     assert (tmp_path / res.figures[0]).stat().st_size > 0
     assert list((tmp_path / "cache").glob("*.json"))
     # a second run reads the cache and gives the same numbers

@@ -109,9 +109,9 @@ def run(ctx: Context) -> Result:
 def _figure(ctx: Context, t, measured, predicted, tt, ratio, b2) -> str:
     from sgdlab.plots import plot_curves
 
-    path = ctx.figures / "claim7_adam_bias.png"
+    path, rel = ctx.figure(CLAIM, "ratio")
     plot_curves({"measured update ratio (uncorrected/corrected)": (t, measured),
                  "(1 − β₁ᵗ)/√(1 − β₂ᵗ)": (t, predicted),
                  "mean Σs_t / ΣE[ĝ²]": (tt, ratio), "1 − β₂ᵗ": (tt, 1 - b2**tt)},
                 path, "step t", "ratio", "Adam without bias correction", logx=True, logy=True)
-    return f"figures/{path.name}"
+    return rel

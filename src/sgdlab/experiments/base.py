@@ -151,6 +151,13 @@ class Context:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def figure(self, claim: Claim, what: str) -> tuple[Path, str]:
+        """Where a claim's figure goes, named one way for every claim:
+        (``out/figures/<claim-id>_<what>.png``, its path relative to ``out`` for
+        :attr:`Result.figures`)."""
+        name = f"{claim.id}_{what}.png"
+        return self.figures / name, f"figures/{name}"
+
     def budget(self, smoke: Any, quick: Any, full: Any) -> Any:
         """Pick a size by mode."""
         return {"smoke": smoke, "quick": quick, "full": full}[self.mode]

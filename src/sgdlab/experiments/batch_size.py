@@ -371,6 +371,6 @@ def _figure(ctx: Context, prob: dict[str, Any], h_max: float, eta_fixed: float, 
     ax.set_title("Batch size and temperature (diagonal noisy quadratic, replacement)")
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper center")
-    path = ctx.figures / "claim3_batch_size.png"
+    path, rel = ctx.figure(CLAIM, "excess")
     save_figure(fig, path)
-    return f"figures/{path.name}"
+    return rel

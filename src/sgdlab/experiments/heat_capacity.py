@@ -394,6 +394,6 @@ def _figure(ctx: Context, slopes: dict[str, dict[str, Any]], diag: list[dict[str
     ax.set_title(f"Diagonal noisy quadratic, B = {DIAG_B}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
-    path = ctx.figures / "claim2_heat_capacity.png"
+    path, rel = ctx.figure(CLAIM, "ladder")
     save_figure(fig, path)
-    return f"figures/{path.name}"
+    return rel

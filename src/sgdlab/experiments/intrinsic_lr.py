@@ -829,9 +829,10 @@ def _figures(ctx: Context, out: dict[str, Any], b: dict[str, Any]) -> list[str]:
         ax.set_title(f"layer {layer}: ‖w‖⁴ ×{KICK:g} (solid), ×{1 / KICK:g} (dashed)")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(ctx.figures / "5_intrinsic_lr_relaxation.png", dpi=120)
+    path, rel = ctx.figure(CLAIM, "relaxation")
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    paths.append("figures/5_intrinsic_lr_relaxation.png")
+    paths.append(rel)
 
     ds = out["decay_series"]
     sub = int(ds["sub"])
@@ -858,9 +859,10 @@ def _figures(ctx: Context, out: dict[str, Any], b: dict[str, Any]) -> list[str]:
                  "levels /10 (-.), /√10 (--), theory with G (:)", fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(ctx.figures / "5_intrinsic_lr_decay.png", dpi=120)
+    path, rel = ctx.figure(CLAIM, "decay")
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    paths.append("figures/5_intrinsic_lr_decay.png")
+    paths.append(rel)
 
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     rows = out["rows"]
@@ -881,7 +883,8 @@ def _figures(ctx: Context, out: dict[str, Any], b: dict[str, Any]) -> list[str]:
     ax.set_title("equilibrium norm per layer and run (±10 %)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(ctx.figures / "5_intrinsic_lr_equilibrium.png", dpi=120)
+    path, rel = ctx.figure(CLAIM, "equilibrium")
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    paths.append("figures/5_intrinsic_lr_equilibrium.png")
+    paths.append(rel)
     return paths

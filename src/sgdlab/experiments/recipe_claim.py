@@ -475,9 +475,9 @@ def _figure_lr(ctx: Context, finds: list[dict], found: list[dict], grid: dict) -
     for a in (ax, ax2):
         a.grid(True, alpha=0.3, which="both")
         a.legend(fontsize=8)
-    path = ctx.figures / "recipe_lr.png"
+    path, rel = ctx.figure(CLAIM, "lr_find")
     save_figure(fig, path)
-    return f"figures/{path.name}"
+    return rel
 
 
 def _figure_schedules(ctx: Context, short: dict, long: dict, n_sched: int, epochs: int,
@@ -501,6 +501,6 @@ def _figure_schedules(ctx: Context, short: dict, long: dict, n_sched: int, epoch
     ax.set_title(f"MNIST-1D CNN, base lr {base_lr:g}: step / cosine / linear")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    path = ctx.figures / "recipe_schedules.png"
+    path, rel = ctx.figure(CLAIM, "schedules")
     save_figure(fig, path)
-    return f"figures/{path.name}"
+    return rel

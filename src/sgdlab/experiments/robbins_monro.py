@@ -252,8 +252,8 @@ def _figure(ctx: Context, ts: np.ndarray, curves: list) -> str:
     ax.set_title("Robbins–Monro on a noisy 1-D quadratic: measured (solid), predicted (dashed)")
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower left", ncol=2)
-    path = ctx.figures / "claim8_robbins_monro.png"
+    path, rel = ctx.figure(CLAIM, "second_moment")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     atomic_write_bytes(path, buf.getvalue())
-    return f"figures/{path.name}"
+    return rel

@@ -971,9 +971,9 @@ def _figure_part1(ctx: Context, p1: dict[str, Any]) -> str:
     ax.set_title("snr_sgd's per-coordinate B* (frozen Φ, G and σ known)")
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper left")
-    path = ctx.figures / "claim9_snr_bstar.png"
+    path, rel = ctx.figure(CLAIM, "bstar")
     save_figure(fig, path)
-    return f"figures/{path.name}"
+    return rel
 
 
 def _figure_curves(ctx: Context, results: dict[str, dict[str, Any]]) -> str:
@@ -1015,6 +1015,6 @@ def _figure_curves(ctx: Context, results: dict[str, dict[str, Any]]) -> str:
             ax.legend(fontsize=6)
     for j in range(len(keys), nrows * ncols):
         axes[j // ncols, j % ncols].set_visible(False)
-    path = ctx.figures / "claim9_snr_workloads.png"
+    path, rel = ctx.figure(CLAIM, "workloads")
     save_figure(fig, path)
-    return f"figures/{path.name}"
+    return rel

@@ -71,8 +71,8 @@ distribution and mixes within ~1/(ηh_min) = 20 steps — so the inequality alon
 evidence of non-mixing (a mean of a high-dimensional cloud is typically closer to the
 minimum than every sample); the note says how often it holds there.
 
-Figures: figures/swa_quadratic.png (excess vs W with the closed form) and
-figures/swa_network.png (train loss and test accuracy of last iterate vs SWA over training).
+Figures: figures/10-swa_quadratic.png (excess vs W with the closed form) and
+figures/10-swa_network.png (train loss and test accuracy of last iterate vs SWA over training).
 
 Budgets: quadratic chains/T = 200/512 (smoke), 1000/4096 (quick), 4000/16384 (full);
 network seeds/steps = 1/300, 3/3000, 5/6000 with K = 8, 16, 32 sampled iterates. Network runs
@@ -598,9 +598,9 @@ def _figure_quadratic(ctx: Context, windows: list[int], sim: dict, pred: list[fl
     ax.set_title(f"SWA on a noisy quadratic (η = {ETA}, d = {DIM}, {sim['chains']} chains)")
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    path = ctx.figures / "swa_quadratic.png"
+    path, rel = ctx.figure(CLAIM, "quadratic")
     save_figure(fig, path)
-    return f"figures/{path.name}"
+    return rel
 
 
 def _figure_network(ctx: Context, runs: list[dict]) -> str:
@@ -633,7 +633,7 @@ def _figure_network(ctx: Context, runs: list[dict]) -> str:
     for a in (ax, ax2):
         a.grid(True, alpha=0.3, which="both")
         a.legend(fontsize=8)
-    path = ctx.figures / "swa_network.png"
+    path, rel = ctx.figure(CLAIM, "network")
     save_figure(fig, path)
-    return f"figures/{path.name}"
+    return rel
 

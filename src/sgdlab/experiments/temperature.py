@@ -245,8 +245,9 @@ def _figures(ctx: Context, rows: list[dict[str, Any]], etas: list[float], seeds:
     ax.set_ylabel("stationary L + (λ/2)‖Φ‖²")
     ax.set_title("MNIST-1D MLP: stationary loss against η (±2 se)")
     ax.legend(fontsize=8)
-    out = ["figures/1_temperature_ladder.png"]
-    save_figure(fig, ctx.figures / "1_temperature_ladder.png")
+    path, rel = ctx.figure(CLAIM, "ladder")
+    save_figure(fig, path)
+    out = [rel]
 
     steps = np.array(dec["steps"])
     obj, err = np.array(dec["objective"]), np.array(dec["test_err"])
@@ -264,6 +265,7 @@ def _figures(ctx: Context, rows: list[dict[str, Any]], etas: list[float], seeds:
     axes[0].set_yscale("log")
     axes[0].set_title(f"η = {DECAY_ETA:g}, ×0.1 at steps {t} and {2 * t}")
     axes[1].legend(fontsize=8)
-    out.append("figures/1_temperature_step_decay.png")
-    save_figure(fig, ctx.figures / "1_temperature_step_decay.png")
+    path, rel = ctx.figure(CLAIM, "step_decay")
+    save_figure(fig, path)
+    out.append(rel)
     return out
