@@ -555,3 +555,62 @@ def test_begin_from_inside_the_models_forward_is_refused(capsys):
     assert mon.records == []
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "before the model's forward" in err[0]
+
+
+def test_noise_scale_smoothed_over_batches_is_the_ema_of_the_records():
+    """b_simple_smoothed = EMA(tr Σ)/EMA(‖G‖²) of the per-batch unbiased estimates, bias
+    corrected (decay 0.9): recomputed here from the records themselves."""
+    model, x, y = cases(batch=12)["gru"]
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mon = sgdlab.Monitor(model, opt, per_example_ce, instruments=["noise_scale"], every=1)
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(5):
+        idx = torch.randint(0, x.shape[0], (x.shape[0],), generator=gen)
+        opt.zero_grad()
+        with mon.step(x[idx], y[idx]):
+            per_example_ce(model(x[idx]), y[idx]).mean().backward()
+        opt.step()
+    tr = g2 = w = 0.0
+    for rec in mon.records:
+        tr, g2, w = 0.9 * tr + 0.1 * rec["tr_sigma"], 0.9 * g2 + 0.1 * rec["g_norm_sq"], \
+            0.9 * w + 0.1
+        assert rec["tr_sigma_smoothed"] == pytest.approx(tr / w, rel=1e-12)
+        assert rec["g_norm_sq_smoothed"] == pytest.approx(g2 / w, rel=1e-12)
+        assert rec["b_simple_smoothed"] == pytest.approx(tr / g2, rel=1e-12)
+
+
+def test_undefined_b_simple_is_null_never_inf():
+    """At a point where the batch's mean gradient vanishes (zero weights, balanced labels,
+    inputs in ± pairs) the unbiased ‖G‖² is < 0: B_simple is None and named in "undefined"."""
+    model = nn.Linear(3, 2).double()
+    nn.init.zeros_(model.weight)
+    nn.init.zeros_(model.bias)
+    g = torch.Generator().manual_seed(0)
+    half = torch.randn(4, 3, dtype=torch.float64, generator=g)
+    x = torch.cat([half, -half])
+    y = torch.tensor([0, 1, 0, 1] * 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    mon = sgdlab.Monitor(model, opt, per_example_ce, instruments=["noise_scale"], every=1)
+    with mon.step(x, y):
+        per_example_ce(model(x), y).mean().backward()
+    opt.step()
+    (rec,) = mon.records
+    assert rec["g_norm_sq"] < 0 < rec["tr_sigma"]
+    assert rec["b_simple"] is None and rec["b_simple_smoothed"] is None
+    assert {"b_simple", "b_simple_smoothed", "weight/b_simple", "bias/b_simple"} <= set(
+        rec["undefined"])
+    assert not any(isinstance(v, float) and not math.isfinite(v) for v in rec.values())
+
+
+def test_a_batch_of_one_is_skipped_with_one_line(capsys):
+    model, x, y = cases()["gru"]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    mon = sgdlab.Monitor(model, opt, per_example_ce, instruments=["noise_scale"], every=1)
+    for xb, yb in ((x[:1], y[:1]), (x[:1], y[:1]), (x, y)):
+        opt.zero_grad()
+        with mon.step(xb, yb):
+            per_example_ce(model(xb), yb).mean().backward()
+        opt.step()
+    assert [r["step"] for r in mon.records] == [3]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no gradient variance" in err[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -100,3 +102,33 @@ def test_errors():
         noise_scale(model, loss_fn, x[:1], y[:1])
     with pytest.raises(ValueError, match="need 0 < b_small < b_big"):
         two_batch_estimates(1.0, 1.0, 8, 8)
+
+
+def test_smoothed_noise_scale_closed_form_and_state():
+    """Bias-corrected EMAs of tr Σ and ‖G‖²: after n values the weights are
+    (1 − d)dⁿ⁻ᵏ/(1 − dⁿ); the ratio is B_simple; the state continues exactly."""
+    from sgdlab.probes.noise import SmoothedNoiseScale
+
+    d = 0.8
+    tr = [4.0, 2.0, 3.0, 5.0]
+    g2 = [1.0, -0.5, 0.5, 2.0]
+    s = SmoothedNoiseScale(d)
+    for a, b in zip(tr[:2], g2[:2], strict=True):
+        s.add(a, b)
+    t = SmoothedNoiseScale(0.5)
+    t.load_state_dict(s.state_dict())
+    for a, b in zip(tr[2:], g2[2:], strict=True):
+        s.add(a, b)
+        t.add(a, b)
+    n = len(tr)
+    w = [(1 - d) * d ** (n - 1 - k) / (1 - d ** n) for k in range(n)]
+    assert s.tr_sigma == pytest.approx(sum(a * c for a, c in zip(tr, w, strict=True)), rel=1e-14)
+    assert s.g_norm_sq == pytest.approx(sum(a * c for a, c in zip(g2, w, strict=True)),
+                                        rel=1e-14)
+    assert s.b_simple == pytest.approx(s.tr_sigma / s.g_norm_sq, rel=1e-14)
+    assert t.state_dict() == s.state_dict()
+    neg = SmoothedNoiseScale(0.9)
+    neg.add(1.0, -1.0)
+    assert neg.b_simple == math.inf
+    with pytest.raises(ValueError, match="decay"):
+        SmoothedNoiseScale(1.0)

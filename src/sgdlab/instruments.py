@@ -19,6 +19,7 @@ Instruments never touch the global RNG, so a monitored run resumes bit for bit.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -144,15 +145,26 @@ class NoiseScaleInstrument(Instrument):
     layer). ``quantiles=True`` (the ``noise_scale_bstar`` instrument) also gathers Σ_b g_b² per
     coordinate for the quantiles of B*[c] = 16σ²[c]/ĝ[c]² — on sequence and conv layers that
     forms each layer's per-example gradients, 1.5–2× the cost of the norms.
+
+    Over a window of batches: ``tr_sigma_smoothed``, ``g_norm_sq_smoothed`` and
+    ``b_simple_smoothed`` are bias-corrected moving averages (weight 1 − ``decay`` per measured
+    step) of the per-batch unbiased estimates and their ratio
+    (:class:`~sgdlab.probes.noise.SmoothedNoiseScale`; in :meth:`state_dict`, so a resumed run
+    continues them). A B_simple whose ‖G‖² estimate is ≤ 0 is undefined: ``None``, its key
+    listed in the record's ``undefined``. A batch of one example is skipped with one line.
     """
 
     name, tier = "noise_scale", "medium"
 
     def __init__(self, schedule: Callable[[int], bool] | None = None,
-                 quantiles: bool = False) -> None:
+                 quantiles: bool = False, decay: float = 0.9) -> None:
         super().__init__(schedule)
+        from sgdlab.probes.noise import SmoothedNoiseScale
+
         self.quantiles = quantiles
         self.needs_stats = (not quantiles, quantiles)
+        self.smoothed = SmoothedNoiseScale(decay)
+        self._warned_small = False
 
     def setup(self, monitor: Monitor) -> None:  # noqa: D102
         if monitor.world > 1:
@@ -165,6 +177,12 @@ class NoiseScaleInstrument(Instrument):
         from sgdlab.probes.noise import noise_scale_from_stats
 
         st = monitor.example_stats(grads=self.quantiles)
+        if st["batch_size"] < 2:          # e.g. a ragged last batch of one example
+            if not self._warned_small and monitor.rank == 0:
+                print(f"sgdlab: {self.name}: a batch of {st['batch_size']} example has no "
+                      "gradient variance; such steps are skipped", file=sys.stderr)
+            self._warned_small = True
+            return None
         if self.quantiles:
             sums = {n: float(v.sum()) for n, v in st["sum_sq"].items()}
         else:
@@ -179,7 +197,27 @@ class NoiseScaleInstrument(Instrument):
             rec[f"{layer}/tr_sigma"] = vals["tr_sigma"]
             rec[f"{layer}/g_norm_sq"] = vals["g_norm_sq"]
             rec[f"{layer}/b_simple"] = vals["b_simple"]
+        sm = self.smoothed
+        sm.add(res.tr_sigma, res.g_norm_sq)
+        rec.update({"tr_sigma_smoothed": sm.tr_sigma, "g_norm_sq_smoothed": sm.g_norm_sq,
+                    "b_simple_smoothed": sm.b_simple})
+        # B_simple = tr Σ/‖G‖² is undefined where the unbiased ‖G‖² estimate is ≤ 0 (small
+        # signal, one batch): null, and named in "undefined", never inf in a file
+        undefined = [k for k, v in rec.items() if k.endswith("b_simple")
+                     and isinstance(v, float) and not math.isfinite(v)]
+        undefined += ["b_simple_smoothed"] if not math.isfinite(sm.b_simple) else []
+        for k in undefined:
+            rec[k] = None
+        if undefined:
+            rec["undefined"] = undefined
         return rec
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        return {"smoothed": self.smoothed.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
+        if "smoothed" in state:               # absent in checkpoints before 2026-12-03
+            self.smoothed.load_state_dict(state["smoothed"])
 
 
 class NoiseScaleBStar(NoiseScaleInstrument):
@@ -256,13 +294,10 @@ class DDPNoiseScale(Instrument):
                 "b_simple_smoothed": self.estimator.b_simple}
 
     def state_dict(self) -> dict[str, Any]:  # noqa: D102
-        e = self.estimator
-        return {"decay": e.decay, "g2": e.g2, "tr": e.tr, "weight": e.weight}
+        return self.estimator.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
-        e = self.estimator
-        e.decay, e.g2, e.tr, e.weight = (state["decay"], state["g2"], state["tr"],
-                                         state["weight"])
+        self.estimator.load_state_dict(state)
 
 
 class Sharpness(Instrument):

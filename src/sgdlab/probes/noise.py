@@ -176,25 +176,27 @@ def two_batch_estimates(g_small_sq: float, g_big_sq: float, b_small: float,
     return g2, tr
 
 
-class TwoBatchEstimator:
-    """B_simple from pairs of squared batch-gradient norms, numerator and denominator
-    smoothed separately with an exponential moving average of weight ``1 − decay`` (SPEC §3;
-    McCandlish et al. 2018, appendix A)."""
+class SmoothedNoiseScale:
+    """B_simple over a window of batches: exponential moving averages (weight 1 − decay) of
+    the per-batch unbiased tr Σ and ‖G‖², bias-corrected for their start at zero, and their
+    ratio (SPEC §3; McCandlish et al. 2018, appendix A, smooth numerator and denominator
+    separately). One batch's ‖G‖² estimate is often ≤ 0 where the signal is small (its
+    B_simple is then undefined); the smoothed denominator is far less often.
 
-    def __init__(self, decay: float = 0.95) -> None:
+    State: ``decay``, ``g2``, ``tr``, ``weight`` (see :meth:`state_dict`)."""
+
+    def __init__(self, decay: float = 0.9) -> None:
         if not 0 <= decay < 1:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.g2 = self.tr = 0.0
         self.weight = 0.0
 
-    def update(self, g_small_sq: float, g_big_sq: float, b_small: float,
-               b_big: float) -> float:
-        """Add one measurement; returns the smoothed B_simple (bias-corrected EMA)."""
-        g2, tr = two_batch_estimates(g_small_sq, g_big_sq, b_small, b_big)
+    def add(self, tr_sigma: float, g_norm_sq: float) -> float:
+        """Add one batch's unbiased (tr Σ, ‖G‖²); returns the smoothed B_simple."""
         d = self.decay
-        self.g2 = d * self.g2 + (1 - d) * g2
-        self.tr = d * self.tr + (1 - d) * tr
+        self.g2 = d * self.g2 + (1 - d) * g_norm_sq
+        self.tr = d * self.tr + (1 - d) * tr_sigma
         self.weight = d * self.weight + (1 - d)
         return self.b_simple
 
@@ -212,3 +214,28 @@ class TwoBatchEstimator:
     def tr_sigma(self) -> float:
         """Smoothed unbiased tr Σ (bias-corrected)."""
         return self.tr / self.weight if self.weight else 0.0
+
+    def state_dict(self) -> dict[str, float]:
+        """Everything a resumed run needs to continue the averages exactly."""
+        return {"decay": self.decay, "g2": self.g2, "tr": self.tr, "weight": self.weight}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.decay, self.g2, self.tr, self.weight = (float(state["decay"]), float(state["g2"]),
+                                                     float(state["tr"]),
+                                                     float(state["weight"]))
+
+
+class TwoBatchEstimator(SmoothedNoiseScale):
+    """B_simple from pairs of squared batch-gradient norms, numerator and denominator
+    smoothed separately with an exponential moving average of weight ``1 − decay`` (SPEC §3;
+    McCandlish et al. 2018, appendix A)."""
+
+    def __init__(self, decay: float = 0.95) -> None:
+        super().__init__(decay)
+
+    def update(self, g_small_sq: float, g_big_sq: float, b_small: float,
+               b_big: float) -> float:
+        """Add one measurement; returns the smoothed B_simple (bias-corrected EMA)."""
+        g2, tr = two_batch_estimates(g_small_sq, g_big_sq, b_small, b_big)
+        return self.add(tr, g2)
