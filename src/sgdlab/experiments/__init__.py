@@ -12,6 +12,7 @@ from sgdlab.experiments import (
     batch_size,
     heat_capacity,
     intrinsic_lr,
+    leaves_optimum,
     linear_scaling,
     momentum,
     recipe_claim,
@@ -24,7 +25,7 @@ from sgdlab.experiments import (
 CLAIMS: dict[str, ModuleType] = {
     m.CLAIM.id: m
     for m in (temperature, heat_capacity, batch_size, linear_scaling, intrinsic_lr, momentum,
-              adam_bias, robbins_monro, snr_sgd, swa, recipe_claim)
+              adam_bias, robbins_monro, snr_sgd, swa, recipe_claim, leaves_optimum)
 }
 
 
