@@ -17,6 +17,7 @@ from sgdlab.experiments import (
     momentum,
     recipe_claim,
     robbins_monro,
+    small_steps,
     snr_sgd,
     swa,
     temperature,
@@ -25,7 +26,8 @@ from sgdlab.experiments import (
 CLAIMS: dict[str, ModuleType] = {
     m.CLAIM.id: m
     for m in (temperature, heat_capacity, batch_size, linear_scaling, intrinsic_lr, momentum,
-              adam_bias, robbins_monro, snr_sgd, swa, recipe_claim, leaves_optimum)
+              adam_bias, robbins_monro, snr_sgd, swa, recipe_claim, leaves_optimum,
+              small_steps)
 }
 
 
