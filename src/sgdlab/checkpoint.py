@@ -5,17 +5,36 @@ A checkpoint holds the model, optimizer, scheduler and sampler state dicts, the 
 accumulators and the number of metrics lines written. It is written to a temporary file and
 renamed, and read back with ``torch.load(weights_only=True)``: nothing is unpickled beyond
 tensors and plain Python containers.
+
+A file that cannot be read that way (truncated, empty, written by something else, a pickle
+that asks for arbitrary objects, or a dict without the entries a run needs) raises
+:class:`CheckpointError`, one line "PATH: damaged or not an sgdlab checkpoint (why)":
+nothing in the file is executed, and torch's own message (which suggests
+``weights_only=False``) is never shown.
+
+Fault injection for the test suite (``tests/test_faults.py``): when the environment variable
+``SGDLAB_FAULT_IN_CHECKPOINT`` is ``N`` or ``N:SECONDS``, the N-th :func:`save` of the
+process (counted from 1) stops after the temporary file is complete and before the rename,
+and kills its own process with SIGKILL (``N:SECONDS``: sleeps that long first, so that a test
+can signal it from outside while the temporary file exists).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import signal
+import time
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from sgdlab.config import ConfigError
 
 
 def rng_state() -> dict[str, Any]:
@@ -51,8 +70,38 @@ def _to_tuples(x: Any) -> Any:
     return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
 
 
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used; the message is one line naming the file (a
+    :class:`~sgdlab.config.ConfigError`, so every command reports it as one line, exit 2)."""
+
+
+#: The entries every trainer checkpoint holds (a file without them is not one of ours).
+REQUIRED = ("step", "model", "optimizer", "scheduler", "sampler", "rng")
+
+_saves = 0
+
+
+def _fault_hook(tmp: Path) -> None:
+    """The test suite's kill point inside a checkpoint write (see the module docstring)."""
+    global _saves
+    spec = os.environ.get("SGDLAB_FAULT_IN_CHECKPOINT")
+    if not spec:
+        return
+    _saves += 1
+    n, _, delay = spec.partition(":")
+    if _saves != int(n):
+        return
+    if delay:
+        time.sleep(float(delay))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def save(path: str | Path, payload: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary name in the same directory, fsync, then rename."""
+    """``torch.save`` to a temporary name in the same directory, fsync, then rename.
+
+    On any error (a full disk, a file-size limit) the temporary file is removed and an
+    existing ``path`` is left as it was; the error propagates (``OSError``).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -61,12 +110,69 @@ def save(path: str | Path, payload: dict[str, Any]) -> None:
             torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        _fault_hook(tmp)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save` with ``weights_only=True``."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable where the platform allows it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _why(err: BaseException, path: Path) -> str:
+    """A short reason for a failed ``torch.load`` (never torch's own advice)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = -1
+    if size == 0:
+        return "empty file"
+    if isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err):
+        return "holds Python objects other than tensors and plain containers; not loaded"
+    if isinstance(err, (EOFError, zipfile.BadZipFile)) or "zip archive" in str(err) \
+            or "central directory" in str(err):
+        return "truncated or not a torch file"
+    return "not a torch checkpoint file"
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu",
+         required: tuple[str, ...] = REQUIRED) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save` with ``weights_only=True``.
+
+    Raises :class:`CheckpointError` (one line) when the file is not a dict holding the
+    ``required`` entries, and ``OSError`` when it cannot be read at all (missing, a
+    directory, no permission).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(21, "is a directory, not a checkpoint file", str(path))
+    with open(path, "rb"):  # a missing or unreadable file: the OSError names it
+        pass
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure of the format means the same
+        raise CheckpointError(f"{path}: damaged or not an sgdlab checkpoint "
+                              f"({_why(err, path)})") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: damaged or not an sgdlab checkpoint "
+                              f"(holds a {type(payload).__name__}, not a dict)")
+    missing = [k for k in required if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: damaged or not an sgdlab checkpoint "
+                              f"(no {', '.join(repr(k) for k in missing)} entry)")
+    return payload

@@ -4,7 +4,10 @@
 line, so that a reader (or a plot of a live run) always sees whole records except perhaps a
 partial last line, which :func:`read_metrics` skips. JSON has no NaN or infinity; they are
 written as the strings ``"nan"``, ``"inf"`` and ``"-inf"`` and :func:`read_metrics` turns them
-back into floats. Torch tensors and numpy scalars/arrays become Python numbers (or lists).
+back into floats. The trainer's files are strict JSON instead (:func:`strict_json`): a
+non-finite value is ``null`` and the record's ``"nonfinite"`` entry names it and says which it
+was; :func:`read_metrics` restores those too. Torch tensors and numpy scalars/arrays become
+Python numbers (or lists).
 
 On resume the trainer cuts the file back to the number of lines recorded in the checkpoint
 (:func:`truncate_to`) and appends again, so every line on disk belongs to one consistent
@@ -34,6 +37,7 @@ __all__ = [
     "by_kind",
     "count_lines",
     "read_metrics",
+    "strict_json",
     "to_jsonable",
     "truncate_to",
 ]
@@ -77,6 +81,67 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     raise TypeError(f"metrics: cannot write a value of type {type(value).__name__}")
+
+
+#: The key under which :func:`strict_json` records the non-finite values it replaced.
+NONFINITE_KEY = "nonfinite"
+
+
+def strict_json(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` as strict JSON data (:func:`to_jsonable`), with every NaN or infinity
+    replaced by ``null`` and recorded under ``"nonfinite"``: a mapping from the value's
+    path (keys joined by ``.``, list positions as numbers) to ``"nan"``, ``"inf"`` or
+    ``"-inf"``. ``jq`` and JavaScript read the result; :func:`read_metrics` and
+    :func:`restore_nonfinite` put the floats back. The trainer writes metrics.jsonl and
+    summary.json this way."""
+    found: dict[str, str] = {}
+
+    def walk(value: Any, path: str, converted: bool) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            found[path] = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+            return None
+        if converted and isinstance(value, str) and value in _NONFINITE:
+            found[path] = value  # from a tensor or an array (to_jsonable wrote the string)
+            return None
+        if isinstance(value, dict):
+            return {str(k): walk(v, f"{path}.{k}" if path else str(k), converted)
+                    for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [walk(v, f"{path}.{i}" if path else str(i), converted)
+                    for i, v in enumerate(value)]
+        if isinstance(value, (str, bool, int, float)) or value is None:
+            return to_jsonable(value)
+        return walk(to_jsonable(value), path, True)
+
+    if not isinstance(record, dict):
+        raise TypeError(f"metrics: a record must be a dict, not {type(record).__name__}")
+    out = walk(record, "", False)
+    if found:
+        out[NONFINITE_KEY] = found
+    return out
+
+
+def restore_nonfinite(record: dict[str, Any]) -> dict[str, Any]:
+    """Undo :func:`strict_json`: the values listed under ``"nonfinite"`` become floats
+    again (in place; the ``"nonfinite"`` entry is removed)."""
+    found = record.get(NONFINITE_KEY)
+    if not isinstance(found, dict):
+        return record
+    del record[NONFINITE_KEY]
+    for path, text in found.items():
+        parts = str(path).split(".")
+        node: Any = record
+        try:
+            for part in parts[:-1]:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            last = parts[-1]
+            if isinstance(node, list):
+                node[int(last)] = _NONFINITE.get(text, math.nan)
+            elif last in node and node[last] is None:
+                node[last] = _NONFINITE.get(text, math.nan)
+        except (KeyError, IndexError, ValueError, TypeError):
+            continue
+    return record
 
 
 def _restore(value: Any, key: str | None = None) -> Any:
@@ -318,7 +383,8 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     A partial or corrupt last line (a crash mid-write, or a live run) is skipped silently;
     an unreadable line elsewhere, or a line that is not a JSON object, is skipped with a
     warning. Blank lines are ignored. The strings ``"nan"``, ``"inf"``, ``"-inf"`` become
-    floats again. Raises :class:`FileNotFoundError` if the file does not exist.
+    floats again, and so do the ``null`` values a ``"nonfinite"`` entry lists
+    (:func:`strict_json`). Raises :class:`FileNotFoundError` if the file does not exist.
     """
     path = Path(path)
     with open(path, "rb") as f:
@@ -341,7 +407,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
             continue
         if '"nan"' in text or '"inf"' in text or '"-inf"' in text:
             record = _restore(record)
-        records.append(record)
+        records.append(restore_nonfinite(record))
     return records
 
 

@@ -11,15 +11,33 @@ model, loss, optimizer, schedule and sampler; :class:`Trainer` runs the loop
 and writes a run directory::
 
     RUN/config.yaml      the fully resolved configuration
-    RUN/metrics.jsonl    one JSON record per log / eval / probe event
+    RUN/metrics.jsonl    one JSON record per log / eval / probe event (strict JSON)
     RUN/summary.json     status (completed | diverged | interrupted), final metrics, versions
     RUN/checkpoints/     last.pt (atomic; weights_only-loadable)
     RUN/plots/*.png      loss, accuracy, learning rate
+    RUN/.lock            the writer's lock (:mod:`sgdlab.runlock`; one writer per directory)
 
-A run interrupted at step k (SIGINT/SIGTERM, or killed after a checkpoint) and resumed with
-:meth:`Trainer.resume` ends with exactly the parameters and losses of an uninterrupted run.
+Checkpoints bound what a crash loses: with ``checkpoint_every: 0`` (the default) one is
+written after every evaluation and at the end, with ``checkpoint_every: N`` every N steps and
+at the end. A run stopped at step k (SIGINT/SIGTERM, a checkpoint at k) or killed (kill -9:
+back to the last checkpoint) and resumed with :meth:`Trainer.resume` ends with exactly the
+parameters, optimizer state and metrics.jsonl of an uninterrupted run (wall-clock fields
+apart). Resuming a completed run changes nothing; a run directory without a checkpoint (its
+run died before the first one) starts again from step 0. Only ``steps``/``epochs`` (longer,
+when nothing else depends on them), ``eval_every``, ``log_every`` and ``checkpoint_every`` may
+differ on resume (recorded in config.yaml and as a ``kind: resume`` record); anything else
+raises :class:`~sgdlab.config.ConfigError`.
+
+Non-finite values are written as ``null`` and named in the record's ``"nonfinite"`` entry
+(:func:`sgdlab.metrics_log.strict_json`), so that every file is strict JSON.
+
 Under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel, each rank
-takes its slice of the same global batch, and only rank 0 writes.
+takes its slice of the same global batch, and only rank 0 writes; a signal to any rank stops
+every rank at the same step (one small all-reduce per step).
+
+Fault injection for the test suite: ``SGDLAB_FAULT_KILL_AT_STEP=k`` makes rank 0 kill itself
+with SIGKILL right after step k (before that step's log, evaluation and checkpoint); see also
+:mod:`sgdlab.checkpoint` for a kill inside a checkpoint write.
 """
 
 from __future__ import annotations
@@ -41,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sgdlab import __version__, checkpoint, data, models, optim, schedules
+from sgdlab import __version__, checkpoint, data, models, optim, runlock, schedules
 from sgdlab import config as config_mod
 from sgdlab import data as data_mod
 from sgdlab.config import ConfigError, TrainConfig
@@ -49,6 +67,9 @@ from sgdlab.metrics_log import (
     MetricsWriter,
     atomic_write_json,
     atomic_write_text,
+    read_metrics,
+    restore_nonfinite,
+    strict_json,
     truncate_to,
     write_scalars,
 )
@@ -57,6 +78,14 @@ EXIT_DIVERGED = 3
 
 #: Examples used for the train-split loss at each evaluation unless ``full_train_loss``.
 TRAIN_EVAL_SUBSET = 4096
+
+#: Config fields that may differ when a run is resumed (everything else must match).
+RESUMABLE_CHANGES = ("steps", "epochs", "eval_every", "log_every", "checkpoint_every")
+
+
+class CheckpointWriteError(ConfigError):
+    """A checkpoint could not be written (disk full, file-size limit); the previous one is
+    intact. One line naming the file, the reason and how to continue."""
 
 
 class Callback:
@@ -416,9 +445,11 @@ class Trainer:
         self._loss_sum = 0.0
         self._loss_count = 0
         self._stop_signal: int | None = None
-        n_log = max(1, self.total_steps // 200)
-        self.log_every = config.log_every or min(50, n_log)
-        self.eval_every = config.eval_every or max(1, self.total_steps // 20)
+        self._last_checkpoint_step: int | None = None
+        self._lock: runlock.RunLock | None = None
+        self._resume_record: dict[str, Any] | None = None
+        self._bar = None
+        self.log_every, self.eval_every = _auto_every(config, self.total_steps)
         self.average_start = int(config.average_start * self.total_steps)
 
     # ----------------------------------------------------------------- public API
@@ -427,54 +458,198 @@ class Trainer:
         """Append ``record`` to metrics.jsonl (rank 0) and to :attr:`history`."""
         self.history.append(record)
         if self.writer is not None:
-            self.writer.write(record)
+            self.writer.write(strict_json(record))
         if self.tb is not None:
             write_scalars(self.tb, record, record.get("step", self.step))
 
-    def fit(self) -> dict[str, Any]:
-        """Train from step 0 (creating the run directory); returns the summary."""
+    def fit(self, new_directory: bool = False) -> dict[str, Any]:
+        """Train from step 0 (creating the run directory); returns the summary.
+
+        ``new_directory``: refuse (one-line ``ConfigError``, nothing written) a directory
+        that already holds files (:func:`occupied`), checked once this process holds its
+        lock, so that of two writers started together exactly one runs.
+        """
         if self.is_writer:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock_run_dir()
+            problem = occupied(self.run_dir) if new_directory else None
+            if problem:
+                self._release_lock()
+                raise ConfigError(problem)
             atomic_write_text(self.run_dir / "config.yaml", self.config.to_yaml())
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            for stale in ("metrics.jsonl", "summary.json"):  # a restart of a dead run
+                (self.run_dir / stale).unlink(missing_ok=True)
         return self._loop()
 
     def resume(self) -> dict[str, Any]:
-        """Continue from ``RUN/checkpoints/last.pt`` bit for bit (see module docstring)."""
+        """Continue from ``RUN/checkpoints/last.pt`` bit for bit (see module docstring).
+
+        A completed run is left as it is (the summary on disk is returned, with
+        ``already_completed: True``); a directory without a checkpoint starts again from
+        step 0. A damaged checkpoint raises :class:`~sgdlab.checkpoint.CheckpointError`, a
+        config that differs in anything but :data:`RESUMABLE_CHANGES` a ``ConfigError``.
+        """
         if self.run_dir is None:
             raise ConfigError("resume needs the run directory (config.out)")
         path = self.run_dir / "checkpoints" / "last.pt"
-        if not path.is_file():
-            raise ConfigError(f"resume: no checkpoint at {path}")
-        ckpt = checkpoint.load(path, map_location=self.device)
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.batches.load_state_dict(ckpt["sampler"])
-        checkpoint.set_rng_state(ckpt["rng"])
-        self.step = ckpt["step"]
-        self._elapsed_before = ckpt["elapsed"]
-        self._loss_sum = ckpt["loss_sum"]
-        self._loss_count = ckpt["loss_count"]
-        if ckpt.get("averaged") is not None:
-            self._make_averaged()
-            self.averaged.load_state_dict(ckpt["averaged"])
-        if ckpt.get("monitor") is not None:
-            self.monitor.load_state_dict(ckpt["monitor"])
-        self.monitor.step_count = self.step
         if self.is_writer:
-            truncate_to(self.run_dir / "metrics.jsonl", ckpt["metrics_lines"])
+            self._lock_run_dir()
+        if not path.exists():
+            if self.rank == 0:
+                print(f"sgdlab: {self.run_dir} has no checkpoint (its run stopped before the "
+                      "first one); starting it again from step 0", file=sys.stderr)
+            return self.fit()
+        ckpt = checkpoint.load(path, map_location=self.device)
+        done = self._already_completed(ckpt)
+        if done is not None:
+            self._release_lock()
+            return done
+        self._resume_record = self._resume_changes(ckpt)
+        self._load_state(ckpt, path)
+        if self.is_writer:
+            metrics = self.run_dir / "metrics.jsonl"
+            truncate_to(metrics, self._metrics_lines)
+            self.history = read_metrics(metrics) if metrics.exists() else []
+            if self._resume_record is not None:
+                atomic_write_text(self.run_dir / "config.yaml", self.config.to_yaml())
         return self._loop()
+
+    # ----------------------------------------------------------------- resume pieces
+
+    def _lock_run_dir(self) -> None:
+        """Take the run directory's lock (:mod:`sgdlab.runlock`) unless this process holds it."""
+        if self._lock is None and runlock.held(self.run_dir) is None:
+            self._lock = runlock.acquire(self.run_dir)
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _already_completed(self, ckpt: dict[str, Any]) -> dict[str, Any] | None:
+        """The summary on disk when the checkpoint is the end of a completed run (nothing is
+        written); ``None`` when there are steps left to train."""
+        done = int(ckpt["step"])
+        if done < self.total_steps:
+            return None
+        if done > self.total_steps:
+            raise ConfigError(f"steps: {self.run_dir} has already trained {done} steps; give "
+                              f"more than {done} to train longer")
+        summary_path = self.run_dir / "summary.json"
+        try:
+            import json
+            summary = restore_nonfinite(json.loads(summary_path.read_text()))
+        except (OSError, ValueError):
+            return None  # killed after its last checkpoint: finish the outputs
+        if not isinstance(summary, dict) or summary.get("status") != "completed":
+            return None
+        summary["already_completed"] = True
+        return summary
+
+    def _resume_changes(self, ckpt: dict[str, Any]) -> dict[str, Any] | None:
+        """Compare the config with the checkpoint's: a ``kind: resume`` record of what
+        changed (``None`` when nothing did); raises ``ConfigError`` for changes that would
+        make the run something else than one run with one configuration."""
+        old = dict(ckpt.get("config") or {})
+        new = self.config.to_dict()
+        changed = {k: [old[k], new[k]] for k in new
+                   if k != "out" and k in old and old[k] != new[k]}
+        refused = [k for k in changed if k not in RESUMABLE_CHANGES]
+        if refused:
+            what = ", ".join(f"{k} ({old[k]!r} -> {new[k]!r})" for k in refused)
+            raise ConfigError(f"resume: {what} differ from the run in {self.run_dir}; only "
+                              f"{', '.join(RESUMABLE_CHANGES)} can change when resuming")
+        old_total = int(ckpt.get("total_steps", self.total_steps))
+        if old_total != self.total_steps:
+            self._check_longer(old_total, int(ckpt["step"]))
+            self._pin_cadence(old_total, changed)
+        world = int(ckpt.get("world_size", 1))
+        record: dict[str, Any] = {"kind": "resume", "step": int(ckpt["step"])}
+        if changed:
+            record["changed"] = changed
+        if world != self.world:
+            record["world_size"] = [world, self.world]
+            if self.rank == 0:
+                print(f"sgdlab: resuming a run trained by {world} process(es) with "
+                      f"{self.world}: it will differ from an uninterrupted run in the last "
+                      "digits (float reduction order)", file=sys.stderr)
+        return record if len(record) > 2 else None
+
+    def _check_longer(self, old_total: int, done: int) -> None:
+        """A new length is allowed when it is past the steps done and nothing else of the run
+        was derived from the old length."""
+        cfg = self.config
+        if self.total_steps <= done:
+            raise ConfigError(f"steps: {self.run_dir} has already trained {done} steps; give "
+                              f"more than {done} to train longer")
+        if cfg.schedule in ("cosine", "linear") and "total" not in cfg.schedule_options:
+            raise ConfigError(f"steps: the {cfg.schedule} schedule of this run ends at its "
+                              f"step {old_total}, so it cannot train longer (start a new run, "
+                              "or give the schedule's total explicitly from the start)")
+        if cfg.average != "none":
+            raise ConfigError(f"steps: averaging ({cfg.average}) starts at a fraction of the "
+                              "run's length, which cannot change when resuming")
+        if cfg.probes and cfg.probe_schedule == "log":
+            raise ConfigError("steps: the log-spaced probe schedule depends on the run's "
+                              "length, which cannot change when resuming")
+
+    def _pin_cadence(self, old_total: int, changed: dict[str, Any]) -> None:
+        """Automatic log/eval intervals keep the values of the original length (recorded in
+        config.yaml), so the log reads as one run."""
+        self.log_every, self.eval_every = _auto_every(self.config, old_total)
+        updates = {k: v for k, v in (("log_every", self.log_every),
+                                     ("eval_every", self.eval_every))
+                   if getattr(self.config, k) == 0}
+        for key, value in updates.items():
+            changed[key] = [0, value]
+        self.config = dataclasses.replace(self.config, **updates)
+
+    def _load_state(self, ckpt: dict[str, Any], path: Path) -> None:
+        """Restore every piece of state from ``ckpt``; a checkpoint that does not fit this
+        run raises :class:`~sgdlab.checkpoint.CheckpointError`."""
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.batches.load_state_dict(ckpt["sampler"])
+            checkpoint.set_rng_state(ckpt["rng"])
+            self.step = int(ckpt["step"])
+            self._elapsed_before = ckpt["elapsed"]
+            self._loss_sum = ckpt["loss_sum"]
+            self._loss_count = ckpt["loss_count"]
+            self._metrics_lines = int(ckpt["metrics_lines"])
+            if ckpt.get("averaged") is not None:
+                self._make_averaged()
+                self.averaged.load_state_dict(ckpt["averaged"])
+            if ckpt.get("monitor") is not None:
+                self.monitor.load_state_dict(ckpt["monitor"])
+        except Exception as err:  # noqa: BLE001 - whatever does not fit, one line
+            raise checkpoint.CheckpointError(
+                f"{path}: does not fit this run ({type(err).__name__}: "
+                f"{config_mod._first_line(err)[:200]})") from None
+        self.monitor.step_count = self.step
+        self._last_checkpoint_step = self.step
 
     # ----------------------------------------------------------------- the loop
 
     def _loop(self) -> dict[str, Any]:
+        try:
+            return self._run_loop()
+        finally:
+            self._release_lock()
+
+    def _run_loop(self) -> dict[str, Any]:
         cfg = self.config
         self._setup_outputs()
+        if self._resume_record is not None:
+            self.log(self._resume_record)
         if self.world > 1:
             self.train_model = nn.parallel.DistributedDataParallel(self.model)
             self.monitor.set_ddp_model(self.train_model)
         old_handlers = self._install_signal_handlers()
+        self._progress_start()
+        kill_at = _fault_step() if self.rank == 0 else None
         status, message = "completed", ""
         start = time.perf_counter()
         last_log_time, last_log_step = start, self.step
@@ -514,6 +689,10 @@ class Trainer:
                 self._loss_count += 1
                 for cb in self.callbacks:
                     cb.after_step(self)
+                if self._bar is not None:
+                    self._bar.update(1)
+                if kill_at == self.step:
+                    os.kill(os.getpid(), signal.SIGKILL)
                 if cfg.average != "none" and self.step > self.average_start:
                     if self.averaged is None:
                         self._make_averaged()
@@ -524,21 +703,24 @@ class Trainer:
                             / max(now - last_log_time, 1e-9))
                     last_log_time, last_log_step = now, self.step
                     self._log_train(grad_norm, rate, now - start)
-                if self.step % self.eval_every == 0 or self.step == self.total_steps:
+                evaluated = self.step % self.eval_every == 0 or self.step == self.total_steps
+                if evaluated:
                     self.evaluate(now=time.perf_counter() - start)
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                every = cfg.checkpoint_every
+                if (self.step % every == 0) if every else evaluated:
                     self.save_checkpoint(time.perf_counter() - start)
-                if self._stop_signal is not None:
+                if self._stop_requested():
                     status = "interrupted"
                     message = (f"interrupted by signal {self._stop_signal} at step {self.step}; "
                                f"resume with: sgdlab train --resume {self.run_dir}")
                     break
         finally:
             self._restore_signal_handlers(old_handlers)
+            self._progress_end()
             self.batches.close()  # DataLoader workers; the sampler rewinds to the last batch
             self.monitor.cancel()  # a step left armed by a divergence or an error
         wall = time.perf_counter() - start
-        if status != "diverged" and self.step > 0:
+        if status != "diverged" and self.step > 0 and self.step != self._last_checkpoint_step:
             self.save_checkpoint(wall)
         summary = self._summary(status, message, wall)
         if self.world > 1:
@@ -573,7 +755,7 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_eval(self, record)
         if self.progress:
-            self._print_progress(record)
+            self._progress_eval(record)
         return record
 
     def _eval_split(self, model: nn.Module, prefix: str,
@@ -597,9 +779,26 @@ class Trainer:
         return result
 
     def save_checkpoint(self, elapsed: float) -> None:
-        """Write ``checkpoints/last.pt`` atomically (rank 0 with a run directory)."""
+        """Write ``checkpoints/last.pt`` atomically (rank 0 with a run directory); metrics.jsonl
+        is fsynced first, so the lines the checkpoint counts are on disk. A failed write
+        raises :class:`CheckpointWriteError` and leaves the previous checkpoint as it was."""
         if not self.is_writer:
             return
+        path = self.run_dir / "checkpoints" / "last.pt"
+        try:
+            if self.writer is not None:
+                self.writer.sync()
+            checkpoint.save(path, self._checkpoint_payload(elapsed))
+        except OSError as err:
+            before = (f"the previous checkpoint (step {self._last_checkpoint_step}) is intact"
+                      if self._last_checkpoint_step is not None else "no earlier checkpoint")
+            raise CheckpointWriteError(
+                f"checkpoint: cannot write {path} ({err.strerror or err}); {before}; free "
+                f"space and continue with: sgdlab train --resume {self.run_dir}") from None
+        self._last_checkpoint_step = self.step
+
+    def _checkpoint_payload(self, elapsed: float) -> dict[str, Any]:
+        """Everything :meth:`resume` restores (see :mod:`sgdlab.checkpoint`)."""
         payload = {
             "step": self.step,
             "model": self.model.state_dict(),
@@ -614,8 +813,10 @@ class Trainer:
             "monitor": self.monitor.state_dict(),
             "metrics_lines": self.writer.lines if self.writer is not None else 0,
             "config": self.config.to_dict(),
+            "total_steps": self.total_steps,
+            "world_size": self.world,
         }
-        checkpoint.save(self.run_dir / "checkpoints" / "last.pt", payload)
+        return payload
 
     def _make_averaged(self) -> None:
         swa = torch.optim.swa_utils
@@ -643,6 +844,8 @@ class Trainer:
         if record["grad_norm"] is None:
             del record["grad_norm"]
         self.log(record)
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"loss {loss:.4g}", refresh=False)
 
     def _epoch(self) -> float:
         return self.step / self.sampler.steps_per_epoch
@@ -666,7 +869,7 @@ class Trainer:
             self.writer.close()
         if not self.is_writer:
             return
-        atomic_write_json(self.run_dir / "summary.json", summary)
+        atomic_write_json(self.run_dir / "summary.json", strict_json(summary))
         try:
             from sgdlab.plots import plot_run
             plot_run(self.run_dir)
@@ -692,18 +895,51 @@ class Trainer:
                          "python": platform.python_version()},
         }
 
-    def _print_progress(self, record: dict[str, Any]) -> None:
-        parts = [f"step {self.step}/{self.total_steps}"]
-        for key in ("train_loss", "test_loss", "test_acc", "avg_test_acc"):
-            if key in record:
-                parts.append(f"{key} {record[key]:.4g}")
-        line = "  ".join(parts)
-        if sys.stderr.isatty():
-            end = "\n" if self.step == self.total_steps else ""
-            print(f"\r{_bar(self.step, self.total_steps)} {line}", end=end, file=sys.stderr,
-                  flush=True)
-        else:
-            print(line, file=sys.stderr, flush=True)
+    # ----------------------------------------------------------------- progress
+
+    def _progress_start(self) -> None:
+        """A tqdm bar on a TTY (rate, time left, latest loss); plain lines at each evaluation
+        otherwise (no carriage returns)."""
+        self._progress_t0 = time.perf_counter()
+        self._progress_step0 = self.step
+        if not self.progress or not sys.stderr.isatty():
+            return
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=self.total_steps, initial=self.step, unit="step",
+                         file=sys.stderr, dynamic_ncols=True, mininterval=0.25,
+                         smoothing=0.1, desc="train")
+
+    def _progress_eval(self, record: dict[str, Any]) -> None:
+        """Show an evaluation: in the bar's postfix, or as one plain line."""
+        keys = ("train_loss", "test_loss", "test_acc", "avg_test_acc")
+        parts = [f"{k} {record[k]:.4g}" for k in keys if k in record]
+        if self._bar is not None:
+            self._bar.set_postfix_str("  ".join(parts), refresh=True)
+            return
+        done = self.step - self._progress_step0
+        elapsed = time.perf_counter() - self._progress_t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = (self.total_steps - self.step) / rate if rate > 0 else 0.0
+        print(f"step {self.step}/{self.total_steps}  " + "  ".join(parts)
+              + f"  {rate:.1f} steps/s  eta {_duration(left)}", file=sys.stderr, flush=True)
+
+    def _progress_end(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def _stop_requested(self) -> bool:
+        """Whether a stop signal arrived, on any rank: under DDP the ranks agree (an
+        all-reduce of the signal number), so that they all stop after the same step."""
+        if self.world > 1:
+            flag = torch.tensor([self._stop_signal or 0], dtype=torch.int64)
+            if torch.distributed.get_backend() == "nccl":
+                flag = flag.to(self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            if int(flag) and self._stop_signal is None:
+                self._stop_signal = int(flag)
+        return self._stop_signal is not None
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         if self.run_dir is None or not _in_main_thread():
@@ -760,9 +996,55 @@ def _global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
 
 
-def _bar(step: int, total: int, width: int = 24) -> str:
-    filled = int(width * step / max(1, total))
-    return "[" + "#" * filled + "." * (width - filled) + "]"
+def occupied(run_dir: str | Path) -> str | None:
+    """Why a new run cannot start in ``run_dir`` (one line naming the command that continues
+    what is there), or ``None`` when it is missing or empty (its lock file aside)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return None
+    names = {p.name for p in run_dir.iterdir()} - {runlock.LOCK_NAME}
+    if not names:
+        return None
+    head = f"out: {run_dir} already holds files"
+    if "config.yaml" not in names:
+        return f"{head} that are not an sgdlab run; choose another --out"
+    if not (run_dir / "checkpoints" / "last.pt").exists():
+        return (f"{head} of a run that stopped before its first checkpoint; start it again "
+                f"from step 0 with: sgdlab train --resume {run_dir} (or choose another --out)")
+    status = None
+    try:
+        import json
+        status = json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        pass
+    if status == "completed":
+        return (f"{head} of a completed run; choose another --out (or train it longer with: "
+                f"sgdlab train --resume {run_dir} --steps N)")
+    return f"{head} of an unfinished run; continue it with: sgdlab train --resume {run_dir}"
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h03m``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _auto_every(cfg: TrainConfig, total: int) -> tuple[int, int]:
+    """(log_every, eval_every) of a run of ``total`` steps: the config's, or automatic for 0
+    (about 200 log lines, at most every 50 steps; 20 evaluations)."""
+    log_every = cfg.log_every or min(50, max(1, total // 200))
+    eval_every = cfg.eval_every or max(1, total // 20)
+    return log_every, eval_every
+
+
+def _fault_step() -> int | None:
+    """``SGDLAB_FAULT_KILL_AT_STEP`` (test suite): the step after which to SIGKILL rank 0."""
+    value = os.environ.get("SGDLAB_FAULT_KILL_AT_STEP")
+    return int(value) if value else None
 
 
 def train(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
