@@ -346,12 +346,13 @@ def test_fit_recovers_exact_coefficients():
 
 def test_analyse_records_on_ar1_matches_the_closed_form_se():
     """AR(1) x_t = ρx_{t−1} + e_t, Var e = 1: stationary variance 1/(1 − ρ²), τ_int =
-    (1 + ρ)/(1 − ρ); se of the mean of n records = √(τ_int/((1 − ρ²) n)). Over 40 seeded
-    series the mean reported se matches within 20 % and the z-scores have sd within 0.7–1.4."""
+    (1 + ρ)/(1 − ρ); se of the mean of the m records kept (the second half: the default cut
+    discards the first half whatever the records show) = √(τ_int/((1 − ρ²) m)). Over 40
+    seeded series the mean reported se matches within 20 % and the z-scores have sd within
+    0.7–1.4."""
     from sgdlab.probes.stationary import analyse_records
 
     rho, n = 0.8, 20_000
-    theory = math.sqrt((1 + rho) / (1 - rho) / (1 - rho**2) / n)
     ses, zs = [], []
     for seed in range(40):
         rng = np.random.default_rng(seed)
@@ -362,8 +363,10 @@ def test_analyse_records_on_ar1_matches_the_closed_form_se():
             x[t] = rho * x[t - 1] + e[t]
         out = analyse_records(3.0 + x, 10)
         assert out["ok"], out["reason"]
+        assert out["burn_in"] == (n - 1) // 2
         ses.append(out["se"])
         zs.append((out["mean"] - 3.0) / out["se"])
+    theory = math.sqrt((1 + rho) / (1 - rho) / (1 - rho**2) / (n - (n - 1) // 2))
     assert np.mean(ses) == pytest.approx(theory, rel=0.2)
     assert 0.7 < np.std(zs) < 1.4
 

@@ -68,13 +68,17 @@ from torch import nn
 
 from sgdlab.threads import torch_threads
 
-__all__ = ["BatchMeans", "HeatCapacity", "HeatCapacityPrediction", "StationaryLoss",
+__all__ = ["BURN_IN", "BatchMeans", "HeatCapacity", "HeatCapacityPrediction", "StationaryLoss",
            "analyse_records", "auto_record_every", "autocorrelation", "batch_means", "find_minimum",
            "heat_capacity", "integrated_autocorr_time", "mser_truncation", "noise_factor",
-           "predict_heat_capacity", "quadratic_excess_loss", "stationary_loss"]
+           "predict_heat_capacity", "quadratic_excess_loss", "run_adaptive", "stationary_loss",
+           "t_interval"]
 
 SAMPLING = ("replacement", "shuffle")
 OBJECTIVES = ("regularised", "data")
+
+_MARGIN = 1.0
+BURN_IN = 0.5   # default: the first half of the records is discarded (module docstring)
 
 OptimizerFactory = Callable[[list[torch.Tensor], float], torch.optim.Optimizer]
 
@@ -170,6 +174,18 @@ def batch_means(chains: np.ndarray, n_batches: int = 20) -> BatchMeans:
     return BatchMeans(float(used.mean()), se, nb, b)
 
 
+def t_interval(mean: float, se: float, dof: int, level: float = 0.95) -> tuple[float, float]:
+    """mean ± q·se with q Student's t quantile for ``dof`` degrees of freedom (the normal
+    quantile when dof ≤ 0 is unknown, or ∞)."""
+    from scipy import stats as sstats
+
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    q = (sstats.t.ppf(0.5 + level / 2, dof) if dof and 0 < dof < math.inf
+         else sstats.norm.ppf(0.5 + level / 2))
+    return float(mean - q * se), float(mean + q * se)
+
+
 # =========================================================================== results
 
 
@@ -180,8 +196,13 @@ class StationaryLoss:
     mean, se: stationary mean of the recorded objective (full training loss, or its subset
         estimate, with (λ/2)‖Φ‖² when ``objective="regularised"`` and λ > 0) over all chains
         after burn-in, and its batch-means standard error.
-    steps: optimizer steps per chain; burn_in: steps discarded as transient (MSER-5);
-    n_batches, batch_steps: batches used and their length in steps;
+    steps: optimizer steps per chain; burn_in: steps discarded as transient (the first half
+        by default, a rule fixed before the records are seen; see the module docstring);
+    mser_burn_in: the MSER-5 truncation point in steps (a diagnostic: ≤ burn_in when the
+        transient is over by the cut);
+    n_batches, batch_steps: batches used and their length in steps; dof = n_batches − 1,
+        the degrees of freedom of se (with chains ≥ n_batches every batch is a whole chain:
+        dof = chains − 1); ``ci(level)`` uses Student's t with them;
     tau_int: integrated autocorrelation time of the recorded series, in steps
         (≈ record_every when the records are nearly independent);
     converged: every test passed (see module docstring); reason: "ok" or the failed tests;
@@ -216,6 +237,8 @@ class StationaryLoss:
     final_params: dict[str, torch.Tensor] = field(repr=False)
     seconds: float = 0.0
     engine: str = "vmap"
+    dof: int = 0
+    mser_burn_in: int = 0
 
     @property
     def excess(self) -> float:
@@ -227,6 +250,11 @@ class StationaryLoss:
         """se / |mean − reference|."""
         ex = abs(self.excess)
         return self.se / ex if ex > 0 else math.inf
+
+    def ci(self, level: float = 0.95, reference: bool = False) -> tuple[float, float]:
+        """Two-sided ``level`` interval mean ± t_{dof}·se (of the excess when ``reference``)
+        with Student's quantile for the ``dof`` = batches − 1 of the se (:func:`t_interval`)."""
+        return t_interval(self.excess if reference else self.mean, self.se, self.dof, level)
 
     def load_into(self, model: nn.Module, chain: int = 0) -> nn.Module:
         """A deep copy of ``model`` holding chain ``chain``'s final parameters."""
@@ -568,7 +596,7 @@ def stationary_loss(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
                     record_every: int | None = None, eval_subset: int | None = None,
                     eval_chunk: int | None = None, dtype: torch.dtype | None = None,
                     engine: str = "auto", num_threads: int | str | None = "auto",
-                    ) -> StationaryLoss:
+                    burn_in: float | str = BURN_IN) -> StationaryLoss:
     """Stationary full-training-set loss of SGD at a fixed learning rate (SPEC §4.1).
 
     Runs ``chains`` independent chains Φ ← Φ − η ĝ (or the named optimizer) from ``phi0``
@@ -619,6 +647,13 @@ def stationary_loss(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
         engine: "vmap" (chains batched with torch.func), "loop" (one model copy per chain)
             or "auto" (vmap, falling back to loop where the model cannot be vectorised,
             e.g. BatchNorm in training mode).
+        burn_in: records discarded as transient: a fraction f ∈ [0, 1) of them (default
+            ``BURN_IN`` = 0.5, the first half — a rule that does not look at the records, so
+            the estimate and its se are those of a fixed record set), or ``"mser"`` (the
+            MSER-5 point on the same records: the rule used before 2026-12, whose selection
+            makes the se 5–15 % too small on runs a few τ long; kept for comparison). With a
+            fraction, MSER-5 is a diagnostic: the run is extended until its truncation point
+            is ≤ the cut.
         num_threads: torch intra-op threads during the run (restored afterwards). "auto":
             1 when a step is small (K·3B·P ≤ 5·10⁷ multiply-adds, P parameters per chain),
             where thread synchronisation costs more than it saves — up to ten-fold on a busy
@@ -637,7 +672,8 @@ def stationary_loss(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
             chains=chains, seed=seed, reference=reference, rel_se=rel_se, abs_se=abs_se,
             n_batches=n_batches, batch_factor=batch_factor, geweke_z=geweke_z,
             min_steps=min_steps, max_steps=max_steps, record_every=record_every,
-            eval_subset=eval_subset, eval_chunk=eval_chunk, dtype=dtype, engine=engine)
+            eval_subset=eval_subset, eval_chunk=eval_chunk, dtype=dtype, engine=engine,
+            burn_in=burn_in)
 
 
 @contextlib.contextmanager
@@ -662,8 +698,9 @@ def _stationary_loss(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: to
                      geweke_z: float, min_steps: int, max_steps: int,
                      record_every: int | None, eval_subset: int | None,
                      eval_chunk: int | None, dtype: torch.dtype | None,
-                     engine: str) -> StationaryLoss:
+                     engine: str, burn_in: float | str = BURN_IN) -> StationaryLoss:
     t_start = time.perf_counter()
+    _check_burn_in(burn_in)
     n = _check_problem(model, x, y, batch_size, sampling)
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
@@ -740,32 +777,10 @@ def _stationary_loss(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: to
 
     stream = _IndexStream(n, batch_size, sampling, [_chain_seed(seed, k) for k in range(chains)],
                           dev)
-    rec_steps: list[int] = [0]
-    recs: list[np.ndarray] = [runner.losses()]
-    steps = 0
-    target = int(math.ceil(max(min_steps, 100 * r) / r) * r)
-    target = min(target, max_steps)
-    stats: dict[str, Any] = {}
-    while True:
-        while steps < target:
-            runner.step(stream.next())
-            steps += 1
-            if steps % r == 0:
-                recs.append(runner.losses())
-                rec_steps.append(steps)
-                if not np.isfinite(recs[-1]).all():
-                    break
-        series = np.stack(recs, axis=1)      # (K, n_records)
-        if not np.isfinite(series).all():
-            stats = {"reason": "diverged (non-finite loss)", "ok": False, "need": None}
-            stats.update(_nan_stats())
-            break
-        stats = _analyse(series, r, n_batches, batch_factor, geweke_z, reference, rel_se,
-                         abs_se)
-        if stats["ok"] or steps >= max_steps:
-            break
-        need = max(int(1.3 * steps), min(int(stats["need"]), 10 * steps))
-        target = min(max_steps, int(math.ceil(need / r) * r))
+    stats, steps, recs, rec_steps = run_adaptive(
+        lambda: runner.step(stream.next()), runner.losses, r, min_steps=min_steps,
+        max_steps=max_steps, n_batches=n_batches, batch_factor=batch_factor,
+        geweke_z=geweke_z, reference=reference, rel_se=rel_se, abs_se=abs_se, burn_in=burn_in)
 
     trace = np.stack(recs, axis=1).mean(axis=0)
     return StationaryLoss(
@@ -776,39 +791,120 @@ def _stationary_loss(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: to
         chains=chains, record_every=r, objective=objective, weight_decay=lam,
         reference=float(reference), trace_steps=np.asarray(rec_steps), trace=trace,
         final_params=runner.params(), seconds=time.perf_counter() - t_start,
-        engine=runner.engine)
+        engine=runner.engine, dof=int(stats["dof"]),
+        mser_burn_in=int(stats["mser_burn_in"]) * r)
+
+
+def run_adaptive(step: Callable[[], None], losses: Callable[[], np.ndarray], record_every: int,
+                 *, min_steps: int = 1000, max_steps: int = 200_000, n_batches: int = 20,
+                 batch_factor: float = 5.0, geweke_z: float = 3.0, reference: float = 0.0,
+                 rel_se: float = 0.02, abs_se: float = 0.0, burn_in: float | str = BURN_IN,
+                 ) -> tuple[dict[str, Any], int, list[np.ndarray], list[int]]:
+    """The run-length control of :func:`stationary_loss` for any K-chain simulator.
+
+    ``step()`` advances every chain by one step; ``losses()`` returns the K recorded values
+    now. Records at step 0 and every ``record_every`` steps; after ⌈max(min_steps,
+    100·record_every)⌉ steps the records are analysed (:func:`analyse_records` with the
+    precision target) and the run is extended (×1.3 at least, ×10 at most, to the length
+    the estimates ask for) until every test passes or ``max_steps``. Returns ``(stats,
+    steps, records, record_steps)``: the analysis dict, the steps run, the list of (K,)
+    record arrays and their step numbers. Used by the calibration benchmark with a NumPy
+    simulator of the same dynamics.
+    """
+    _check_burn_in(burn_in)
+    r = int(record_every)
+    rec_steps: list[int] = [0]
+    recs: list[np.ndarray] = [np.asarray(losses(), dtype=np.float64)]
+    steps = 0
+    target = int(math.ceil(max(min_steps, 100 * r) / r) * r)
+    target = min(target, max_steps)
+    stats: dict[str, Any] = {}
+    while True:
+        while steps < target:
+            step()
+            steps += 1
+            if steps % r == 0:
+                recs.append(np.asarray(losses(), dtype=np.float64))
+                rec_steps.append(steps)
+                if not np.isfinite(recs[-1]).all():
+                    break
+        series = np.stack(recs, axis=1)      # (K, n_records)
+        if not np.isfinite(series).all():
+            stats = {"reason": "diverged (non-finite loss)", "ok": False, "need": None}
+            stats.update(_nan_stats())
+            break
+        stats = _analyse(series, r, n_batches, batch_factor, geweke_z, reference, rel_se,
+                         abs_se, burn_in)
+        if stats["ok"] or steps >= max_steps:
+            break
+        need = max(int(1.3 * steps), min(int(stats["need"]), 10 * steps))
+        target = min(max_steps, int(math.ceil(need / r) * r))
+    return stats, steps, recs, rec_steps
 
 
 def analyse_records(series: np.ndarray, record_every: int, *, n_batches: int = 20,
-                    batch_factor: float = 5.0, geweke_z: float = 3.0) -> dict[str, Any]:
+                    batch_factor: float = 5.0, geweke_z: float = 3.0,
+                    burn_in: float | str = BURN_IN) -> dict[str, Any]:
     """The stationarity analysis of :func:`stationary_loss` applied to records that are
     already there (e.g. the loss curves of a fixed-length run, SPEC §4.1): ``series`` (K, n)
     — K chains, one record every ``record_every`` steps — or (n,).
 
-    Returns a dict: ``mean``, ``se`` (batch means over all chains after the MSER-5 burn-in),
-    ``burn_in`` (records), ``tau`` (τ_int in records), ``n_batches``, ``batch_len``, ``z``
+    Returns a dict: ``mean``, ``se`` (batch means over all chains after the burn-in cut;
+    with K ≥ ``n_batches`` chains every batch is a whole chain: the se of independent
+    replicas), ``dof`` (batches − 1: use Student's t with it for intervals, see
+    :func:`t_interval`), ``burn_in`` (records discarded: the first ``burn_in`` fraction,
+    half by default, fixed before the records are seen; or the MSER-5 point with
+    ``burn_in="mser"``), ``mser_burn_in`` (the MSER-5 point, a diagnostic: the transient
+    must be over by the cut), ``tau`` (τ_int in records), ``n_batches``, ``batch_len``, ``z``
     (Geweke drift statistic), ``ok`` (burn-in over, batches ≥ ``batch_factor``·τ_int,
     |z| ≤ ``geweke_z``) and ``reason`` (the failed tests, or "ok").
     """
+    _check_burn_in(burn_in)
     arr = np.atleast_2d(np.asarray(series, dtype=float))
-    out = _analyse(arr, record_every, n_batches, batch_factor, geweke_z, 0.0, 0.0, math.inf)
+    out = _analyse(arr, record_every, n_batches, batch_factor, geweke_z, 0.0, 0.0, math.inf,
+                   burn_in)
     out.pop("need", None)
     return out
 
 
 def _nan_stats() -> dict[str, Any]:
-    return {"mean": math.nan, "se": math.nan, "burn_in": 0, "n_batches": 0, "batch_len": 0,
-            "tau": math.nan, "z": math.nan}
+    return {"mean": math.nan, "se": math.nan, "burn_in": 0, "mser_burn_in": 0,
+            "n_batches": 0, "dof": 0, "batch_len": 0, "tau": math.nan, "z": math.nan}
+
+
+def _cut(nrec: int, burn_in: float | str, d_mser: int) -> int:
+    """Records discarded at the start: ⌊f·(n − 1)⌋ for a fraction f (a rule fixed before the
+    records are seen), or the MSER-5 truncation for ``burn_in="mser"``."""
+    if burn_in == "mser":
+        return d_mser
+    return int(math.floor(float(burn_in) * (nrec - 1)))
+
+
+def _check_burn_in(burn_in: float | str) -> None:
+    if burn_in == "mser":
+        return
+    if isinstance(burn_in, bool) or not isinstance(burn_in, (int, float)) \
+            or not 0 <= burn_in < 1:
+        raise ValueError(f"burn_in must be a fraction in [0, 1) or 'mser', got {burn_in!r}")
 
 
 def _analyse(series: np.ndarray, r: int, n_batches: int, batch_factor: float, zmax: float,
-             reference: float, rel_se: float, abs_se: float) -> dict[str, Any]:
+             reference: float, rel_se: float, abs_se: float,
+             burn_in: float | str = BURN_IN) -> dict[str, Any]:
     """Burn-in, τ_int, batch means, drift and precision tests on the (K, n) records; ``need``
-    is the run length (steps) the estimates say would pass."""
+    is the run length (steps) the estimates say would pass.
+
+    The records kept are those after the cut :func:`_cut` (the first half by default); MSER-5
+    on the chain-averaged series of *all* records is only a diagnostic here: the transient
+    must be over by the cut (truncation point ≤ cut and not at MSER's half-way limit), else
+    the run is extended. With ``burn_in="mser"`` the MSER point itself is the cut (the
+    pre-2026-12 rule, biased on short runs: see the module docstring)."""
     k, nrec = series.shape
     steps = (nrec - 1) * r
     avg = series.mean(axis=0)
-    d, boundary = mser_truncation(avg, 5)
+    d_mser, boundary = mser_truncation(avg, 5)
+    d = _cut(nrec, burn_in, d_mser)
+    frac_kept = (nrec - d) / nrec if nrec else 1.0
     post = series[:, d:]
     m = post.shape[1]
     reasons = []
@@ -817,10 +913,14 @@ def _analyse(series: np.ndarray, r: int, n_batches: int, batch_factor: float, zm
     if boundary:
         reasons.append("burn-in not over (MSER truncation at the half-way limit)")
         need = max(need, 2.0 * steps)
+    elif d_mser > _MARGIN * d:
+        reasons.append(f"burn-in not over (MSER-5 truncation at record {d_mser}, after the "
+                       f"cut at record {d})")
+        need = max(need, 1.2 * steps * d_mser / max(d, 1))
     if m < max(4 * per, 8):
         out = _nan_stats()
-        out.update(burn_in=d, reason="; ".join(reasons + ["too few records"]), ok=False,
-                   need=max(need, 2.0 * steps))
+        out.update(burn_in=d, mser_burn_in=d_mser, reason="; ".join(reasons + ["too few records"]),
+                   ok=False, need=max(need, 2.0 * steps))
         return out
     tau = max(integrated_autocorr_time(post), 1e-12)
     bm = batch_means(post, n_batches)
@@ -833,18 +933,21 @@ def _analyse(series: np.ndarray, r: int, n_batches: int, batch_factor: float, zm
     if not abs(z) <= zmax:
         reasons.append(f"drift (Geweke z = {z:.2f})")
         need = max(need, 1.5 * steps)
-    burn_steps = d * r
     if bm.batch_len < batch_factor * max(tau, 1.0):
         reasons.append(f"batches of {bm.batch_len} records shorter than "
                        f"{batch_factor:g} tau_int = {batch_factor * tau:.1f}")
-        need = max(need, burn_steps + 1.2 * per * batch_factor * max(tau, 1.0) * r)
+        need = max(need, 1.2 * per * batch_factor * max(tau, 1.0) * r / frac_kept
+                   if burn_in != "mser" else
+                   d * r + 1.2 * per * batch_factor * max(tau, 1.0) * r)
     target = max(rel_se * abs(bm.mean - reference), abs_se)
     if not bm.se <= target:
         reasons.append(f"se {bm.se:.3g} above target {target:.3g}")
         factor = (bm.se / target) ** 2 if target > 0 else 10.0
-        need = max(need, burn_steps + 1.1 * factor * m * r)
-    return {"mean": bm.mean, "se": bm.se, "burn_in": d, "n_batches": bm.n_batches,
-            "batch_len": bm.batch_len, "tau": tau, "z": z, "ok": not reasons,
+        need = max(need, 1.1 * factor * m * r / frac_kept if burn_in != "mser"
+                   else d * r + 1.1 * factor * m * r)
+    return {"mean": bm.mean, "se": bm.se, "burn_in": d, "mser_burn_in": d_mser,
+            "n_batches": bm.n_batches, "dof": bm.n_batches - 1, "batch_len": bm.batch_len,
+            "tau": tau, "z": z, "ok": not reasons,
             "reason": "; ".join(reasons) if reasons else "ok", "need": need}
 
 
