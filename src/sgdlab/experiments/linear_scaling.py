@@ -105,10 +105,10 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "smoke": {"epochs": 1, "min_seeds": 1, "epoch_ladder": [128, 512],
               "step_ladder": [128, 512], "eta_mults": [1.0], "no_warmup": [512],
               "sharp_subset": 128, "sharp_iters": 5, "noise_points": 8},
-    "quick": {"epochs": 10, "min_seeds": 2, "epoch_ladder": [32, 64, 128, 512, 1024],
+    "quick": {"epochs": 10, "min_seeds": 2, "epoch_ladder": [32, 64, 128, 1024],
               "step_ladder": [128, 256, 512], "eta_mults": [1.0],
-              "no_warmup": [1024], "sharp_subset": 256, "sharp_iters": 20,
-              "noise_points": 60},
+              "no_warmup": [1024], "sharp_subset": 256, "sharp_iters": 15,
+              "noise_points": 40},
     "full": {"epochs": 20, "min_seeds": 3, "epoch_ladder": [32, 64, 128, 256, 512, 1024],
              "step_ladder": [64, 128, 256, 512, 1024], "eta_mults": [0.5, 1.0],
              "no_warmup": [512, 1024], "sharp_subset": 1024, "sharp_iters": 20,
@@ -500,10 +500,10 @@ def judge(m: dict[str, Any]) -> list[Check]:
         {"B": epoch_ladder, "anchor": anchor, "judged": inside, "per_B_verdict": per,
          "diff": diffs, "se": ses,
          "acc_runs": {b: _acc(m, b) for b in epoch_ladder}, "B_max": b_max},
-        finding=(f"the notes give η = Bη₀ no range; it holds (fixed epochs) only while "
-                 f"B ≤ min(B_stab, B_crit) ≈ {b_max:.0f}"
-                 + (f"; B = {lost} lose more than {100 * BAND:.0f} pp at {m['epochs']} epochs"
-                    if lost else ""))))
+        finding=(f"the notes give η = Bη₀ no range; predicted here B ≤ min(B_stab ≈ "
+                 f"{b_stab:.0f}, B_crit ≈ B_simple ≈ {b_crit:.0f})"
+                 + (f"; beyond it B = {lost} lose more than {100 * BAND:.0f} pp at "
+                    f"{m['epochs']} epochs" if lost else ""))))
 
     # 2. (derived) beyond the range the rule breaks at fixed epochs
     per2 = {b: direction(-diffs[b] - BAND, ses[b], +1) for b in beyond}
@@ -520,8 +520,9 @@ def judge(m: dict[str, Any]) -> list[Check]:
         {"judged": beyond, "per_B_verdict": per2,
          "diverged": {b: sum(m["epochs_runs"][f"{b}/1"]["diverged"]) for b in epoch_ladder}},
         basis="derived",
-        finding=(f"at fixed epochs the largest batches fail (B = {beyond}: "
-                 + ", ".join(f"{_pp(diffs[b])} pp" for b in beyond) + ")") if beyond else ""))
+        finding=("at fixed epochs the largest batches get too few steps: " + ", ".join(
+            f"B = {b} (T = {run_length(b, m['epochs'], m['n_train'])[0]}) {_pp(diffs[b])} pp"
+            for b in beyond if per2[b] == "PASS")) if "PASS" in per2.values() else ""))
 
     # 3. (derived) fixed steps up to B_stab
     steps_b = sorted(int(k) for k in m["steps_runs"])
@@ -611,12 +612,12 @@ def judge(m: dict[str, Any]) -> list[Check]:
 
 def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
     """Accuracy against B on both ladders with the predicted range; S(B) with its fit; the
-    reference run's η(t)λ_max(t) and B_simple(t)."""
+    reference run's λ_max(t) against the edge, and B_simple(t)."""
     from sgdlab.plots import new_figure, save_figure
 
     pred, ref, r = m["prediction"], m["reference"], m["reference_run"]
-    fig, axes = new_figure(1, 3, figsize=(15, 4.2))
-    ax, ax2, ax3 = axes[0]
+    fig, axes = new_figure(1, 4, figsize=(19, 4.2))
+    ax, ax2, ax3, ax4 = axes[0]
     eb = sorted(int(k.split("/")[0]) for k in m["epochs_runs"] if k.endswith("/1"))
     acc = [100 * np.mean(_acc(m, b)) for b in eb]
     sd = [100 * (np.std(_acc(m, b), ddof=1) if len(_acc(m, b)) > 1 else 0.0) for b in eb]
@@ -631,9 +632,12 @@ def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
     ax.plot(sb_, lin, "^-", color="tab:green", label=f"fixed {m['T_ref']} steps, η = Bη₀")
     ax.plot(sb_, [100 * max(m["steps_runs"][str(b)]["test_acc"]) for b in sb_], "v:",
             color="tab:green", label="fixed steps, best η")
-    ax.axvspan(min(eb + sb_) / 1.2, pred["B_max"], color="gray", alpha=0.15,
+    top = 1.5 * max(eb + sb_)
+    ax.axvspan(min(eb + sb_) / 1.2, min(pred["B_max"], top), color="gray", alpha=0.15,
                label=f"predicted range B ≤ {pred['B_max']:.0f}")
-    ax.axvline(pred["B_stab"], color="k", ls="--", lw=0.8, label=f"B_stab {pred['B_stab']:.0f}")
+    if pred["B_stab"] <= top:
+        ax.axvline(pred["B_stab"], color="k", ls="--", lw=0.8,
+                   label=f"B_stab {pred['B_stab']:.0f}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size B")
     ax.set_ylabel("final test accuracy (%)")
@@ -642,31 +646,36 @@ def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
     fit = fit_sb(sb["B"], sb["S"])
     ax2.plot(sb["B"], sb["S"], "o", label="steps to target, η tuned")
     if math.isfinite(fit["B_crit"]):
-        g = np.geomspace(min(sb["B"]) / 1.5, max(sb["B"]) * 1.5, 50)
+        g = np.geomspace(min(sb["B"] + [pred["B_crit_pred"]]) / 1.5, max(sb["B"]) * 1.5, 50)
         ax2.plot(g, fit["S_min"] * (1 + fit["B_crit"] / g), "-",
                  label=f"S_min(1 + B_crit/B): {fit['S_min']:.0f}, {fit['B_crit']:.0f}")
     ax2.axvline(pred["B_crit_pred"], color="gray", ls=":", label="B_simple (reference)")
+    if math.isfinite(fit["B_crit"]):
+        ax2.axvline(fit["B_crit"], color="tab:orange", ls="--", lw=0.8, label="fitted B_crit")
     ax2.set_xscale("log", base=2)
     ax2.set_yscale("log")
     ax2.set_xlabel("batch size B")
     ax2.set_ylabel(f"steps to {100 * ref['target']:.1f} % test accuracy")
     ax2.legend(fontsize=7)
-    ok = [(s, x) for s, x in zip(r["sharp_step"], r["lr_times_lambda"], strict=True)
-          if x is not None]
-    ax3.plot([s for s, _ in ok], [x for _, x in ok], "o-", label="η(t)·λ_max(t), B_ref")
-    ax3.axhline(EDGE, color="k", ls="--", lw=0.8, label="2(1 + β)")
-    ax3.set_xlabel("step (reference run)")
-    ax3.set_ylabel("η·λ_max")
-    ax3.set_yscale("log")
-    t3 = ax3.twinx()
+    ok = [(s, x) for s, x in zip(r["sharp_step"], r["lambda"], strict=True) if x is not None]
+    ax3.plot([s for s, _ in ok], [x for _, x in ok], "o-", label="λ_max(t), reference run")
+    ax3.axhline(EDGE / LR_REF, color="k", ls="--", lw=0.8,
+                label=f"2(1 + β)/η_ref = {EDGE / LR_REF:.0f}")
+    ax3.axhline(ref["lambda_ref"], color="tab:red", ls=":", lw=0.8,
+                label=f"λ_ref = {ref['lambda_ref']:.3g} (f(t) ≥ ½)")
+    ax3.set_xlabel("step (reference run, B = 128)")
+    ax3.set_ylabel("top Hessian eigenvalue")
+    ax3.legend(fontsize=7)
     okb = [(s, x) for s, x in zip(r["noise_step"], r["b_simple_smoothed"], strict=True)
            if x is not None]
-    t3.plot([s for s, _ in okb], [x for _, x in okb], color="tab:orange", lw=1,
-            label="B_simple (smoothed)")
-    t3.set_yscale("log")
-    t3.set_ylabel("B_simple")
-    ax3.legend(fontsize=7, loc="lower right")
-    t3.legend(fontsize=7, loc="upper left")
+    ax4.plot([s for s, _ in okb], [x for _, x in okb], color="tab:orange", lw=1,
+             label="B_simple (smoothed)")
+    ax4.axhline(ref["b_simple"], color="k", ls=":", lw=0.8,
+                label=f"median over 10–90 %: {ref['b_simple']:.0f}")
+    ax4.set_yscale("log")
+    ax4.set_xlabel("step (reference run, B = 128)")
+    ax4.set_ylabel("B_simple = tr Σ/‖G‖²")
+    ax4.legend(fontsize=7)
     path, rel = ctx.figure(CLAIM, "ladders")
     save_figure(fig, path)
     return [rel]
