@@ -35,6 +35,11 @@ def test_registry_and_budgets():
     for b in ls.BUDGETS.values():
         assert ls.B_REF in b["epoch_ladder"] and ls.B_REF in b["step_ladder"]
         assert set(b["no_warmup"]) <= set(b["epoch_ladder"])
+        for batch in b["step_ladder"]:
+            assert 1.0 in ls.eta_mults(b, batch)           # the linear η is always run
+    full = ls.BUDGETS["full"]
+    assert ls.eta_mults(full, 64) == [1.0, 2.0] and ls.eta_mults(full, 128) == [0.5, 1.0, 2.0]
+    assert ls.eta_mults(full, 1024) == [0.25, 0.5, 1.0]
 
 
 def test_reference_recipe_matches_the_config_file():

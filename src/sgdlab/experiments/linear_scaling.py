@@ -36,10 +36,14 @@ sharpness and noise-scale instruments; the ladders are :func:`sgdlab.sweep.train
 * fixed-epochs ladder: every B sees E·N examples, T(B) = round(E·N/B) steps, seeds 0..n−1
   (init and batch order), with warmup; without warmup at the largest B's;
 * fixed-steps ladder: every B runs T_ref = T(B_ref) steps at η ∈ η(B)·{multipliers} (η ≤ 0.8;
-  quick: η(B) alone, so its S(B) is at η = Bη₀, not tuned), seed 0, test accuracy every
-  ≈ T_ref/50 steps; S(B) = the first evaluated step at which the
-  test accuracy reaches the target, minimised over η ("η tuned per B"); the target is the
-  reference run's test accuracy at its middle evaluation (T_ref/2), so S(B_ref) ≈ T_ref/2.
+  full: {1, 2} below B_ref, {½, 1, 2} at B_ref, {¼, ½, 1} above — widened after the first
+  full run, whose grid {½, 1} left B = 64 and 1024 short of the target; quick: η(B) alone,
+  so its S(B) is at η = Bη₀, not tuned), seed 0, test accuracy every
+  ≈ T_ref/50 steps; S(B) = the first evaluated step at which the test accuracy reaches the
+  target, minimised over η ("η tuned per B"); the target is the reference run's test accuracy
+  at its middle evaluation (T_ref/2), so S(B_ref) ≈ T_ref/2. S(B) is read inside the recipe's
+  warmup + cosine schedule of T_ref steps (not at constant η): the runs double as the
+  fixed-steps ladder.
 
 Checks (tolerances fixed before measuring; BAND = 2 percentage points, ±2 se; verdict rules of
 :mod:`sgdlab.experiments.kit.verdicts`). Differences are paired over seeds — seed s sets the
@@ -48,7 +52,10 @@ initialisation and the batch seed at every B, common random numbers — with the
 term (the McNemar variance of the paired per-example correctness). Disclosed: a first version
 used unpaired seed sds floored at the binomial sd; the first quick run showed a between-seed
 spread of ±6 pp at 10 epochs (the same seed high or low at every B) that made every
-comparison INCONCLUSIVE, and the pairing replaced it before any verdict was kept:
+comparison INCONCLUSIVE, and the pairing replaced it after that run. Also after the first
+quick runs, for time only (each was 90–130 s): quick dropped B = 256, 512 from its
+fixed-epochs ladder, B = 64 and the η/2 member from its fixed-steps ladder, and added B = 32
+(the only ladder point inside its predicted range other than the anchor):
 
 1. (notes) η = Bη₀ keeps the final accuracy flat at fixed epochs, in the predicted regime:
    every ladder B ≤ B_max within BAND of the anchor (``band``), the anchor being B_ref when
@@ -110,7 +117,11 @@ BUDGETS: dict[str, dict[str, Any]] = {
               "no_warmup": [1024], "sharp_subset": 256, "sharp_iters": 15,
               "noise_points": 40},
     "full": {"epochs": 20, "min_seeds": 3, "epoch_ladder": [32, 64, 128, 256, 512, 1024],
-             "step_ladder": [64, 128, 256, 512, 1024], "eta_mults": [0.5, 1.0],
+             "step_ladder": [64, 128, 256, 512, 1024],
+             # the full run's first grid, η(B)·{½, 1} everywhere, left B = 64 and 1024 short
+             # of the target (1024 collapsed at both 0.4 and 0.8): widened after that run
+             "eta_mults": {"below": [1.0, 2.0], "ref": [0.5, 1.0, 2.0],
+                           "above": [0.25, 0.5, 1.0]},
              "no_warmup": [512, 1024], "sharp_subset": 1024, "sharp_iters": 20,
              "noise_points": 100},
 }
@@ -345,6 +356,16 @@ def _test_correct(ds, params: dict[str, Any], k: int) -> list[str]:
     return out
 
 
+def eta_mults(budget: dict[str, Any], batch: int) -> list[float]:
+    """The fixed-steps η grid's multipliers on η(B): a list for every B, or per side of B_ref
+    ({"below", "ref", "above"}: past B_crit and B_stab the best η falls below the linear
+    rule, below B_ref it can lie above)."""
+    g = budget["eta_mults"]
+    if isinstance(g, dict):
+        return list(g["below" if batch < B_REF else "ref" if batch == B_REF else "above"])
+    return list(g)
+
+
 def _ladder(ds, batch: int, steps: int, warm: int, warmup: bool,
             points: list[dict[str, Any]], eval_every: int, same_batches: bool
             ) -> dict[str, Any]:
@@ -400,7 +421,7 @@ def measure(ctx: Context, budget: dict[str, Any]) -> dict[str, Any]:
     every = max(1, T_ref // 50)
     steps_runs: dict[str, Any] = {}
     for b in budget["step_ladder"]:
-        lrs = sorted({round(min(scaled_lr(b) * m, ETA_CAP), 10) for m in budget["eta_mults"]}
+        lrs = sorted({round(min(scaled_lr(b) * m, ETA_CAP), 10) for m in eta_mults(budget, b)}
                      | {scaled_lr(b)})
         pts = [hyper(lr, 0) for lr in lrs]
         key = {**base, "part": "steps", "B": b, "T": T_ref, "W": W, "every": every,
