@@ -148,6 +148,7 @@ def test_judge_on_constructed_numbers():
     assert _v(_m(tau_scale=1.03, tau_noise=0.03))[4] == "INCONCLUSIVE"
     assert _v(_m(lam=8.0))[5] == "FAIL"                  # at the edge: q ≈ 1.6 at β = 0
     assert _v(_m(lam=2.48))[5] == "INCONCLUSIVE"         # q ≈ 0.50 ± 0.003
+    assert mo.judge(_m(lam=2.48))[5].finding and not checks[5].finding
     assert _v(_m(seeds=1))[5] == "INCONCLUSIVE"          # no se from one seed
     m = copy.deepcopy(_m())
     assert [c.verdict for c in mo.judge(m)] == _v(_m())  # pure: same input, same output

@@ -30,11 +30,15 @@ replacement (SPEC §1); Φ* = x̄, Σ = diag(h_i² s_i²) exactly. (ii) sgdlab's
 Measurements (:func:`measure`):
 
 * stationary excess on (i) by :func:`sgdlab.probes.stationary.stationary_loss` (EMA style,
-  K chains, MSER burn-in, batch-means se) over an η′ ladder × β ∈ {0, .5, .9, .99} — every
-  (η′, β) with η′h_max ≤ ¾ of its stability edge, so the large-η′ end is run only with
-  momentum (β = 0 diverges at η′h_max = 2). Chains start from the first-order distribution
+  K chains, MSER burn-in, batch-means se) over an η′ ladder × β (quick: η′ = .01, .3, 1.5 ×
+  β = 0, .9, .99; full: eight η′ from .01 to 10 × β = 0, .5, .9, .99) — every (η′, β) with
+  η′h_max ≤ ¾ of its stability edge, so the large-η′ end is run only with momentum (β = 0
+  diverges at η′h_max = 2). Chains start from the first-order distribution
   δ_i ~ N(0, η′s_i/(2h_i)) — the same for every β and equal to neither exact value, so the
-  measured excess has to move to the exact one (MSER detects and drops the transient);
+  measured excess has to move to the exact one (MSER detects and drops the transient). Runs
+  whose mean relaxes in ≤ 20 steps record every 3 steps (so they may stop at 300 steps);
+  first tried on η′h_min ≥ 0.1 alone, which let β = 0.99 at η′ = 1.5 stop at 300 steps
+  7.6 % low (z = −3.4) — its buffer fills in ≈ 1/(1 − β) = 100 steps;
 * relaxation of the mean on (i): impulse responses of sgdlab's Momentum (EMA style), K chains
   from Φ* + 100·1 (a position impulse) and K from Φ* with a gradient impulse at step 0 (δ_1 =
   −100·1), the mean of G disjoint groups of chains recorded every step; per mode and group,
@@ -50,12 +54,14 @@ Measurements (:func:`measure`):
 * the η′ × β grid on (ii): one train_many call per seed (init seed = batch seed: common
   batches across the grid), final train loss = mean of the full training loss at the last
   three of ten evaluations; λ_max (power iteration, first 1000 training examples) of each
-  seed's best model per β.
+  seed's best model per β. Quick: η′ = .1 … 1.6 (×2) × β = 0, .9, 3 seeds, 800 steps (β = .5
+  was in the first quick run, log₂ shift −0.033 ± 0.059, and was dropped for time); full:
+  seven η′ from .1 to 1.6 × β = 0, .5, .9, .99, 3 seeds, 1500 steps.
 
 Checks (:func:`judge`; tolerances fixed before measuring):
 
 1. (notes) β does nothing at small η′: at the smallest η′ of the ladder (η′h_max = 0.01 in
-   quick/full) R_β = excess_β/excess_0 within 10 % for β = .5, .9, .99 (±2 se; the ratio's se
+   quick/full) R_β = excess_β/excess_0 within 10 % for every β > 0 (±2 se; the ratio's se
    combines the two runs' se as if independent — they share batch streams, so conservative);
 2. (notes) heavy ball with η ≡ EMA with η/(1 − β): the same Φ_t at every step to 1e-10;
 3. (notes) the best η′ does not depend on β (network): the optimum η′*_β (vertex of the
@@ -131,7 +137,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
                 "steps": 800, "hess_examples": 1000, "hess_iters": 100},
         "traj_steps": 300},
     "full": {
-        "stationary": {"chains": 64, "rel_se": 0.015, "min_steps": 300,
+        "stationary": {"chains": 64, "rel_se": 0.02, "min_steps": 300,
                        "max_steps": 100_000},
         "ladder": [0.01, 0.03, 0.1, 0.3, 1.0, 1.5, 3.0, 10.0],
         "betas": list(BETAS),
@@ -501,7 +507,8 @@ def _check_trajectory(m: dict) -> Check:
         "heavy ball, sgdlab's Momentum in both styles, train_many's StackedSGD)",
         f"max |ΔΦ| over {t['steps']} steps (β = {t['beta']}, η′ = {t['lr_ema']}): "
         f"{t['max_dev']:.1e} (|Φ| up to {t['scale']:.2f})",
-        f"≤ {TRAJ_TOL:g} (float64)", "PASS" if t["max_dev"] <= TRAJ_TOL else "FAIL", t)
+        f"≤ {TRAJ_TOL:g} (float64; deterministic, no se)", at_most(t["max_dev"], 0.0, TRAJ_TOL),
+        t)
 
 
 def best_etas(net: dict) -> dict[str, Any]:
@@ -688,7 +695,7 @@ def _check_regime(m: dict) -> Check:
         nums[str(b)] = {"q": q, "q_se": se if math.isfinite(se) else None, "lambda_max": lam,
                         "best_grid_eta": net["etas"][be["index"][i]]}
         txt.append(f"β={b:g}: q = {q:.3f} ± {_fmt(se)} (λ_max {np.mean(lam):.3g})")
-    return Check(
+    c = Check(
         "the best η′ is well inside the stability region (network)",
         "q = η′λ_max(1 − β)/(2(1 + β)) at each seed's best grid η′, end of training (λ_max on "
         f"the first {net['hess_examples']} training examples)",
@@ -696,6 +703,14 @@ def _check_regime(m: dict) -> Check:
         f"q ≤ {WELL_INSIDE:g} (±{K:g} se over seeds; one seed: INCONCLUSIVE); fixed before the "
         "first quick run, after a one-seed prototype showed q ≈ 0.42 at β = 0",
         worst_verdict(verds.values()), {"per_beta": nums}, basis="derived")
+    q0 = nums.get("0.0", {}).get("q")
+    if c.verdict != "PASS" and q0 is not None and math.isfinite(q0) and q0 > WELL_INSIDE / 2:
+        qs = ", ".join(f"{nums[str(b)]['q']:.2f}" for b in net["betas"][1:])
+        c.finding = (f"the notes leave out the regime: at the network's best η′ plain SGD "
+                     f"already runs at q = {q0:.2f} of its stability edge (momentum: {qs}): "
+                     "not 'well inside' it, the regime SPEC §4.6 gives the β-independence of "
+                     "the best η′; only momentum is far from its edge 2(1 + β)/(1 − β)")
+    return c
 
 
 def judge(m: dict[str, Any]) -> list[Check]:
