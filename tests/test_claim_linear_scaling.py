@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["fixed epochs: flat in B inside the predicted range",
          "fixed epochs: the rule breaks well beyond the range",
          "fixed steps: no loss up to B_stab",
+         "fixed steps: past B_stab the linear η is too large",
          "S(B) = S_min(1 + B_crit/B), B_crit ~ B_simple",
          "warmup matters only past the edge at the start"]
 
@@ -198,7 +199,7 @@ def _correct(acc, n=1000):
 
 
 def _measurements(flat=0.0, beyond=-0.30, steps_gain=0.05, b_crit_fit=200.0, gap=0.0,
-                  seeds=3, sb_points=(64, 128, 256, 512, 1024)):
+                  seeds=3, sb_points=(64, 128, 256, 512, 1024), small_eta_gain=0.10):
     """Hand-made measurements: B_simple = 128 = B_max (B_stab ≈ 347), so the anchor is
     B_ref; fixed-epochs accuracies with seed offsets common to every B (the pairing removes
     them); S(B) = 20(1 + B_crit/B) read off linear test-accuracy curves."""
@@ -223,6 +224,12 @@ def _measurements(flat=0.0, beyond=-0.30, steps_gain=0.05, b_crit_fit=200.0, gap
         final = base + (0.0 if b <= 128 else steps_gain)
         sr[str(b)] = {"lr": [ls.scaled_lr(b)], "test_acc": [final], "eval_step": steps,
                       "curve": [curve], "diverged": [False], "correct": [_correct(final)]}
+        if b >= 512:          # past B_stab: a smaller η that never reaches the S(B) target
+            alt = min(0.99, final + small_eta_gain)
+            for k in ("lr", "test_acc", "curve", "diverged", "correct"):
+                sr[str(b)][k].insert(0, {"lr": ls.scaled_lr(b) / 4, "test_acc": alt,
+                                         "curve": [0.2] * len(steps), "diverged": False,
+                                         "correct": _correct(alt)}[k])
     ref = {**REF, "b_simple": 128.0, "target": 0.5}
     return {"n_train": 4000, "n_test": 1000, "epochs": 10, "seeds": seeds, "T_ref": 312,
             "reference": ref, "prediction": ls.predict(ref, [64, 128, 256, 512, 1024]),
@@ -232,29 +239,31 @@ def _measurements(flat=0.0, beyond=-0.30, steps_gain=0.05, b_crit_fit=200.0, gap
 def test_judge_pass_case():
     checks = ls.judge(_measurements())
     assert [c.name for c in checks] == NAMES
-    assert [c.basis for c in checks] == ["notes"] + ["derived"] * 4
-    assert [c.verdict for c in checks] == ["PASS"] * 5, [(c.name, c.measured) for c in checks]
+    assert [c.basis for c in checks] == ["notes"] + ["derived"] * 5
+    assert [c.verdict for c in checks] == ["PASS"] * 6, [(c.name, c.measured) for c in checks]
     assert checks[0].numbers["judged"] == [64] and checks[0].numbers["anchor"] == 128
     assert checks[1].numbers["judged"] == [512, 1024]          # ≥ 4·B_max = 512
     assert checks[2].numbers["judged"] == [256]                # B_ref < B ≤ B_stab
-    sb = checks[3].numbers
+    assert checks[3].numbers["judged"] == [512, 1024]          # B > B_stab
+    sb = checks[4].numbers
     assert sb["B"] == [64, 128, 256, 512, 1024] and abs(sb["B_crit"] / 200 - 1) < 0.1
-    assert all(c.finding for c in (checks[0], checks[1], checks[4]))
+    assert all(c.finding for c in (checks[0], checks[1], checks[3], checks[5]))
 
 
 def test_judge_fail_case():
-    m = _measurements(flat=-0.10, beyond=0.0, steps_gain=-0.20, b_crit_fit=3000.0, gap=0.15)
+    m = _measurements(flat=-0.10, beyond=0.0, steps_gain=-0.20, b_crit_fit=3000.0, gap=0.15,
+                      small_eta_gain=-0.10)
     v = [c.verdict for c in ls.judge(m)]
-    assert v == ["FAIL"] * 5, v
+    assert v == ["FAIL"] * 6, v
 
 
 def test_judge_inconclusive_case():
     # one seed: no seed variance for the fixed-epochs differences; two S(B) points only
-    m = _measurements(seeds=1, sb_points=(512, 1024))
+    m = _measurements(seeds=1, sb_points=(512, 1024), small_eta_gain=0.0)
     checks = ls.judge(m)
     assert [c.verdict for c in checks] == ["INCONCLUSIVE", "INCONCLUSIVE", "PASS",
-                                           "INCONCLUSIVE", "INCONCLUSIVE"]
-    assert checks[3].numbers["censored"] == [64, 128, 256]
+                                           "INCONCLUSIVE", "INCONCLUSIVE", "INCONCLUSIVE"]
+    assert checks[4].numbers["censored"] == [64, 128, 256]
     # a difference at the edge of the band is INCONCLUSIVE too
     edge = ls.judge(_measurements(flat=-0.02))[0]
     assert edge.verdict == "INCONCLUSIVE"
@@ -269,7 +278,7 @@ def test_judge_warmup_gap_predicted_where_past_the_edge():
     m = _measurements(gap=0.15)
     m["prediction"] = ls.predict({**m["reference"], "lambda_init": 10.0},
                                  [64, 128, 256, 512, 1024])
-    assert ls.judge(m)[4].verdict == "PASS"                    # a gap, as predicted
+    assert ls.judge(m)[5].verdict == "PASS"                    # a gap, as predicted
 
 
 # ----------------------------------------------------------------------------- smoke

@@ -66,6 +66,8 @@ fixed-epochs ladder, B = 64 and the η/2 member from its fixed-steps ladder, and
    more than BAND against the anchor (``direction`` of acc_anchor − acc_B − BAND);
 3. (derived) at fixed steps, B_ref < B ≤ B_stab at η = Bη₀ is no worse than B_ref
    (acc_ref − acc_B ≤ BAND, ``at_most``): more examples per step at the same temperature;
+   3b. (derived, added after the first full run) past B_stab the linear η is too large: for
+   B > B_stab a smaller η of the fixed-steps grid beats η = Bη₀ (``direction``);
 4. (derived) S(B) = S_min(1 + B_crit/B): least squares of S on 1/B over the B that reach the
    target (≥ 3 needed); the fitted B_crit of the order of the reference run's B_simple:
    |log₁₀(B_crit/B_simple)| ≤ 1 (``band`` at ±k se, se by the delta method from the fit,
@@ -481,7 +483,7 @@ def sb_points(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def judge(m: dict[str, Any]) -> list[Check]:
-    """The five checks of the module docstring from :func:`measure`'s output."""
+    """The six checks of the module docstring from :func:`measure`'s output."""
     pred, ref = m["prediction"], m["reference"]
     n_test = m["n_test"]
     b_max, b_stab, b_crit = pred["B_max"], pred["B_stab"], pred["B_crit_pred"]
@@ -574,6 +576,40 @@ def judge(m: dict[str, Any]) -> list[Check]:
         worst_verdict(per3.values()) if judged3 else "INCONCLUSIVE",
         {"B": steps_b, "acc_linear": lin, "acc_best": best, "deficit": d3, "se": s3,
          "judged": judged3, "per_B_verdict": per3, "T": m["T_ref"]}, basis="derived"))
+
+    # 3b. (derived) past B_stab the linear η is too large at fixed steps
+    judged3b, d3b, s3b, per3b, alt = [], {}, {}, {}, {}
+    for b in steps_b:
+        r = m["steps_runs"][str(b)]
+        small = [i for i, lr in enumerate(r["lr"]) if lr < scaled_lr(b) * (1 - 1e-9)]
+        if b <= b_stab or not small:
+            continue
+        j = max(small, key=lambda i: r["test_acc"][i])
+        alt[b] = r["lr"][j]
+        cj = r["correct"][j] if r.get("correct") else None
+        d3b[b], s3b[b] = paired_diff([r["test_acc"][j]], [lin[b]], n_test,
+                                     [cj] if cj else None,
+                                     [cor_lin[b]] if cor_lin[b] else None, single=True)
+        per3b[b] = direction(d3b[b], s3b[b], +1)
+        judged3b.append(b)
+    checks.append(Check(
+        "fixed steps: past B_stab the linear η is too large",
+        f"for B > B_stab = {b_stab:.0f} (η = Bη₀ past 2(1 + β)/λ_ref = "
+        f"{EDGE / ref['lambda_ref']:.3g}) a smaller η of the grid beats η = Bη₀ at equal steps",
+        "; ".join(f"B={b}: η = {alt[b]:.3g} {100 * (lin[b] + d3b[b]):.1f} % vs η = "
+                  f"{scaled_lr(b):.3g} {100 * lin[b]:.1f} % ({_pp(d3b[b])} ± "
+                  f"{100 * _se(s3b[b]):.1f} pp)" for b in judged3b)
+        or "no B past B_stab with a smaller η in the grid",
+        f"acc(best smaller η) − acc(η = Bη₀) > 0 beyond ±{K:g} se (kit direction; one seed: "
+        "the paired test-set term only). Added after the first full run (the B_stab "
+        "prediction had no check of its own)",
+        worst_verdict(per3b.values()) if judged3b else "INCONCLUSIVE",
+        {"judged": judged3b, "gain": d3b, "se": s3b, "per_B_verdict": per3b, "eta": alt},
+        basis="derived",
+        finding=("η = Bη₀ itself fails past the stability edge: at equal steps B = "
+                 + ", ".join(f"{b} loses {100 * d3b[b]:.1f} pp against η = {alt[b]:.3g}"
+                             for b in judged3b if per3b[b] == "PASS"))
+        if "PASS" in per3b.values() else ""))
 
     # 4. (derived) S(B) fit and B_crit against B_simple
     sb = sb_points(m)
