@@ -86,6 +86,7 @@ near the edge, where β matters).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -715,7 +716,7 @@ def _check_regime(m: dict) -> Check:
         worst_verdict(verds.values()), {"per_beta": nums}, basis="derived")
     q0 = nums.get("0.0", {}).get("q")
     if c.verdict != "PASS" and q0 is not None and math.isfinite(q0) and q0 > WELL_INSIDE / 2:
-        qs = ", ".join(f"{nums[str(b)]['q']:.2f}" for b in net["betas"][1:])
+        qs = ", ".join(f"{nums[str(b)]['q']:.2g}" for b in net["betas"][1:])
         c.finding = (f"the notes leave out the regime: at the network's best η′ plain SGD "
                      f"already runs at q = {q0:.2f} of its stability edge (momentum: {qs}): "
                      "not 'well inside' it, the regime SPEC §4.6 gives the β-independence of "
@@ -798,10 +799,15 @@ def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
 
 def _exact_curve(lr: float, beta: float, m: dict) -> float:
     """Exact/first-order ratio with the problem's own h and σ² (for the figure)."""
-    prob = _problem(0)
-    h, s2 = prob["h"], prob["sigma2"]
+    h, s2 = _spectrum()
     ex = ema_excess_closed(lr, beta, h, s2, m["batch"])
     return ex / (lr * float(s2.sum()) / (4 * m["batch"])) if math.isfinite(ex) else math.nan
+
+
+@functools.lru_cache(maxsize=1)
+def _spectrum() -> tuple[np.ndarray, np.ndarray]:
+    prob = _problem(0)
+    return prob["h"], prob["sigma2"]
 
 
 @single_threaded
