@@ -522,11 +522,10 @@ def judge(m: dict[str, Any]) -> list[Check]:
         "seeds, se from the seeds and the test set, paired_diff)", v1,
         {"B": epoch_ladder, "anchor": anchor, "judged": inside, "per_B_verdict": per,
          "diff": diffs, "se": ses,
-         "acc_runs": {b: _acc(m, b) for b in epoch_ladder}, "B_max": b_max},
-        finding=(f"the notes give η = Bη₀ no range; predicted here B ≤ min(B_stab ≈ "
-                 f"{b_stab:.0f}, B_crit ≈ B_simple ≈ {b_crit:.0f})"
-                 + (f"; beyond it B = {lost} lose more than {100 * BAND:.0f} pp at "
-                    f"{m['epochs']} epochs" if lost else ""))))
+         "acc_runs": {b: _acc(m, b) for b in epoch_ladder}, "B_max": b_max,
+         "lost_beyond_range": lost},
+        finding=(f"the notes give η = Bη₀ no range: here B ≤ min(B_stab ≈ {b_stab:.0f}, "
+                 f"B_crit ≈ B_simple ≈ {b_crit:.0f})")))
 
     # 2. (derived) beyond the range the rule breaks at fixed epochs
     per2 = {b: direction(-diffs[b] - BAND, ses[b], +1) for b in beyond}
@@ -543,8 +542,8 @@ def judge(m: dict[str, Any]) -> list[Check]:
         {"judged": beyond, "per_B_verdict": per2,
          "diverged": {b: sum(m["epochs_runs"][f"{b}/1"]["diverged"]) for b in epoch_ladder}},
         basis="derived",
-        finding=("at fixed epochs the largest batches get too few steps: " + ", ".join(
-            f"B = {b} (T = {run_length(b, m['epochs'], m['n_train'])[0]}) {_pp(diffs[b])} pp"
+        finding=(f"at {m['epochs']} epochs batches ≫ B_crit get too few steps: " + ", ".join(
+            f"B = {b} ({run_length(b, m['epochs'], m['n_train'])[0]} steps) {_pp(diffs[b])} pp"
             for b in beyond if per2[b] == "PASS")) if "PASS" in per2.values() else ""))
 
     # 3. (derived) fixed steps up to B_stab
@@ -606,8 +605,8 @@ def judge(m: dict[str, Any]) -> list[Check]:
         worst_verdict(per3b.values()) if judged3b else "INCONCLUSIVE",
         {"judged": judged3b, "gain": d3b, "se": s3b, "per_B_verdict": per3b, "eta": alt},
         basis="derived",
-        finding=("η = Bη₀ itself fails past the stability edge: at equal steps B = "
-                 + ", ".join(f"{b} loses {100 * d3b[b]:.1f} pp against η = {alt[b]:.3g}"
+        finding=("past B_stab η = Bη₀ crosses the stability edge: at equal steps B = "
+                 + ", ".join(f"{b} loses {100 * d3b[b]:.1f} pp to η = {alt[b]:.3g}"
                              for b in judged3b if per3b[b] == "PASS"))
         if "PASS" in per3b.values() else ""))
 
@@ -658,8 +657,8 @@ def judge(m: dict[str, Any]) -> list[Check]:
         worst_verdict(per5.values()) if gaps else "INCONCLUSIVE",
         {"gap": gaps, "per_B_verdict": per5, "matters": matters,
          "product": pred["warmup_product"]}, basis="derived",
-        finding=("Goyal's warmup cannot matter here: η_peak·λ_max(0) ≪ 2(1 + β) at every B; "
-                 "the large-B failures come later, as the sharpness grows"
+        finding=(f"warmup cannot matter here: η_peak·λ_max(0) ≤ "
+                 f"{max(pred['warmup_product'][str(b)] for b in gaps):.2f} ≪ 2(1 + β)"
                  if gaps and not any(matters.values()) else "")))
     return checks
 
