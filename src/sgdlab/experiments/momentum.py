@@ -630,12 +630,10 @@ def _check_exact(m: dict) -> Check:
     if c.verdict == "PASS" and big is not None and direction(big["R"] - 1, big["R_se"], -1) \
             == "PASS":
         c.finding = (
-            "'β does nothing' holds to first order in η′h only: at η′h_max = "
-            f"{big['lr'] * m['h_max']:g} momentum lowers the stationary loss (β = "
-            f"{big['beta']:g}: R = {big['R']:.3f} ± {big['R_se']:.3f}, exact "
-            f"{big['R_exact']:.3f}) because the β = 0 loss rises as 1/(1 − η′h/2); the gap is "
-            "set by η′h (≈ η′hβ/(1 + β)), not by 1 − β, and momentum stays stable up to "
-            "η′h < 2(1 + β)/(1 − β), where plain SGD diverges at 2")
+            f"β does nothing only to first order in η′h: at η′h_max = {big['lr'] * m['h_max']:g}, "
+            f"β = {big['beta']:g} gives R = {big['R']:.3f} ± {big['R_se']:.3f} (exact "
+            f"{big['R_exact']:.3f}) — the β = 0 loss rises as 1/(1 − η′h/2); the gap is set by "
+            "η′h, not 1 − β; momentum is stable up to η′h = 2(1 + β)/(1 − β), SGD to 2")
     return c
 
 
@@ -684,10 +682,9 @@ def _check_relax(m: dict) -> Check:
         f"|τ̂/τ − 1| ≤ {RELAX_TOL:.0%} (±{K:g} se over groups of chains) at every mode, η′, β",
         worst_verdict(verds), {"rows": rows}, basis="derived")
     if c.verdict == "PASS":
-        c.finding = ("the notes leave out the transient: β sets how fast the mean relaxes — "
-                     "above critical damping in −2/ln β ≈ 2/(1 − β) steps whatever η′ (199 at "
-                     "β = 0.99), where plain SGD at the same η′ takes ≈ 1/(η′h); 2/(1 − β) is "
-                     "the small-(1 − β) form (4 against 2.89 at β = 0.5)")
+        c.finding = ("β sets the mean's relaxation: above critical damping −2/ln β ≈ "
+                     "2/(1 − β) steps whatever η′ (199 at β = 0.99; 2.89, not 4, at β = 0.5), "
+                     "while plain SGD takes ≈ 1/(η′h)")
     return c
 
 
@@ -717,10 +714,9 @@ def _check_regime(m: dict) -> Check:
     q0 = nums.get("0.0", {}).get("q")
     if c.verdict != "PASS" and q0 is not None and math.isfinite(q0) and q0 > WELL_INSIDE / 2:
         qs = ", ".join(f"{nums[str(b)]['q']:.2g}" for b in net["betas"][1:])
-        c.finding = (f"the notes leave out the regime: at the network's best η′ plain SGD "
-                     f"already runs at q = {q0:.2f} of its stability edge (momentum: {qs}): "
-                     "not 'well inside' it, the regime SPEC §4.6 gives the β-independence of "
-                     "the best η′; only momentum is far from its edge 2(1 + β)/(1 − β)")
+        c.finding = (f"at the network's best η′ plain SGD runs at q = {q0:.2f} of its "
+                     f"stability edge (momentum: {qs}): not 'well inside' it, the regime "
+                     "SPEC §4.6 states for the β-independence of the best η′")
     return c
 
 
