@@ -104,18 +104,60 @@ def save(path: str | Path, payload: dict[str, Any]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        with open(tmp, "wb") as raw:
+            fh = _RecordingWriter(raw)
+            try:
+                torch.save(payload, fh)
+            except RuntimeError:
+                if fh.error is not None:  # torch wraps the OSError (ENOSPC, EFBIG) it met
+                    raise fh.error from None
+                raise
+            raw.flush()
+            os.fsync(raw.fileno())
         _fault_hook(tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+#: Temporary checkpoint files start with this (a dead writer's are removed on resume).
+TMP_PREFIX = "."
+
+
+class _RecordingWriter:
+    """A binary file that remembers the first ``OSError`` its ``write`` raised (torch.save
+    reports a failed write as a ``RuntimeError`` without the reason)."""
+
+    def __init__(self, raw) -> None:
+        self.raw = raw
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.raw.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def remove_stale_temporaries(directory: str | Path, name: str = "last.pt") -> list[Path]:
+    """Delete the temporary files that killed writers left beside ``directory/name`` (call
+    it only while holding the run directory's lock); returns what was removed."""
+    removed = []
+    for p in Path(directory).glob(f"{TMP_PREFIX}{name}.tmp-*"):
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:

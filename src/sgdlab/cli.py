@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -102,8 +100,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE.yaml",
                    help="YAML file of config fields (the names of config.yaml); the flags "
                         "given here override it (default: none)")
-    p.add_argument("--dataset", help=f"data set, {_names(reg['datasets'])} {imp} returning an "
-                   "sgdlab Dataset or a dict of x_train, y_train, x_test, y_test (+ task) "
+    p.add_argument("--dataset", help=f"data set, {_names(reg['datasets'])} {imp} returning what "
+                   "Trainer(data=...) takes: an sgdlab Dataset or MapData, a dict of x_train, "
+                   "y_train, x_test, y_test (+ task), or map-style torch Datasets (train, test) "
                    f"(default: {d('dataset')})")
     p.add_argument("--model", help=f"model, {_names(reg['models'])} {imp} taking the data's "
                    f"DataSpec (or nothing) and returning an nn.Module (default: {d('model')})")
@@ -176,9 +175,10 @@ def _add_train_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--probe-schedule", help=f"when to measure, {_names(PROBE_SCHEDULES)} "
                    "linear: every --probe-every steps, log: log-spaced steps "
                    f"(default: {d('probe_schedule')})")
-    t.add_argument("--nproc", type=int, default=1,
-                   help="data-parallel processes on this machine (under torchrun; gloo on "
-                        "CPU, nccl on GPU), an integer >= 1 (default: %(default)s)")
+    t.add_argument("--nproc", type=int, default=None,
+                   help="data-parallel processes on this machine (torch.distributed; gloo on "
+                        "CPU, nccl on GPU), an integer >= 1 (default: 1; with --resume, the "
+                        "run's own)")
     t.add_argument("--quiet", action="store_true", help="no progress output (default: progress "
                    "on stderr)")
     t.add_argument("--check-config", "--dry-run", dest="check_config", action="store_true",
@@ -293,79 +293,168 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from sgdlab import config as cfgmod
+    """``sgdlab train``: a new run, or ``--resume`` of one; ``--nproc N`` starts N ranks
+    (:mod:`sgdlab.launch`) once everything has been checked in this process."""
+    from sgdlab import runlock
     from sgdlab.train import Trainer
 
-    if args.nproc < 1:
+    if args.nproc is not None and args.nproc < 1:
         return _fail(f"nproc must be an integer >= 1, got {args.nproc}")
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return _launch_distributed(args)
+    if "WORLD_SIZE" in os.environ:  # a rank (of sgdlab.launch, or of the user's torchrun)
+        return _train_rank(args)
+    cfg, run_dir, nproc = _train_config(args)
+    if nproc > 1:
+        if cfg.batch_size % nproc:
+            return _fail(f"batch_size must be divisible by the {nproc} processes, "
+                         f"got {cfg.batch_size}")
+        Trainer(dataclasses.replace(cfg, out=None, device="cpu"), progress=False)  # validate
+        lock = runlock.acquire(run_dir)
+        try:
+            if not args.resume and (problem := _occupied(run_dir)):
+                return _fail(problem)
+            from sgdlab.launch import launch
+
+            argv = _rank_argv(sys.argv[1:], cfg.out)
+            return launch(argv, nproc, {runlock.ENV: runlock._key(run_dir)})
+        finally:
+            lock.release()
+    trainer = Trainer(cfg, progress=not args.quiet)
     try:
-        if args.resume:
-            run_dir = Path(args.resume)
-            if not (run_dir / "config.yaml").is_file():
-                return _fail(f"resume: {run_dir} is not a run directory (no config.yaml)")
-            cfg = cfgmod.resolve(run_dir / "config.yaml", out=str(run_dir))
-        else:
-            cfg = cfgmod.resolve(args.config, **_overrides(args))
-            if cfg.out is None:
-                cfg.out = _default_out(cfg)
-            out = Path(cfg.out)
-            if out.exists() and any(out.iterdir()) and int(os.environ.get("RANK", "0")) == 0:
-                return _fail(f"out: {out} already holds files; choose another --out or "
-                             f"continue it with --resume {out}")
-        trainer = Trainer(cfg, progress=not args.quiet)
-        summary = trainer.resume() if args.resume else trainer.fit()
-    except cfgmod.ConfigError as err:
-        return _fail(str(err))
-    finally:
-        import torch.distributed as dist
-        if dist.is_initialized():
-            dist.barrier()  # let rank 0 finish writing before any rank tears gloo down
-            dist.destroy_process_group()
-    if trainer.rank != 0:
-        return trainer.exit_code(summary)
-    final = summary["final"]
-    if summary["status"] == "diverged":
-        print(f"sgdlab: {summary['message']}", file=sys.stderr)
-    elif summary["status"] == "interrupted":
-        print(f"sgdlab: {summary['message']}", file=sys.stderr)
-    else:
-        parts = [f"{k} {final[k]:.4f}" for k in ("test_acc", "test_loss", "avg_test_acc")
-                 if k in final]
-        print(f"done: {summary['steps']} steps in {summary['wall_time']:.1f} s; "
-              + ", ".join(parts))
-    print(f"run directory: {summary['run_dir']}")
-    return trainer.exit_code(summary)
+        summary = trainer.resume() if args.resume else trainer.fit(new_directory=True)
+    except KeyboardInterrupt:  # before the loop took over the signals: nothing to resume
+        print(f"sgdlab: interrupted before training started; start again with: "
+              f"sgdlab train --resume {run_dir}", file=sys.stderr)
+        return 130
+    return _report(trainer, summary)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _train_config(args: argparse.Namespace):
+    """(config, run directory, number of processes) of ``sgdlab train``, every input checked
+    (one-line :class:`~sgdlab.config.ConfigError` otherwise; nothing written).
+
+    A new run: the config from ``--config`` and the flags, ``--out`` writable and holding no
+    files. ``--resume RUN``: the run's own config.yaml with the flags given applied (the
+    trainer refuses those that cannot change when resuming, naming them), and the run's own
+    number of processes unless ``--nproc`` is given."""
+    from sgdlab import config as cfgmod
+
+    nproc = args.nproc
+    if not args.resume:
+        cfg = cfgmod.resolve(args.config, **_overrides(args))
+        if cfg.out is None:
+            cfg.out = _default_out(cfg)
+        out = check_writable_dir(cfg.out, "out")
+        if problem := _occupied(out):
+            raise cfgmod.ConfigError(problem)
+        return cfg, out, nproc or 1
+    run_dir = Path(args.resume)
+    for flag, value in (("--out", args.out), ("--config", args.config)):
+        if value is not None:
+            raise cfgmod.ConfigError(f"{flag} cannot be combined with --resume (the run's own "
+                                     "config.yaml is used; give the fields to change as flags)")
+    if not run_dir.is_dir():
+        raise cfgmod.ConfigError(f"resume: {run_dir} is not a directory")
+    if not (run_dir / "config.yaml").is_file():
+        raise cfgmod.ConfigError(f"resume: {run_dir} is not a run directory (no config.yaml)")
+    check_writable_dir(run_dir, "resume")
+    given = {k: v for k, v in _overrides(args).items() if v is not None and k != "out"}
+    cfg = cfgmod.resolve(run_dir / "config.yaml", **given, out=str(run_dir))
+    if nproc is None:
+        nproc = _trained_world_size(run_dir)
+        if nproc > 1:
+            print(f"sgdlab: resuming with --nproc {nproc}, as the run was trained (give "
+                  "--nproc to change it)", file=sys.stderr)
+    return cfg, run_dir, nproc
 
 
-def _launch_distributed(args: argparse.Namespace) -> int:
-    """Re-run this command under torchrun with ``--nproc`` local processes (gloo on CPU,
-    nccl on GPU); each process gets ``cores // nproc`` threads."""
-    argv = [a for a in sys.argv[1:]]
+def _trained_world_size(run_dir: Path) -> int:
+    """The number of processes that wrote the run's checkpoint (1 without one)."""
+    from sgdlab import checkpoint
+
+    path = run_dir / "checkpoints" / "last.pt"
+    if not path.exists():
+        return 1
+    return int(checkpoint.load(path).get("world_size", 1))
+
+
+def _occupied(run_dir: Path) -> str | None:
+    from sgdlab.train import occupied
+
+    return occupied(run_dir)
+
+
+def _rank_argv(argv: list[str], out: str) -> list[str]:
+    """The ranks' command line: this one without ``--nproc``, with the chosen ``--out`` (so
+    that every rank writes to the directory the launcher checked and locked)."""
     cleaned, skip = [], False
     for a in argv:
         if skip:
             skip = False
             continue
-        if a == "--nproc":
+        if a in ("--nproc", "--out"):
             skip = True
             continue
-        if a.startswith("--nproc="):
+        if a.startswith(("--nproc=", "--out=")):
             continue
         cleaned.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
-           f"--nproc-per-node={args.nproc}", "--master-addr=127.0.0.1",
-           f"--master-port={_free_port()}", "-m", "sgdlab.cli", *cleaned]
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
-    return subprocess.call(cmd, env=env)
+    return cleaned if "--resume" in cleaned or any(a.startswith("--resume=") for a in cleaned) \
+        else [*cleaned, "--out", str(out)]
+
+
+def _train_rank(args: argparse.Namespace) -> int:
+    """One rank of a data-parallel run; only rank 0 reports."""
+    from sgdlab import config as cfgmod
+    from sgdlab import runlock
+    from sgdlab.train import Trainer
+
+    rank = int(os.environ.get("RANK", "0"))
+    trainer = None
+    try:
+        if args.resume:
+            run_dir = Path(args.resume)
+            given = {k: v for k, v in _overrides(args).items() if v is not None and k != "out"}
+            cfg = cfgmod.resolve(run_dir / "config.yaml", **given, out=str(run_dir))
+        else:
+            cfg = cfgmod.resolve(args.config, **_overrides(args))
+            if cfg.out is None:
+                raise cfgmod.ConfigError("out: give --out to a data-parallel run started "
+                                         "under torchrun")
+        trainer = Trainer(cfg, progress=not args.quiet and rank == 0)
+        new = not args.resume and not runlock.inherited(cfg.out)
+        summary = trainer.resume() if args.resume else trainer.fit(new_directory=new)
+    except cfgmod.ConfigError as err:
+        return _fail(str(err)) if rank == 0 else EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            try:
+                dist.barrier()  # let rank 0 finish writing before any rank tears gloo down
+            finally:
+                dist.destroy_process_group()
+    if rank != 0:
+        return trainer.exit_code(summary)
+    return _report(trainer, summary)
+
+
+def _report(trainer, summary: dict[str, Any]) -> int:
+    """Print the end of a run (rank 0) and return its exit code."""
+    if summary.get("already_completed"):
+        print(f"sgdlab: {summary['run_dir']} already completed {summary['steps']} steps; "
+              "nothing changed (train it longer with: sgdlab train --resume "
+              f"{summary['run_dir']} --steps N)")
+        return 0
+    final = summary["final"]
+    if summary["status"] in ("diverged", "interrupted"):
+        print(f"sgdlab: {summary['message']}", file=sys.stderr)
+    else:
+        parts = [f"{k} {final[k]:.4f}" for k in ("test_acc", "test_loss", "avg_test_acc")
+                 if k in final and final[k] is not None]
+        print(f"done: {summary['steps']} steps in {summary['wall_time']:.1f} s; "
+              + ", ".join(parts))
+    print(f"run directory: {summary['run_dir']}")
+    return trainer.exit_code(summary)
 
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
@@ -458,17 +547,17 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
     if args.resume:
         return _fail("--check-config validates a new run; it cannot be combined with --resume")
-    if args.nproc < 1:
-        return _fail(f"nproc must be an integer >= 1, got {args.nproc}")
+    nproc = 1 if args.nproc is None else args.nproc
+    if nproc < 1:
+        return _fail(f"nproc must be an integer >= 1, got {nproc}")
     try:
         cfg = cfgmod.resolve(args.config, **_overrides(args))
         out = Path(cfg.out if cfg.out is not None else _default_out(cfg))
         check_writable_dir(out, "out")
-        if out.is_dir() and any(out.iterdir()):
-            return _fail(f"out: {out} already holds files; choose another --out or "
-                         f"continue it with --resume {out}")
-        if cfg.batch_size % args.nproc:
-            return _fail(f"batch_size must be divisible by the {args.nproc} processes, "
+        if problem := _occupied(out):
+            return _fail(problem)
+        if cfg.batch_size % nproc:
+            return _fail(f"batch_size must be divisible by the {nproc} processes, "
                          f"got {cfg.batch_size}")
         trainer = Trainer(dataclasses.replace(cfg, out=None), progress=False)
     except cfgmod.ConfigError as err:

@@ -198,10 +198,12 @@ def _load_data(cfg: TrainConfig, user_data: Any) -> data.Dataset | data.MapData:
         if "seed" in _parameters(fn):
             kwargs["seed"] = cfg.seed
         made = config_mod.call_user(fn, "dataset", cfg.dataset, **kwargs)
-        if not isinstance(made, (data.Dataset, dict)):
+        if not isinstance(made, (data.Dataset, data.MapData, dict, tuple,
+                                 torch.utils.data.Dataset)):
             raise ConfigError(f"dataset: {cfg.dataset!r} returned {type(made).__name__}; "
-                              "expected an sgdlab Dataset or a dict of x_train, y_train, "
-                              "x_test, y_test (+ task)")
+                              "expected an sgdlab Dataset or MapData, a dict of x_train, "
+                              "y_train, x_test, y_test (+ task), or map-style torch Datasets "
+                              "(train, test)")
     try:
         return data.as_data(made)
     except ValueError as err:
@@ -493,17 +495,26 @@ class Trainer:
         path = self.run_dir / "checkpoints" / "last.pt"
         if self.is_writer:
             self._lock_run_dir()
+            checkpoint.remove_stale_temporaries(path.parent)  # of a writer killed mid-save
         if not path.exists():
             if self.rank == 0:
                 print(f"sgdlab: {self.run_dir} has no checkpoint (its run stopped before the "
                       "first one); starting it again from step 0", file=sys.stderr)
             return self.fit()
         ckpt = checkpoint.load(path, map_location=self.device)
-        done = self._already_completed(ckpt)
+        try:
+            self._resume_record = self._resume_changes(ckpt)
+            done = self._already_completed(ckpt)
+            if done is not None and self._resume_record is not None:
+                changed = ", ".join(self._resume_record.get("changed", {})) or "world_size"
+                raise ConfigError(f"resume: {self.run_dir} already completed; {changed} cannot "
+                                  "change a finished run (only more --steps/--epochs can)")
+        except ConfigError:
+            self._release_lock()
+            raise
         if done is not None:
             self._release_lock()
             return done
-        self._resume_record = self._resume_changes(ckpt)
         self._load_state(ckpt, path)
         if self.is_writer:
             metrics = self.run_dir / "metrics.jsonl"
@@ -558,7 +569,8 @@ class Trainer:
         refused = [k for k in changed if k not in RESUMABLE_CHANGES]
         if refused:
             what = ", ".join(f"{k} ({old[k]!r} -> {new[k]!r})" for k in refused)
-            raise ConfigError(f"resume: {what} differ from the run in {self.run_dir}; only "
+            verb = "differ" if len(refused) > 1 else "differs"
+            raise ConfigError(f"resume: {what} {verb} from the run in {self.run_dir}; only "
                               f"{', '.join(RESUMABLE_CHANGES)} can change when resuming")
         old_total = int(ckpt.get("total_steps", self.total_steps))
         if old_total != self.total_steps:
