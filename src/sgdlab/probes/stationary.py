@@ -78,6 +78,7 @@ SAMPLING = ("replacement", "shuffle")
 OBJECTIVES = ("regularised", "data")
 
 _MARGIN = 1.0
+_DECIDE_ON_PILOT = True
 BURN_IN = 0.5   # default: the first half of the records is discarded (module docstring)
 
 OptimizerFactory = Callable[[list[torch.Tensor], float], torch.optim.Optimizer]
@@ -933,16 +934,32 @@ def _analyse(series: np.ndarray, r: int, n_batches: int, batch_factor: float, zm
     if not abs(z) <= zmax:
         reasons.append(f"drift (Geweke z = {z:.2f})")
         need = max(need, 1.5 * steps)
-    if bm.batch_len < batch_factor * max(tau, 1.0):
+    # the run-length decisions (batch length against τ_int, precision) are taken on the
+    # records *before* the cut when there are enough of them — the last (1 − f) of the
+    # discarded part, i.e. records [M/4, M/2) for f = ½ — and predict the kept part's
+    # (which is 1/f times as long); deciding on the kept records themselves would stop
+    # preferentially when their se happens to be small (module docstring, cause 3).
+    lo = int(math.floor(float(burn_in) * d)) if burn_in != "mser" else d
+    pilot = series[:, lo:d]
+    use_pilot = _DECIDE_ON_PILOT and burn_in != "mser" and pilot.shape[1] >= max(4 * per, 8)
+    if use_pilot:
+        tau_d = max(integrated_autocorr_time(pilot), 1e-12)
+        bm_d = batch_means(pilot, n_batches)
+        se_d = bm_d.se * math.sqrt(pilot.shape[1] / m)   # predicted se of the kept part
+        mean_d = bm_d.mean
+    else:
+        tau_d, se_d, mean_d = tau, bm.se, bm.mean
+    if bm.batch_len < batch_factor * max(tau_d, 1.0):
         reasons.append(f"batches of {bm.batch_len} records shorter than "
-                       f"{batch_factor:g} tau_int = {batch_factor * tau:.1f}")
-        need = max(need, 1.2 * per * batch_factor * max(tau, 1.0) * r / frac_kept
+                       f"{batch_factor:g} tau_int = {batch_factor * tau_d:.1f}")
+        need = max(need, 1.2 * per * batch_factor * max(tau_d, 1.0) * r / frac_kept
                    if burn_in != "mser" else
-                   d * r + 1.2 * per * batch_factor * max(tau, 1.0) * r)
-    target = max(rel_se * abs(bm.mean - reference), abs_se)
-    if not bm.se <= target:
-        reasons.append(f"se {bm.se:.3g} above target {target:.3g}")
-        factor = (bm.se / target) ** 2 if target > 0 else 10.0
+                   d * r + 1.2 * per * batch_factor * max(tau_d, 1.0) * r)
+    target = max(rel_se * abs(mean_d - reference), abs_se)
+    if not se_d <= target:
+        reasons.append(f"se {se_d:.3g} above target {target:.3g}"
+                       + (" (predicted from the records before the cut)" if use_pilot else ""))
+        factor = (se_d / target) ** 2 if target > 0 else 10.0
         need = max(need, 1.1 * factor * m * r / frac_kept if burn_in != "mser"
                    else d * r + 1.1 * factor * m * r)
     return {"mean": bm.mean, "se": bm.se, "burn_in": d, "mser_burn_in": d_mser,
