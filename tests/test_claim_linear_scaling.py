@@ -41,6 +41,9 @@ def test_registry_and_budgets():
     full = ls.BUDGETS["full"]
     assert ls.eta_mults(full, 64) == [1.0, 2.0] and ls.eta_mults(full, 128) == [0.5, 1.0, 2.0]
     assert ls.eta_mults(full, 1024) == [0.25, 0.5, 1.0]
+    quick = ls.BUDGETS["quick"]
+    assert ls.eta_mults(quick, 512) == [1.0] and ls.eta_mults(quick, 512, 355.0) == [0.5, 1.0]
+    assert ls.eta_mults(quick, 256, 355.0) == [1.0]
 
 
 def test_reference_recipe_matches_the_config_file():

@@ -38,7 +38,8 @@ sharpness and noise-scale instruments; the ladders are :func:`sgdlab.sweep.train
 * fixed-steps ladder: every B runs T_ref = T(B_ref) steps at η ∈ η(B)·{multipliers} (η ≤ 0.8;
   full: {1, 2} below B_ref, {½, 1, 2} at B_ref, {¼, ½, 1} above — widened after the first
   full run, whose grid {½, 1} left B = 64 and 1024 short of the target; quick: η(B) alone,
-  so its S(B) is at η = Bη₀, not tuned), seed 0, test accuracy every
+  so its S(B) is at η = Bη₀, not tuned, plus η(B)/2 where B > B_stab — added after the
+  first full run for check 3b), seed 0, test accuracy every
   ≈ T_ref/50 steps; S(B) = the first evaluated step at which the test accuracy reaches the
   target, minimised over η ("η tuned per B"); the target is the reference run's test accuracy
   at its middle evaluation (T_ref/2), so S(B_ref) ≈ T_ref/2. S(B) is read inside the recipe's
@@ -115,7 +116,10 @@ BUDGETS: dict[str, dict[str, Any]] = {
               "step_ladder": [128, 512], "eta_mults": [1.0], "no_warmup": [512],
               "sharp_subset": 128, "sharp_iters": 5, "noise_points": 8},
     "quick": {"epochs": 10, "min_seeds": 2, "epoch_ladder": [32, 64, 128, 1024],
-              "step_ladder": [128, 256, 512], "eta_mults": [1.0],
+              "step_ladder": [128, 256, 512],
+              # η(B)/2 only where the reference run puts η(B) past the edge (B > B_stab)
+              "eta_mults": {"below": [1.0], "ref": [1.0], "above": [1.0],
+                            "past_stab": [0.5, 1.0]},
               "no_warmup": [1024], "sharp_subset": 256, "sharp_iters": 15,
               "noise_points": 40},
     "full": {"epochs": 20, "min_seeds": 3, "epoch_ladder": [32, 64, 128, 256, 512, 1024],
@@ -358,12 +362,15 @@ def _test_correct(ds, params: dict[str, Any], k: int) -> list[str]:
     return out
 
 
-def eta_mults(budget: dict[str, Any], batch: int) -> list[float]:
+def eta_mults(budget: dict[str, Any], batch: int, b_stab: float = math.inf) -> list[float]:
     """The fixed-steps η grid's multipliers on η(B): a list for every B, or per side of B_ref
     ({"below", "ref", "above"}: past B_crit and B_stab the best η falls below the linear
-    rule, below B_ref it can lie above)."""
+    rule, below B_ref it can lie above), with an optional "past_stab" list for B > B_stab
+    (the prediction of the reference run, known before the ladder runs)."""
     g = budget["eta_mults"]
     if isinstance(g, dict):
+        if batch > b_stab and "past_stab" in g:
+            return list(g["past_stab"])
         return list(g["below" if batch < B_REF else "ref" if batch == B_REF else "above"])
     return list(g)
 
@@ -423,7 +430,8 @@ def measure(ctx: Context, budget: dict[str, Any]) -> dict[str, Any]:
     every = max(1, T_ref // 50)
     steps_runs: dict[str, Any] = {}
     for b in budget["step_ladder"]:
-        lrs = sorted({round(min(scaled_lr(b) * m, ETA_CAP), 10) for m in eta_mults(budget, b)}
+        mults = eta_mults(budget, b, pred["B_stab"])
+        lrs = sorted({round(min(scaled_lr(b) * k, ETA_CAP), 10) for k in mults}
                      | {scaled_lr(b)})
         pts = [hyper(lr, 0) for lr in lrs]
         key = {**base, "part": "steps", "B": b, "T": T_ref, "W": W, "every": every,
@@ -608,7 +616,11 @@ def judge(m: dict[str, Any]) -> list[Check]:
         finding=("past B_stab η = Bη₀ crosses the stability edge: at equal steps B = "
                  + ", ".join(f"{b} loses {100 * d3b[b]:.1f} pp to η = {alt[b]:.3g}"
                              for b in judged3b if per3b[b] == "PASS"))
-        if "PASS" in per3b.values() else ""))
+        if "PASS" in per3b.values() else
+        (f"B_stab is only a conservative bound: at {m['T_ref']} steps B = "
+         + ", ".join(f"{b} gains {-100 * d3b[b]:.1f} pp from η = Bη₀ over η = {alt[b]:.3g}"
+                     for b in judged3b if per3b[b] == "FAIL"))
+        if "FAIL" in per3b.values() else ""))
 
     # 4. (derived) S(B) fit and B_crit against B_simple
     sb = sb_points(m)
