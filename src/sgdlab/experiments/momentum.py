@@ -30,15 +30,20 @@ replacement (SPEC §1); Φ* = x̄, Σ = diag(h_i² s_i²) exactly. (ii) sgdlab's
 Measurements (:func:`measure`):
 
 * stationary excess on (i) by :func:`sgdlab.probes.stationary.stationary_loss` (EMA style,
-  K chains, MSER burn-in, batch-means se) over an η′ ladder × β (quick: η′ = .01, .3, 1.5 ×
-  β = 0, .9, .99; full: eight η′ from .01 to 10 × β = 0, .5, .9, .99) — every (η′, β) with
+  K chains, the probe's burn-in and batch-means se) over an η′ ladder × β (quick: η′ = .03,
+  .3, 1.5 × β = 0, .5, .9; full: eight η′ from .01 to 10 × β = 0, .5, .9, .99) — every (η′, β) with
   η′h_max ≤ ¾ of its stability edge, so the large-η′ end is run only with momentum (β = 0
   diverges at η′h_max = 2). Chains start from the first-order distribution
   δ_i ~ N(0, η′s_i/(2h_i)) — the same for every β and equal to neither exact value, so the
   measured excess has to move to the exact one (MSER detects and drops the transient). Runs
   whose mean relaxes in ≤ 20 steps record every 3 steps (so they may stop at 300 steps);
   first tried on η′h_min ≥ 0.1 alone, which let β = 0.99 at η′ = 1.5 stop at 300 steps
-  7.6 % low (z = −3.4) — its buffer fills in ≈ 1/(1 − β) = 100 steps;
+  7.6 % low (z = −3.4) — its buffer fills in ≈ 1/(1 − β) = 100 steps. Every run lasts at
+  least 10 predicted relaxation times −1/ln ρ (max over modes): added when the probe's
+  run-length rule changed during this work and β = 0.99 at η′ = 0.01 stopped at 700 steps
+  (≈ 3.5 τ; τ_int estimated at 42 steps, ≈ 200 predicted) 6 % low; quick's smallest η′ went
+  from .01 to .03 and its β = .99 to .5 at the same time, to stay within its time budget
+  (both are in full);
 * relaxation of the mean on (i): impulse responses of sgdlab's Momentum (EMA style), K chains
   from Φ* + 100·1 (a position impulse) and K from Φ* with a gradient impulse at step 0 (δ_1 =
   −100·1), the mean of G disjoint groups of chains recorded every step; per mode and group,
@@ -60,8 +65,8 @@ Measurements (:func:`measure`):
 
 Checks (:func:`judge`; tolerances fixed before measuring):
 
-1. (notes) β does nothing at small η′: at the smallest η′ of the ladder (η′h_max = 0.01 in
-   quick/full) R_β = excess_β/excess_0 within 10 % for every β > 0 (±2 se; the ratio's se
+1. (notes) β does nothing at small η′: at the smallest η′ of the ladder (η′h_max = 0.03 in
+   quick, 0.01 in full) R_β = excess_β/excess_0 within 10 % for every β > 0 (±2 se; the ratio's se
    combines the two runs' se as if independent — they share batch streams, so conservative);
 2. (notes) heavy ball with η ≡ EMA with η/(1 − β): the same Φ_t at every step to 1e-10;
 3. (notes) the best η′ does not depend on β (network): the optimum η′*_β (vertex of the
@@ -111,13 +116,14 @@ CLAIM = Claim("6-momentum", "Momentum (EMA form): β does nothing",
               "nothing: the stationary loss at small η′, and the best η′ in training, do not "
               "depend on β; heavy ball with η is EMA with η′ = η/(1 − β).", "§4.6")
 
-VERSION = 4
+VERSION = 5
 BETAS = (0.0, 0.5, 0.9, 0.99)
 DIM, N, BATCH = 20, 1000, 1
 DISPLACE = 100.0                      # relaxation start: Φ* + DISPLACE·1
 NET_BATCH, NET_EVALS, NET_TAIL = 32, 10, 3
 EDGE_FRACTION = 0.75                  # run (η′, β) only up to ¾ of its stability edge
 FAST_TAU = 20.0                       # steps: stationary runs that mix this fast record every 3
+MIN_RELAX = 10.0                      # stationary runs last ≥ this many relaxation times
 SMALL_TOL, EXACT_TOL, RELAX_TOL, TRAJ_TOL = 0.10, 0.10, 0.05, 1e-10
 BEST_TOL, WELL_INSIDE = 0.5, 0.5      # octaves; stability fraction
 
@@ -131,7 +137,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "traj_steps": 50},
     "quick": {
         "stationary": {"chains": 64, "rel_se": 0.025, "min_steps": 300, "max_steps": 20_000},
-        "ladder": [0.01, 0.3, 1.5], "betas": [0.0, 0.9, 0.99],
+        "ladder": [0.03, 0.3, 1.5], "betas": [0.0, 0.5, 0.9],
         "relax": {"chains": 500, "groups": 10, "ladder": [0.02, 0.1, 0.5],
                   "betas": list(BETAS)},
         "net": {"etas": [0.1, 0.2, 0.4, 0.8, 1.6], "betas": [0.0, 0.9], "seeds": [0, 1, 2],
@@ -276,13 +282,18 @@ def _stationary(prob: dict, lr: float, beta: float, seed: int, st: dict) -> dict
     # every 3 steps, so that the 100 records the probe starts with take 300 steps rather than
     # 700. (First tried on η′h_min ≥ 0.1 alone: β = 0.99 at η′ = 1.5, whose buffer fills in
     # ≈ 1/(1 − β) = 100 steps, then stopped at 300 steps 7.6 % low, z = −3.4.)
-    fast = max(relaxation_time(lr, beta, hi) for hi in h) <= FAST_TAU
+    tau = max(relaxation_time(lr, beta, hi) for hi in h)
+    fast = tau <= FAST_TAU
+    # at least MIN_RELAX relaxation times per chain (burn-in plus batches ≥ 5 τ_int): added
+    # after the probe's run-length rule changed (sgdlab 7218600) and β = 0.99 at η′ = 0.01
+    # stopped at 700 steps ≈ 3.5 τ with τ_int estimated at 42 steps against ≈ 200 predicted
+    min_steps = max(st["min_steps"], int(math.ceil(MIN_RELAX * tau)))
     r = stationary_loss(model, _identity_loss, prob["x"], prob["y"], lr, BATCH,
                         sampling="replacement", optimizer="momentum",
                         optimizer_options={"beta": beta, "style": "ema"},
                         phi0={"phi": phi0}, chains=chains, seed=seed,
                         reference=prob["L_star"], rel_se=st["rel_se"],
-                        max_steps=st["max_steps"], min_steps=st["min_steps"],
+                        max_steps=st["max_steps"], min_steps=min(min_steps, st["max_steps"]),
                         record_every=3 if fast else None)
     return {"excess": r.excess, "se": r.se, "steps": r.steps, "tau_int": r.tau_int,
             "converged": r.converged, "reason": r.reason, "seconds": r.seconds}
