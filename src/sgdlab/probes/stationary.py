@@ -919,7 +919,15 @@ def _analyse(series: np.ndarray, r: int, n_batches: int, batch_factor: float, zm
                        f"cut at record {d})")
         need = max(need, 1.2 * steps * d_mser / max(d, 1))
     if m < max(4 * per, 8):
+        # too few records for the tests: still an estimate (not converged) where at least
+        # two batches of ≥ 4 records (or two chains) are there, else NaN
         out = _nan_stats()
+        nb_small = min(n_batches, k * max(1, m // 4))
+        if m >= 1 and nb_small >= 2:
+            bm = batch_means(post, nb_small)
+            out.update(mean=bm.mean, se=bm.se, n_batches=bm.n_batches, dof=bm.n_batches - 1,
+                       batch_len=bm.batch_len,
+                       tau=integrated_autocorr_time(post) if m >= 2 else math.nan)
         out.update(burn_in=d, mser_burn_in=d_mser, reason="; ".join(reasons + ["too few records"]),
                    ok=False, need=max(need, 2.0 * steps))
         return out
