@@ -146,6 +146,12 @@ def test_stationary_loss_on_noisy_quadratic(eta):
     assert res.n_batches >= 20 and res.batch_steps >= 5 * res.tau_int
     assert res.final_params["phi"].shape == (64, 4)
     assert res.trace.shape == res.trace_steps.shape and res.trace_steps[0] == 0
+    # burn-in: the first half (not chosen from the records); se of 64 replicas, t intervals
+    assert res.burn_in <= res.steps // 2 < res.burn_in + res.record_every
+    assert res.mser_burn_in <= res.burn_in and res.dof == 63
+    lo, hi = res.ci(0.95)
+    assert (hi - lo) / 2 == pytest.approx(1.998 * res.se, rel=1e-3)    # t_{63, 0.975}
+    assert res.ci(0.95, reference=True)[0] == pytest.approx(lo - res.reference)
 
 
 def test_burn_in_detected_and_chains_continue_at_lower_lr():
@@ -379,3 +385,95 @@ def test_analyse_records_flags_a_transient():
     series = np.exp(-t / 3000) + 0.01 * rng.standard_normal(2000)
     out = analyse_records(series, 1)
     assert not out["ok"] and "burn-in" in out["reason"]
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _ar1_chains(k: int, n: int, rho: float, rng: np.random.Generator,
+                mu: float = 0.0) -> np.ndarray:
+    """k stationary AR(1) chains of n records: x_t = μ + ρ(x_{t−1} − μ) + e_t, Var e = 1 −
+    ρ² (stationary variance 1, τ_int = (1 + ρ)/(1 − ρ)); x_0 from the stationary law."""
+    e = rng.standard_normal((k, n)) * math.sqrt(1 - rho * rho)
+    x = np.empty((k, n))
+    x[:, 0] = rng.standard_normal(k)
+    for t in range(1, n):
+        x[:, t] = rho * x[:, t - 1] + e[:, t]
+    return mu + x
+
+
+def test_burn_in_is_a_fixed_fraction_and_mser_only_a_diagnostic():
+    from sgdlab.probes.stationary import analyse_records
+
+    rng = np.random.default_rng(11)
+    s = _ar1_chains(20, 301, 0.5, rng)
+    out = analyse_records(s, 1)
+    assert out["burn_in"] == 150                        # ⌊½·(n − 1)⌋, whatever the records
+    assert out["mser_burn_in"] == mser_truncation(s.mean(0))[0] and out["ok"]
+    assert analyse_records(s, 1, burn_in=0.2)["burn_in"] == 60
+    old = analyse_records(s, 1, burn_in="mser")
+    assert old["burn_in"] == out["mser_burn_in"]
+    # the kept records alone make the estimate: with K ≥ n_batches = 20 chains, se of the
+    # 20 independent chain means over records 150..300
+    cm = s[:, 150:].mean(1)
+    assert out["mean"] == pytest.approx(cm.mean(), rel=1e-12)
+    assert out["se"] == pytest.approx(cm.std(ddof=1) / math.sqrt(20), rel=1e-12)
+    assert out["dof"] == 19
+    # a transient still visible after the cut (MSER point beyond it): not over, extend
+    t = np.arange(400)
+    drift = 3.0 * np.exp(-t / 120.0) + 0.05 * rng.standard_normal((20, 400))
+    bad = analyse_records(drift, 1)
+    assert not bad["ok"] and "burn-in not over" in bad["reason"]
+    with pytest.raises(ValueError, match="burn_in"):
+        analyse_records(s, 1, burn_in=1.0)
+
+
+def test_replica_se_calibrated_on_chains_a_few_tau_long():
+    """64 stationary AR(1) chains of 100 records with τ_int = 19 (ρ = 0.9): only 2.6 τ are
+    kept, yet the se of the independent chain means is exact for them. Over 300 seeds:
+    |mean z| ≤ 0.2, sd(z) within 1 ± 0.12 (3/√(2·299)); the 95 % t interval (63 dof)
+    covers the true mean 95 ± 4 % of the time."""
+    from sgdlab.probes.stationary import analyse_records, t_interval
+
+    rng = np.random.default_rng(12)
+    zs, cover = [], 0
+    for _ in range(300):
+        out = analyse_records(_ar1_chains(64, 100, 0.9, rng, mu=2.0), 1, batch_factor=0.0)
+        assert out["dof"] == 63 and out["burn_in"] == 49
+        zs.append((out["mean"] - 2.0) / out["se"])
+        lo, hi = t_interval(out["mean"], out["se"], out["dof"])
+        cover += lo <= 2.0 <= hi
+    z = np.array(zs)
+    assert abs(z.mean()) <= 0.2
+    assert abs(z.std(ddof=1) - 1.0) <= 0.12
+    assert abs(cover / 300 - 0.95) <= 0.04
+
+
+def test_run_adaptive_stops_without_selecting_on_the_kept_records():
+    """The adaptive control (extend until se ≤ rel_se·mean, chains ≥ 5 τ_int) on 64 AR(1)
+    chains (μ = 10, ρ = 0.95, τ_int = 39, unit stationary variance): the precision rule
+    binds, and the z-scores stay calibrated (|mean z| ≤ 0.2, sd within 1 ± 0.15 over 200
+    seeds) because the stop is decided on the records before the cut."""
+    from sgdlab.probes.stationary import run_adaptive
+
+    rho, mu, k = 0.95, 10.0, 64
+    zs, steps_run = [], []
+    for seed in range(200):
+        rng = np.random.default_rng(1000 + seed)
+        state = {"x": rng.standard_normal(k)}
+
+        def step(state=state, rng=rng):
+            state["x"] = rho * state["x"] + math.sqrt(1 - rho * rho) * rng.standard_normal(k)
+
+        stats, steps, recs, rec_steps = run_adaptive(
+            step, lambda state=state: mu + state["x"], 1, min_steps=100, max_steps=20_000,
+            rel_se=0.004)
+        assert stats["ok"], stats["reason"]
+        assert len(recs) == len(rec_steps) == steps + 1
+        zs.append((stats["mean"] - mu) / stats["se"])
+        steps_run.append(steps)
+    z = np.array(zs)
+    # se target 0.04 needs ≈ τ/(64·0.04²) ≈ 380 kept records: the precision rule decided
+    assert np.median(steps_run) > 500
+    assert abs(z.mean()) <= 0.2
+    assert abs(z.std(ddof=1) - 1.0) <= 0.15
