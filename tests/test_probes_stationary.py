@@ -453,7 +453,7 @@ def test_run_adaptive_stops_without_selecting_on_the_kept_records():
     """The adaptive control (extend until se ≤ rel_se·mean, chains ≥ 5 τ_int) on 64 AR(1)
     chains (μ = 10, ρ = 0.95, τ_int = 39, unit stationary variance): the precision rule
     binds, and the z-scores stay calibrated (|mean z| ≤ 0.2, sd within 1 ± 0.15 over 200
-    seeds) because the stop is decided on the records before the cut."""
+    seeds; the stop is decided on the records before the cut, the estimate on those after)."""
     from sgdlab.probes.stationary import run_adaptive
 
     rho, mu, k = 0.95, 10.0, 64

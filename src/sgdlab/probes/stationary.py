@@ -8,25 +8,64 @@ learning rate.
 **Stationary loss (SPEC §4.1).** At a fixed η, SGD Φ ← Φ − η ĝ reaches a stationary
 distribution Q_η, and L(η) = E_{Φ∼Q_η} L(Φ). :func:`stationary_loss` runs K independent chains
 (same start, independent batch streams) and records the full-training-set loss L(Φ_t) every
-``record_every`` steps. Stationarity is *detected*, not assumed:
+``record_every`` steps. Stationarity is *detected*, not assumed. With M records per chain
+(record j at step j·r) and a cut d = ⌊f·(M − 1)⌋, f = ``burn_in`` = ½ by default:
 
-1. burn-in: MSER-5 (White 1997) on the chain-averaged series s_j = mean_k L(Φ_{k, t_j}):
-   with Z_i the means of consecutive groups of 5 records, the truncation d* minimises
-   MSER(d) = Σ_{i≥d} (Z_i − Z̄_{≥d})² / (M − d)² over d ≤ M/2. A minimum at the boundary
-   d = M/2 means the run is still in its transient: it is extended.
-2. the integrated autocorrelation time τ_int of the post-burn-in series (autocorrelation
-   averaged over chains, Sokal's self-consistent window W ≥ 5 τ_int);
-3. batch means: each chain's post-burn-in series is cut into ⌈n_batches / K⌉ consecutive
-   batches (at least ``n_batches`` in all); mean = grand mean, se = sd(batch means)/√(#batches).
-   Valid when every batch is much longer than τ_int: the run is extended until the batch
-   length is ≥ ``batch_factor`` · τ_int;
-4. a Geweke (1992) check on the chain-averaged post-burn-in series: first 10 % against last
-   50 %, |z| ≤ ``geweke_z`` with variances from τ_int (catches a slow drift MSER missed);
-5. precision: se ≤ max(rel_se · |mean − reference|, abs_se).
+1. burn-in: the first half of the records is discarded — a rule fixed before the records
+   are seen. MSER-5 (White 1997) on the chain-averaged series s_j = mean_k L(Φ_{k, t_j}) of
+   *all* records is a diagnostic: with Z_i the means of consecutive groups of 5 records, its
+   truncation point d* minimises Σ_{i≥d}(Z_i − Z̄_{≥d})²/(M − d)² over d ≤ M/2; the transient
+   counts as over when d* ≤ d (not at the boundary M/2). Else the run is extended.
+2. estimate: the mean of the kept records j ≥ d over all chains; se from batch means — with
+   K ≥ ``n_batches`` chains every batch is a whole chain, i.e. the se of K *independent
+   replicas*, se² = s²(chain means)/K, exact for any run length once the chains are
+   stationary; ``dof`` = batches − 1, and intervals use Student's t (:func:`t_interval`,
+   :meth:`StationaryLoss.ci`). With fewer chains each chain is cut into ⌈n_batches/K⌉
+   consecutive batches, valid when a batch is much longer than τ_int.
+3. run length: the batch-length test (batch ≥ ``batch_factor`` · τ_int) and the precision
+   test (se ≤ max(rel_se · |mean − reference|, abs_se)) are decided on the records
+   [⌊f·d⌋, d) — the last part of what the cut discards — predicting the kept part (1/f times
+   as long: se_kept ≈ se_pilot·√f), not on the kept records themselves;
+4. a Geweke (1992) check on the chain-averaged kept series: first 10 % against last 50 %,
+   |z| ≤ ``geweke_z`` with variances from τ_int (catches a slow drift).
 
 The run is extended (to the length the current estimates say is needed, at least ×1.3) until
 all of these hold or ``max_steps`` is reached (then ``converged`` is False and ``reason``
-says which test failed).
+says which test failed). τ_int is the integrated autocorrelation time of the kept records
+(autocorrelation averaged over chains, Sokal's window W ≥ 5 τ_int).
+
+**Why (the calibration of issue 11, ``benchmarks/stationary_calibration.py``).** Until
+2026-12 the cut was the MSER-5 point d* itself and the stop was decided on the kept records;
+on the claim-6 quadratic (exact excess known, z = (mean − exact)/se, K = 64) runs only a few
+relaxation times long gave sd(z) 1.07–1.41 and mean z −0.1 to −0.7. The causes:
+
+(a) *A cut chosen on the same records.* For a fixed d the K post-cut chain means are
+    i.i.d., so z is Student-t with K − 1 dof (sd √((K − 1)/(K − 3)) = 1.016 at K = 64). But
+    d* = d*(s) is a function of the records it then averages: on a record of a few τ the
+    chain average's slow fluctuation looks like a transient, and the window that looks
+    flattest (smallest Σ(Z_i − Z̄)²) is one that sits on one side of the mean; cutting the
+    part on the other side inflates |mean − μ| against the se of the window, which does not
+    see the selection. Measured on the same records (stationary start, n = 400): sd(z) 1.12
+    with d*, 1.04 with no cut or a fixed cut.
+(b) *A transient left in by construction.* MSER minimises an MSE proxy, bias² + variance,
+    so where there is a real transient (chains from Φ*, zero momentum buffers at β = 0.99)
+    the bias left after d* is of the order of the se: mean z ≈ −0.2 to −0.3 (n = 400; the
+    −0.5 to −0.7 of the n = 40 torch table was this plus sampling error of rows sharing
+    seeds). A transient A·e^{−t/T} leaves ≈ A·T·e^{−M/(2T)}/(M/2) in the mean over the second
+    half, exponentially small once the diagnostic d* ≤ M/2 passes.
+(c) *Stopping on the records that are kept.* The run stops the first time se ≤ target and
+    batch ≥ 5 τ_int; ŝe² has relative sd √(2/(K − 1)) = 18 % at K = 64 and τ̂_int is
+    positively correlated with it (both measure low-frequency power), so stopping at the first
+    pass selects runs whose se happens to be low: E[ŝe | stop] < sd(mean). Measured with the
+    fixed cut where the precision rule binds (η′ = 2e-3): sd(z) 1.06–1.08; deciding on
+    [f·d, d) instead: 0.95–0.97.
+(d) What remains: the studentised mean of skewed replicas has E[z] ≈ −γ₁/(2√K) (Hall 1992),
+    γ₁ the skewness of a chain mean — a weighted χ² over a few independent stretches,
+    γ₁ ≈ 0.3–0.5 here, so E[z] ≈ −0.02 to −0.04 — and t_{K−1} tails. τ̂_int of a chain
+    centred on its own mean is biased low by ≈ 2Wτ/n (each lag's autocovariance loses
+    Var(chain mean) ≈ σ²τ/n); with K ≥ n_batches the se does not use τ̂ at all.
+
+``burn_in="mser"`` restores the old cut (and the old decisions) for comparison.
 
 **Heat capacity (SPEC §4.2).** Near a minimum with H = ∇²L positive definite,
 L(η) − L(Φ*) = η tr Σ(Φ*)/(4B) + O(η²), so dL/dη|₀ = E_b‖g_b(Φ*)‖²/(4B) (G(Φ*) = 0). For
