@@ -171,3 +171,20 @@ def test_smoke_run(tmp_path):
         assert math.isfinite(row["ratio"]) and row["ratio"] > 0
     assert res.figures == ["figures/6-momentum_quadratic.png", "figures/6-momentum_grid.png"]
     assert all((tmp_path / f).is_file() for f in res.figures)
+
+
+def test_ladder_points_stop_short_of_each_stability_edge():
+    pts = mo.ladder_points([0.01, 1.5, 3.0, 10.0], [0.0, 0.5, 0.9], 1.0)
+    assert (1.5, 0.0) in pts and (3.0, 0.0) not in pts        # SGD: edge 2, ¾ of it 1.5
+    assert (3.0, 0.5) in pts and (10.0, 0.5) not in pts       # β = .5: edge 6
+    assert (10.0, 0.9) in pts                                 # β = .9: edge 38
+
+
+def test_best_etas_skips_diverged_runs_and_edges():
+    net = _m()["net"]
+    net["runs"][0]["loss"][0][-1] = None                      # β = 0 diverged at η′ = 1.6
+    be = mo.best_etas(net)
+    assert be["index"] == [2, 2, 2] and all(v is not None for v in be["vertex"])
+    assert be["mean_loss"][0][-1] is None
+    net["runs"][1]["loss"][0][1] = None                       # a hole next to the minimum
+    assert mo.best_etas(net)["vertex"][0] is None
