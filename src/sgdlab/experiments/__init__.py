@@ -19,6 +19,7 @@ from sgdlab.experiments import (
     robbins_monro,
     small_steps,
     snr_sgd,
+    stationarity_identity,
     swa,
     temperature,
 )
@@ -27,7 +28,7 @@ CLAIMS: dict[str, ModuleType] = {
     m.CLAIM.id: m
     for m in (temperature, heat_capacity, batch_size, linear_scaling, intrinsic_lr, momentum,
               adam_bias, robbins_monro, snr_sgd, swa, recipe_claim, leaves_optimum,
-              small_steps)
+              small_steps, stationarity_identity)
 }
 
 
