@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sgdlab.probes.stationary import run_adaptive, stationary_loss
+from sgdlab.probes.stationary import BURN_IN, run_adaptive, stationary_loss
 
 DIM, N, BATCH = 20, 1000, 1
 QUICK = {"chains": 64, "rel_se": 0.025, "min_steps": 500, "max_steps": 40_000}
@@ -153,7 +153,7 @@ def _identity(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def one_run(prob: dict, lr: float, beta: float, seed: int, engine: str = "numpy",
             fixed: int | None = None, same_start: bool = False, batch_factor: float = 5.0,
-            burn_in: float | str = 0.5) -> dict:
+            burn_in: float | str = BURN_IN) -> dict:
     """One run; returns excess, se, exact, z, dof, steps, tau (steps), burn-in (steps)."""
     kw = dict(QUICK)
     chains = kw.pop("chains")

@@ -642,10 +642,12 @@ def stationary_loss(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
     Runs ``chains`` independent chains Φ ← Φ − η ĝ (or the named optimizer) from ``phi0``
     with batches of ``batch_size`` drawn by :class:`sgdlab.data.BatchSampler` (``sampling``
     "replacement" or "shuffle"), records the objective on the full training set every
-    ``record_every`` steps, detects the end of the transient (MSER-5), and extends the run
-    until batch means give se ≤ max(rel_se·|mean − reference|, abs_se) with batches ≥
-    ``batch_factor``·τ_int long and no drift (Geweke |z| ≤ ``geweke_z``), or ``max_steps``
-    steps per chain have run. See the module docstring for the algorithm.
+    ``record_every`` steps, discards the first half of the records (``burn_in``) and extends
+    the run until the transient is over by then (MSER-5 diagnostic), batch means (with
+    K ≥ ``n_batches`` chains: independent replicas) are predicted to give se ≤
+    max(rel_se·|mean − reference|, abs_se) with batches ≥ ``batch_factor``·τ_int long, and
+    there is no drift (Geweke |z| ≤ ``geweke_z``), or ``max_steps`` steps per chain have run.
+    See the module docstring for the algorithm and why it is built so.
 
     Args:
         model: parameters Φ (its trainable parameters) and forward; never modified (the
@@ -690,10 +692,11 @@ def stationary_loss(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
         burn_in: records discarded as transient: a fraction f ∈ [0, 1) of them (default
             ``BURN_IN`` = 0.5, the first half — a rule that does not look at the records, so
             the estimate and its se are those of a fixed record set), or ``"mser"`` (the
-            MSER-5 point on the same records: the rule used before 2026-12, whose selection
-            makes the se 5–15 % too small on runs a few τ long; kept for comparison). With a
-            fraction, MSER-5 is a diagnostic: the run is extended until its truncation point
-            is ≤ the cut.
+            MSER-5 point on the same records, with the run-length decisions on the kept
+            records: the rule used before 2026-12, whose selections make the se 5–15 % too
+            small and leave a bias of order se on runs a few τ long; kept for comparison).
+            With a fraction, MSER-5 is a diagnostic: the run is extended until its
+            truncation point is ≤ the cut.
         num_threads: torch intra-op threads during the run (restored afterwards). "auto":
             1 when a step is small (K·3B·P ≤ 5·10⁷ multiply-adds, P parameters per chain),
             where thread synchronisation costs more than it saves — up to ten-fold on a busy
@@ -1304,7 +1307,8 @@ def heat_capacity(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tenso
        Hessian eigenvalue at Φ* by HVP power iteration, λ included, unless given),
        :func:`stationary_loss` of the regularised objective from Φ* (``chains`` chains,
        ``reference`` = L*, precision ``rel_se`` of L(η) − L*). The chains start at Φ*, so the
-       rise to the stationary level is a (short) transient that MSER still detects and drops.
+       rise to the stationary level is a (short) transient: the first half of the records
+       is discarded and the run extended until MSER-5 puts the transient's end before it.
     4. Fit L(η) − L* = c₁η + c₂η² by weighted least squares (weights 1/se²) through the
        origin; the covariance of (c₁, c₂) is (XᵀWX)⁻¹, inflated by χ²/dof when that exceeds 1;
        the ``level`` interval uses Student's t with dof = #η − 2 when inflated, else the
