@@ -159,7 +159,8 @@ def test_count_lines_and_truncate_to(tmp_path):
 def test_atomic_writes(tmp_path):
     path = tmp_path / "sub" / "summary.json"
     atomic_write_json(path, {"a": np.float32(1.5), "t": torch.tensor(2.0), "n": float("nan")})
-    assert json.loads(path.read_text()) == {"a": 1.5, "t": 2.0, "n": "nan"}
+    assert json.loads(path.read_text()) == {"a": 1.5, "t": 2.0, "n": None,
+                                            "nonfinite": {"n": "nan"}}  # strict JSON
     before = path.read_bytes()
     with pytest.raises(TypeError):
         atomic_write_json(path, {"a": 1, "bad": object()})

@@ -19,7 +19,8 @@ def test_smoke_run_of_every_claim(tmp_path, capsys):
     assert main(["reproduce", "--smoke", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "| claim | SPEC | notes | derived | what the notes get wrong / leave out |" in text
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(),
+                         parse_constant=lambda c: pytest.fail(f"results.json holds {c}"))
     assert [r["claim"]["id"] for r in results["results"]] == experiments.available()
     for r in results["results"]:
         assert r["error"] is None, r["error"]
@@ -27,8 +28,13 @@ def test_smoke_run_of_every_claim(tmp_path, capsys):
         assert r["derived_verdict"] in ("PASS", "FAIL", "INCONCLUSIVE", None)
         assert {c["basis"] for c in r["checks"]} <= {"notes", "derived"}
         assert any(c["basis"] == "notes" for c in r["checks"]), r["claim"]["id"]
-        bad = non_finite(r["checks"])
+        bad = non_finite(r["checks"])      # strict JSON: no NaN, no "nan" strings
         assert r["checks"] and not bad, (r["claim"]["id"], bad)
+        for where in r.get("nonfinite", {}):   # an undefined number is null, and named
+            node = r
+            for part in where.split("."):
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            assert node is None, (r["claim"]["id"], where)
         for fig in r["figures"]:
             assert (out / fig).is_file()
     html = (out / "report.html").read_text()

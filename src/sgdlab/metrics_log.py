@@ -223,12 +223,14 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically; return the path.
 
-    ``obj`` is converted with :func:`to_jsonable` (tensors and numpy values become numbers,
-    NaN/inf the strings ``"nan"``/``"inf"``/``"-inf"``) and serialised completely before any
-    file is touched, so an unserialisable object raises :class:`TypeError` and leaves an
-    existing ``path`` as it was.
+    The file is strict JSON: a dict goes through :func:`strict_json` (tensors and numpy
+    values become numbers, NaN/inf ``null`` named in the ``"nonfinite"`` entry); anything
+    else through :func:`to_jsonable`. It is serialised completely before any file is
+    touched, so an unserialisable object raises :class:`TypeError` and leaves an existing
+    ``path`` as it was.
     """
-    text = json.dumps(to_jsonable(obj), indent=indent, allow_nan=False) + "\n"
+    data = strict_json(obj) if isinstance(obj, dict) else to_jsonable(obj)
+    text = json.dumps(data, indent=indent, allow_nan=False) + "\n"
     return atomic_write_text(path, text)
 
 

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sgdlab.metrics_log import atomic_write_json, to_jsonable
+from sgdlab.metrics_log import atomic_write_json, restore_nonfinite, strict_json, to_jsonable
 from sgdlab.threads import torch_threads
 
 __all__ = ["BASES", "VERDICTS", "Check", "Claim", "Context", "Result", "single_threaded",
@@ -110,12 +110,14 @@ class Result:
         return [c.finding for c in self.checks if c.finding]
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for results.json."""
+        """Plain data for results.json, strict JSON: an undefined number (NaN, inf) is
+        ``null``, and the result's ``"nonfinite"`` entry names it (e.g.
+        ``{"checks.4.numbers.k": "nan"}``; :func:`sgdlab.metrics_log.strict_json`)."""
         d = {"claim": asdict(self.claim), "verdict": self.verdict,
              "derived_verdict": self.derived_verdict, "findings": self.findings,
              "checks": [asdict(c) for c in self.checks], "figures": self.figures,
              "notes": self.notes, "error": self.error, "seconds": self.seconds}
-        return to_jsonable(d)
+        return strict_json(d)
 
 
 def worst_verdict(verdicts: Iterable[str]) -> str:
@@ -170,12 +172,12 @@ class Context:
         path = self.out / "cache" / f"{name}.json"
         if path.is_file():
             try:
-                return json.loads(path.read_text())["value"]
-            except (json.JSONDecodeError, KeyError):
+                return restore_nonfinite(json.loads(path.read_text())["value"])
+            except (json.JSONDecodeError, KeyError, TypeError):
                 pass  # a damaged entry is recomputed
-        value = fn()
-        atomic_write_json(path, {"key": json.loads(text), "value": to_jsonable(value)})
-        return json.loads(json.dumps(to_jsonable(value)))
+        stored = strict_json(fn())  # NaN/inf: null + "nonfinite", restored as floats
+        atomic_write_json(path, {"key": json.loads(text), "value": stored})
+        return restore_nonfinite(json.loads(json.dumps(stored)))
 
 
 def single_threaded(fn: Callable[..., Any]) -> Callable[..., Any]:
