@@ -25,7 +25,9 @@ distribution Q_η, and L(η) = E_{Φ∼Q_η} L(Φ). :func:`stationary_loss` runs
 3. run length: the batch-length test (batch ≥ ``batch_factor`` · τ_int) and the precision
    test (se ≤ max(rel_se · |mean − reference|, abs_se)) are decided on the records
    [⌊f·d⌋, d) — the last part of what the cut discards — predicting the kept part (1/f times
-   as long: se_kept ≈ se_pilot·√f), not on the kept records themselves;
+   as long: se_kept ≈ se_pilot·√f), not on the kept records themselves (with fewer chains
+   than batches, where the se needs batches ≫ τ_int, the larger of the two τ_int estimates
+   is used);
 4. a Geweke (1992) check on the chain-averaged kept series: first 10 % against last 50 %,
    |z| ≤ ``geweke_z`` with variances from τ_int (catches a slow drift).
 
@@ -994,6 +996,10 @@ def _analyse(series: np.ndarray, r: int, n_batches: int, batch_factor: float, zm
     use_pilot = _DECIDE_ON_PILOT and burn_in != "mser" and pilot.shape[1] >= max(4 * per, 8)
     if use_pilot:
         tau_d = max(integrated_autocorr_time(pilot), 1e-12)
+        if k < n_batches:
+            # batches inside chains need batch ≫ τ_int for the se itself: take the larger
+            # estimate (τ̂ of short records is biased low)
+            tau_d = max(tau_d, tau)
         bm_d = batch_means(pilot, n_batches)
         se_d = bm_d.se * math.sqrt(pilot.shape[1] / m)   # predicted se of the kept part
         mean_d = bm_d.mean
