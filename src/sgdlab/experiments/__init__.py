@@ -15,6 +15,7 @@ from sgdlab.experiments import (
     leaves_optimum,
     linear_scaling,
     momentum,
+    progress_per_example,
     recipe_claim,
     robbins_monro,
     small_steps,
@@ -28,7 +29,7 @@ CLAIMS: dict[str, ModuleType] = {
     m.CLAIM.id: m
     for m in (temperature, heat_capacity, batch_size, linear_scaling, intrinsic_lr, momentum,
               adam_bias, robbins_monro, snr_sgd, swa, recipe_claim, leaves_optimum,
-              small_steps, stationarity_identity)
+              small_steps, stationarity_identity, progress_per_example)
 }
 
 
