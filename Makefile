@@ -13,7 +13,7 @@ PYTEST_ARGS ?= -n 2
 # CPU kernels spin-wait, so 2 workers x 2 threads on 2 cores can run many times slower)
 TEST_THREADS ?= 1
 
-.PHONY: setup test lint run bench bench-extras clean
+.PHONY: setup test lint run bench bench-extras clean browser
 
 setup: $(STAMP)
 
@@ -36,7 +36,16 @@ run: setup
 	rm -rf runs/reproduce-quick
 	$(VENV)/bin/sgdlab reproduce --quick --out runs/reproduce-quick
 
-test: setup
+# Headless Chromium for the report's browser test (Debian's chromium; skipped where it cannot
+# be installed, e.g. without root: the test then says so and skips)
+browser:
+	@command -v chromium >/dev/null 2>&1 || \
+	  apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	  { apt-get update -qq >/dev/null 2>&1 && \
+	    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; } || \
+	  echo "make: chromium could not be installed; the report's browser test will skip"
+
+test: setup browser
 	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
