@@ -53,6 +53,15 @@ def fastest_path(params: list, has_fused: bool) -> dict[str, bool]:
     return {"fused": True} if fused_ok else {"foreach": True}
 
 
+def fused_eligible(tensors: list[torch.Tensor]) -> bool:
+    """Whether torch's fused kernels can update these tensors: dense floating-point tensors
+    on one device that has fused kernels (CPU included since torch 2.4)."""
+    devices = set(_get_fused_kernels_supported_devices())
+    return (len(tensors) > 0 and len({t.device for t in tensors}) == 1
+            and all(t.is_floating_point() and not t.is_sparse and t.device.type in devices
+                    for t in tensors))
+
+
 def kernel_flags(params: list, fused: bool | None, foreach: bool | None,
                  has_fused: bool = True) -> dict[str, bool]:
     """The user's ``fused``/``foreach`` choice, or :func:`fastest_path` when neither is given."""

@@ -6,8 +6,10 @@ with m̂ = m/(1 − β₁ᵗ), ŝ = s/(1 − β₂ᵗ) when bias correction is o
 With bias correction (the default) the update is torch's own ``torch.optim.Adam`` (fused on
 CPU and CUDA), which also performs decoupled decay (AdamW) inside the same kernel. torch has
 no uncorrected Adam; that update is written here as a readable per-tensor loop
-(:func:`_single_tensor_adam_uncorrected`, the ground truth) and a multi-tensor fast path
-(:func:`_multi_tensor_adam_uncorrected`) that the tests hold to the loop. Both keep torch's
+(:func:`_single_tensor_adam_uncorrected`, the ground truth), a multi-tensor path
+(:func:`_multi_tensor_adam_uncorrected`) and, where torch's fused kernel runs, the fused path
+(:func:`_fused_adam_uncorrected`: torch's fused Adam kernel with a rescaled step and ε, see
+there), all held to the loop by the tests. Both keep torch's
 state layout (``step``, ``exp_avg``, ``exp_avg_sq``), so a state_dict moves between the two.
 """
 
@@ -18,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._delegate import DelegatingMixin, kernel_flags, materialize
+from ._delegate import DelegatingMixin, fused_eligible, kernel_flags, materialize
 from ._validate import check_betas, check_bool, check_decay, check_range
 
 
@@ -35,9 +37,10 @@ class Adam(DelegatingMixin, torch.optim.Adam):
             (SPEC §4.7).
         weight_decay: λ ≥ 0.
         decoupled: Φ ← (1 − ηλ)Φ (AdamW) instead of adding λΦ to ĝ.
-        fused, foreach: torch's kernel choice for the corrected update; by default the
-            fastest one for the device. The uncorrected update always runs the multi-tensor
-            path unless ``foreach=False`` selects the per-tensor loop.
+        fused, foreach: torch's kernel choice; by default the fastest one for the device.
+            The uncorrected update runs torch's fused kernel when ``fused`` (rescaled, see
+            :func:`_fused_adam_uncorrected`), the multi-tensor path otherwise, and the
+            per-tensor loop with ``foreach=False``.
     """
 
     def __init__(
@@ -103,8 +106,12 @@ class Adam(DelegatingMixin, torch.optim.Adam):
                 steps.append(state["step"])
             if not params:
                 continue
-            core = (_single_tensor_adam_uncorrected if group["foreach"] is False
-                    else _multi_tensor_adam_uncorrected)
+            if group["foreach"] is False:
+                core = _single_tensor_adam_uncorrected
+            elif group.get("fused") and fused_eligible(params):
+                core = _fused_adam_uncorrected
+            else:
+                core = _multi_tensor_adam_uncorrected
             core(params, grads, exp_avgs, exp_avg_sqs, steps, lr=group["lr"],
                  beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"],
                  weight_decay=group["weight_decay"], decoupled=group["decoupled"])
@@ -166,3 +173,42 @@ def _multi_tensor_adam_uncorrected(
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_add_(denom, eps)
     torch._foreach_addcdiv_(params, exp_avgs, denom, value=-lr)
+
+
+def _fused_adam_uncorrected(
+    params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor], steps: list[Tensor], *, lr: float, beta1: float,
+    beta2: float, eps: float, weight_decay: float, decoupled: bool,
+) -> None:
+    """The update of :func:`_single_tensor_adam_uncorrected` in torch's fused Adam kernel.
+
+    The kernel computes, after m and s (the same EMAs), with c₁ = 1 − β₁ᵗ, c₂ = 1 − β₂ᵗ,
+
+        Φ ← Φ − (η′/c₁) · m / (√s/√c₂ + ε′),
+
+    which equals Φ − η m/(√s + ε) for η′ = η c₁/√c₂ and ε′ = ε/√c₂ (multiply numerator and
+    denominator by √c₂). Coupled decay is the kernel's own (λΦ added to ĝ, independent of
+    η); decoupled decay Φ ← (1 − ηλ)Φ is applied first, with the true η. Parameters whose
+    step counts differ (some had no gradient on some steps) are updated in separate calls.
+    """
+    torch._foreach_add_(steps, 1)
+    if weight_decay != 0 and decoupled:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    coupled = weight_decay if not decoupled else 0.0
+    for t, idx in _by_step(steps).items():
+        c1, c2 = 1 - beta1 ** t, 1 - beta2 ** t
+        root = c2 ** 0.5
+        pick = [params[i] for i in idx]
+        torch._fused_adam_(pick, [grads[i] for i in idx], [exp_avgs[i] for i in idx],
+                           [exp_avg_sqs[i] for i in idx], [], [steps[i] for i in idx],
+                           lr=lr * c1 / root, beta1=beta1, beta2=beta2,
+                           weight_decay=coupled, eps=eps / root, amsgrad=False,
+                           maximize=False)
+
+
+def _by_step(steps: list[Tensor]) -> dict[int, list[int]]:
+    """Indices of the tensors grouped by their (already incremented) step count."""
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(torch.stack([s.float() for s in steps]).tolist()):  # one sync
+        groups.setdefault(int(t), []).append(i)
+    return groups
