@@ -12,6 +12,7 @@ from sgdlab.experiments import (
     batch_size,
     heat_capacity,
     intrinsic_lr,
+    last_decay,
     leaves_optimum,
     linear_scaling,
     momentum,
@@ -29,7 +30,8 @@ CLAIMS: dict[str, ModuleType] = {
     m.CLAIM.id: m
     for m in (temperature, heat_capacity, batch_size, linear_scaling, intrinsic_lr, momentum,
               adam_bias, robbins_monro, snr_sgd, swa, recipe_claim, leaves_optimum,
-              small_steps, stationarity_identity, progress_per_example)
+              small_steps, stationarity_identity, progress_per_example,
+              last_decay)
 }
 
 
