@@ -9,6 +9,7 @@ from types import ModuleType
 
 from sgdlab.experiments import (
     adam_bias,
+    adam_rmsprop,
     batch_size,
     heat_capacity,
     intrinsic_lr,
@@ -31,7 +32,7 @@ CLAIMS: dict[str, ModuleType] = {
     for m in (temperature, heat_capacity, batch_size, linear_scaling, intrinsic_lr, momentum,
               adam_bias, robbins_monro, snr_sgd, swa, recipe_claim, leaves_optimum,
               small_steps, stationarity_identity, progress_per_example,
-              last_decay)
+              adam_rmsprop, last_decay)
 }
 
 
