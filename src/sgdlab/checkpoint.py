@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from sgdlab.config import ConfigError
+from sgdlab.metrics_log import _fsync_dir
 
 
 def rng_state() -> dict[str, Any]:
@@ -158,20 +159,6 @@ def remove_stale_temporaries(directory: str | Path, name: str = "last.pt") -> li
         except OSError:
             pass
     return removed
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable where the platform allows it."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _why(err: BaseException, path: Path) -> str:
