@@ -11,6 +11,7 @@ from sgdlab.experiments import (
     adam_bias,
     adam_rmsprop,
     batch_size,
+    gradient_flow,
     heat_capacity,
     intrinsic_lr,
     last_decay,
@@ -32,7 +33,7 @@ CLAIMS: dict[str, ModuleType] = {
     for m in (temperature, heat_capacity, batch_size, linear_scaling, intrinsic_lr, momentum,
               adam_bias, robbins_monro, snr_sgd, swa, recipe_claim, leaves_optimum,
               small_steps, stationarity_identity, progress_per_example,
-              adam_rmsprop, last_decay)
+              adam_rmsprop, last_decay, gradient_flow)
 }
 
 
