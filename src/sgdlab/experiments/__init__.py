@@ -21,6 +21,7 @@ from sgdlab.experiments import (
     progress_per_example,
     recipe_claim,
     robbins_monro,
+    small_lr_longer,
     small_steps,
     snr_sgd,
     stationarity_identity,
@@ -33,7 +34,7 @@ CLAIMS: dict[str, ModuleType] = {
     for m in (temperature, heat_capacity, batch_size, linear_scaling, intrinsic_lr, momentum,
               adam_bias, robbins_monro, snr_sgd, swa, recipe_claim, leaves_optimum,
               small_steps, stationarity_identity, progress_per_example,
-              adam_rmsprop, last_decay, gradient_flow)
+              adam_rmsprop, last_decay, gradient_flow, small_lr_longer)
 }
 
 
