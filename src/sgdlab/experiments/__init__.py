@@ -20,6 +20,7 @@ from sgdlab.experiments import (
     momentum,
     progress_per_example,
     recipe_claim,
+    rise_after_decay,
     robbins_monro,
     small_lr_longer,
     small_steps,
@@ -34,7 +35,8 @@ CLAIMS: dict[str, ModuleType] = {
     for m in (temperature, heat_capacity, batch_size, linear_scaling, intrinsic_lr, momentum,
               adam_bias, robbins_monro, snr_sgd, swa, recipe_claim, leaves_optimum,
               small_steps, stationarity_identity, progress_per_example,
-              adam_rmsprop, last_decay, gradient_flow, small_lr_longer)
+              adam_rmsprop, last_decay, gradient_flow, small_lr_longer,
+              rise_after_decay)
 }
 
 
