@@ -11,6 +11,7 @@ from sgdlab.experiments import (
     adam_bias,
     adam_rmsprop,
     batch_size,
+    best_lr_momentum,
     gradient_flow,
     heat_capacity,
     intrinsic_lr,
@@ -36,7 +37,7 @@ CLAIMS: dict[str, ModuleType] = {
               adam_bias, robbins_monro, snr_sgd, swa, recipe_claim, leaves_optimum,
               small_steps, stationarity_identity, progress_per_example,
               adam_rmsprop, last_decay, gradient_flow, small_lr_longer,
-              rise_after_decay)
+              rise_after_decay, best_lr_momentum)
 }
 
 

@@ -441,6 +441,14 @@ def _grid_seed(net: dict, seed: int) -> dict:
             "best_index": best, "lambda_max": lam, "seconds": r.seconds}
 
 
+def network_grid(ctx: Context, net: dict[str, Any]) -> list[dict]:
+    """The η′ × β grid on the network (``net``: a budget's "net" entry), one cached run per
+    seed (:func:`_grid_seed`); claim 14 reads the same cache entries."""
+    base = {"claim": CLAIM.id, "v": VERSION}
+    return [ctx.cached({**base, "part": "grid", "seed": s, **net},
+                       lambda s=s: _grid_seed(net, s)) for s in net["seeds"]]
+
+
 def measure(ctx: Context, budget: dict[str, Any]) -> dict[str, Any]:
     """All simulation and training of the claim (each part cached)."""
     prob = _problem(0)
@@ -466,8 +474,7 @@ def measure(ctx: Context, budget: dict[str, Any]) -> dict[str, Any]:
     traj = ctx.cached({**base, "part": "trajectory", "steps": budget["traj_steps"]},
                       lambda: trajectory_identity(steps=budget["traj_steps"]))
     net = budget["net"]
-    grid = [ctx.cached({**base, "part": "grid", "seed": s, **net},
-                       lambda s=s: _grid_seed(net, s)) for s in net["seeds"]]
+    grid = network_grid(ctx, net)
     return {"h": h.tolist(), "h_max": h_max, "tr_sigma": float(s2.sum()), "batch": BATCH,
             "betas": list(budget["betas"]), "ladder": list(budget["ladder"]),
             "stationary": runs, "relax": relax, "trajectory": traj,
@@ -838,7 +845,7 @@ def run(ctx: Context) -> Result:
     return res
 
 
-__all__ = ["BETAS", "BUDGETS", "CLAIM", "critical_damping", "ema_excess_closed",
+__all__ = ["BETAS", "BUDGETS", "CLAIM", "critical_damping", "network_grid", "ema_excess_closed",
            "ema_excess_exact", "figures", "fit_relaxation", "judge", "measure",
            "relaxation_time", "run", "stability_edge",
            "trajectory_identity", "vertex"]
