@@ -28,6 +28,7 @@ def test_judge_on_constructed_numbers():
     assert [c.basis for c in checks] == ["notes", "derived", "derived"]
     bad = sl.judge(_measured(gap=0.2))
     assert bad[0].verdict == "FAIL" and bad[2].verdict == "FAIL" and bad[0].finding
+    assert "better" in bad[2].finding
     assert sl.judge(_measured(noise=0.05))[0].verdict == "INCONCLUSIVE"   # no power
     assert sl.judge(_measured(T=30))[0].verdict == "INCONCLUSIVE"         # window < 6 τ_S
     assert sl.judge(_measured(train_gap=-0.2))[1].verdict == "FAIL"       # S hotter than L

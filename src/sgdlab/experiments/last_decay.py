@@ -227,7 +227,8 @@ def judge(m: dict[str, Any]) -> list[Check]:
             f"after {m['t2']} steps ({m['t2'] / tau_f:.0f} τ_f) at the final ηλ the two schedules "
             f"have not met: the single decay ends {'better' if better else 'worse'} (test acc "
             f"{rows['test_acc']['diff']:+.3f}) and at another norm (‖Φ‖² {dn / scale:+.0%}); "
-            "the final state remembers the path longer than O(1/(ηλ_f))")
+            "the path still matters after O(1/(ηλ_f)) extra steps (the norm has equilibrated, "
+            "but the single-decay arm, whose final phase is longer, is still learning)")
     return [c1, c2, c3]
 
 

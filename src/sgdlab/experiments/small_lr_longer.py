@@ -173,6 +173,13 @@ def judge(m: dict[str, Any]) -> list[Check]:
                   f"{r['se']:.4f}" for k, r in rows3.items()),
         f"|Δ test acc| ≤ {TOL_ACC:g}, |Δ test loss| ≤ {TOL_LOSS:.0%} of arm LD (paired, "
         f"±{K:g} se inside)", worst_verdict(verds3), {"metrics": rows3}, basis="derived")
+    if c3.verdict == "FAIL":
+        better = rows3["test_acc"]["diff"] > 0
+        c3.finding = (f"ending at the same small LR, the small LR all along generalises "
+                      f"{'better' if better else 'worse'} than large-then-decayed (test acc "
+                      f"{rows3['test_acc']['diff']:+.3f}): "
+                      + ("'as well' holds only as 'no worse'" if better else
+                         "the large initial LR does help here"))
     return [c1, c2, c3]
 
 
@@ -185,11 +192,11 @@ def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
 
     fig, axes = new_figure(1, 2, figsize=(10, 3.8))
     for ax, key in zip(axes[0], ("test_acc", "train_loss"), strict=True):
-        for arm, label in (("arm_l", f"L: η = {ETA:g}"),
-                           ("arm_s", f"S: η = {ETA / FACTOR:g}, {FACTOR}× steps"),
-                           ("arm_ld", f"LD: L, then η/{FACTOR}")):
+        for arm, label, lw in (("arm_ld", f"LD: L, then η/{FACTOR}", 1.0),
+                               ("arm_s", f"S: η = {ETA / FACTOR:g}, {FACTOR}× steps", 1.0),
+                               ("arm_l", f"L: η = {ETA:g}", 2.0)):
             c = m[arm]
-            ax.plot(c["steps"], np.nanmean(np.asarray(c[key], dtype=float), 0), lw=1,
+            ax.plot(c["steps"], np.nanmean(np.asarray(c[key], dtype=float), 0), lw=lw,
                     label=label)
         ax.axvline(m["T"], color="grey", lw=0.6, ls=":")
         ax.set_xscale("log")
