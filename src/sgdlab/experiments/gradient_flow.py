@@ -79,7 +79,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "quick": {"quad_chains": 2000, "quad_n": [1, 2, 4, 8, 16, 32],
               "net_n": [1, 2, 4, 8, 16, 32], "chains": 16, "n_train": 500, "T": 10.0},
     "full": {"quad_chains": 20000, "quad_n": [1, 2, 4, 8, 16, 32, 64, 128, 256],
-             "net_n": [1, 2, 4, 8, 16, 32, 64, 128, 256], "chains": 32, "n_train": 1000,
+             "net_n": [1, 2, 4, 8, 16, 32, 64, 128], "chains": 32, "n_train": 1000,
              "T": 10.0},
 }
 DIM, H_RANGE, QUAD_BATCH, QUAD_ETA, QUAD_T, QUAD_START = 8, (0.1, 1.0), 1, 0.5, 5.0, 3.0
@@ -406,9 +406,12 @@ def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
     ax.plot(e, math.sqrt(m["network"]["int_tr_sigma_over_B"]) * np.sqrt(e), ":",
             label="√(ε ∫tr Σ/B)")
     ax.set_title("MNIST-1D tanh MLP")
+    from matplotlib.ticker import NullFormatter
+
     for ax in axes[0]:
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("step ε = η/n")
         ax.set_ylabel("‖Φ − Φ_flow(T)‖")
         ax.legend(fontsize=8)
