@@ -61,7 +61,8 @@ def test_judge_on_constructed_numbers():
     assert no_rise[0].verdict == "FAIL" and no_rise[0].finding
     assert no_rise[1].verdict == "INCONCLUSIVE"
     assert rd.judge(_measured(amp=0.01, noise=0.2))[0].verdict == "INCONCLUSIVE"
-    assert rd.judge(_measured(t_post=300))[1].verdict == "INCONCLUSIVE"   # < 6 τ
+    short = rd.judge(_measured(t_post=300))                               # < 6 τ
+    assert short[0].verdict == short[1].verdict == "INCONCLUSIVE"
 
 
 def test_smoke_run(tmp_path):

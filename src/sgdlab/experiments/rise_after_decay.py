@@ -39,6 +39,8 @@ Checks (tolerances fixed before measuring):
    (L_min below the pre-decay loss) is reported. Changed after the first quick run, whose rule
    (L_∞ minus the loss around the minimum of the seed-mean curve) could not fail: the minimum
    sat at the end of the run (735 of 750 steps), the loss falling throughout.
+   INCONCLUSIVE when the run after the decay is shorter than 6 τ_pred (the plateau not
+   reached; this concerns the smoke budget only).
 2. (derived, SPEC §4.5) τ_fit = τ_pred = 1/(4ηλ(1 − γ/2)) within 30 % (±2 se inside,
    :func:`~sgdlab.experiments.kit.verdicts.band`); INCONCLUSIVE when check 1 does not pass or
    the run after the decay is shorter than 6 τ_pred.
@@ -180,6 +182,7 @@ def judge(m: dict[str, Any]) -> list[Check]:
     n_final = max(1, int(round(FINAL * loss.shape[1])))
     finals = loss[:, -n_final:].mean(1)
     rise, rise_se = mean_se(finals - dips)
+    short = not m["t_post"] >= MIN_TAUS * pred["tau"]
     c1 = Check(
         "the loss dips, then rises after the decay",
         f"η ×{FACTOR:g} at ηλ = {ETA * LAMBDA:g}: the train loss falls at once, then rises to a "
@@ -189,7 +192,9 @@ def judge(m: dict[str, Any]) -> list[Check]:
         f"{rise:+.4f} ± {rise_se:.4f} ({n} seeds)",
         f"plateau above the (0, τ_pred] mean by more than {K:g} se (paired over seeds); below "
         "it by more than 2 se: FAIL (rule changed after the first quick run: it compared with "
-        "the minimum of the mean curve, which could not fail)", direction(rise, rise_se, 1),
+        "the minimum of the mean curve, which could not fail); INCONCLUSIVE when the run after "
+        f"the decay is shorter than {MIN_TAUS:g} τ_pred",
+        "INCONCLUSIVE" if short else direction(rise, rise_se, 1),
         {"fit": fit, "rise": rise, "rise_se": rise_se})
     if c1.verdict == "FAIL":
         c1.finding = (f"no rise within {m['t_post']} steps ({m['t_post'] / pred['tau']:.0f} τ) "
