@@ -43,7 +43,8 @@ best-η′ models ended at λ_max ≈ 2.4–3.5 for every β):
    loss below chance (ln 10): changed after the first quick run, where it meant "did not
    diverge" and β = 0.9 at η′ ≥ 7.6 — collapsed to loss 2.36–2.57, λ_max ≈ 0.2 — counted;
 3. (derived) β matters near the edge: at η′ = 1.6 (β = 0's λ_edge = 1.25) the run with
-   β = 0.9 ends sharper than plain SGD: mean over seeds of ln(λ_0.9/λ_0) > 0 (±2 se, paired);
+   β = 0.9 ends sharper than plain SGD: mean over seeds of ln(λ_0.9/λ_0) > 0 (±2 se, paired,
+   trained runs); plain SGD diverging there while β = 0.9 trains also passes;
 4. (derived) the edge is a bound: no trained ladder run ends above it, q ≤ 1.2 (±2 se).
 """
 
