@@ -77,6 +77,12 @@ def test_judge_on_constructed_numbers():
             if r["lambda_edge"] <= bl.LAMBDA_REF * 1.0001:
                 r.update(lambda_max=None, loss=None, diverged=True)
     assert _v(dead)[1] == "INCONCLUSIVE"                      # every near-edge run diverged
+    assert _v(dead)[2] == "PASS"            # plain SGD diverged at η′ = 1.6, momentum trained
+    one = copy.deepcopy(_m(ratio9=1.0))
+    for r in one["edge"]["runs"][0]["rows"]:
+        if r["beta"] == 0.0 and r["lr"] == bl.MATCHED_ETA:
+            r.update(lambda_max=None, loss=None, diverged=True)
+    assert _v(one)[2] == "INCONCLUSIVE"                       # one seed of three diverged
 
 
 def test_grid_is_claim_6s_cache(tmp_path):

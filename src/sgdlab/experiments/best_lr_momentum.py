@@ -44,7 +44,9 @@ best-η′ models ended at λ_max ≈ 2.4–3.5 for every β):
    diverge" and β = 0.9 at η′ ≥ 7.6 — collapsed to loss 2.36–2.57, λ_max ≈ 0.2 — counted;
 3. (derived) β matters near the edge: at η′ = 1.6 (β = 0's λ_edge = 1.25) the run with
    β = 0.9 ends sharper than plain SGD: mean over seeds of ln(λ_0.9/λ_0) > 0 (±2 se, paired,
-   trained runs); plain SGD diverging there while β = 0.9 trains also passes;
+   trained runs); every plain-SGD seed diverging there while every β = 0.9 seed trains also
+   passes (tightened after the first full run: "any plain-SGD divergence" passed it with one
+   of three seeds diverged and the paired ratio at −1.04 ± 0.77);
 4. (derived) the edge is a bound: no trained ladder run ends above it, q ≤ 1.2 (±2 se).
 """
 
@@ -246,8 +248,9 @@ def judge(m: dict[str, Any]) -> list[Check]:
                  if _trained(x, lx) and _trained(y, ly) and x > 0 and y > 0]
     d, se = mean_se(diffs) if diffs else (math.nan, math.nan)
     v3 = direction(d, se, +1)
-    if a is not None and b9 is not None and a["diverged"] and not b9["diverged"]:
-        v3 = "PASS"                       # plain SGD diverged where momentum trained
+    if (a is not None and b9 is not None and _q(a)[2] == 0 and a["diverged"]
+            and _q(b9)[2] == len(b9["lam"])):
+        v3 = "PASS"             # every plain-SGD seed diverged where every β = 0.9 seed trained
     lam_txt = ("—" if a is None or b9 is None else
                f"β=0: λ_max {', '.join(_fmt(v) for v in a['lam'])} (λ_edge "
                f"{a['lambda_edge']:.3g}; loss {', '.join(_fmt(v) for v in a['loss'])}); "
@@ -258,8 +261,11 @@ def judge(m: dict[str, Any]) -> list[Check]:
         f"at η′ = {MATCHED_ETA:g} the β = 0.9 run ends sharper than β = 0 (edge "
         f"{edge_sharpness(MATCHED_ETA, 0.9) / edge_sharpness(MATCHED_ETA, 0.0):.0f}× higher)",
         f"{lam_txt}; mean ln(λ_0.9/λ_0) = {d:+.3f} ± {_fmt(se)}",
-        f"> 0 (±{K:g} se, paired over seeds); plain SGD diverging where β = 0.9 trains counts "
-        "as a pass", v3, {"log_ratio": d, "log_ratio_se": se}, basis="derived")
+        f"> 0 (±{K:g} se, paired over seeds); every plain-SGD seed diverging where every "
+        "β = 0.9 seed trains also passes (tightened after the first full run, where one of "
+        "three plain-SGD seeds diverged and the first rule — any divergence — passed the check "
+        "although the paired ratio was −1.04 ± 0.77)", v3,
+        {"log_ratio": d, "log_ratio_se": se}, basis="derived")
     if v3 == "PASS":
         c3.finding = ("'β does nothing' is a statement away from the edge of stability: at "
                       f"η′ = {MATCHED_ETA:g} plain SGD is held at λ_max ≤ "
@@ -268,6 +274,11 @@ def judge(m: dict[str, Any]) -> list[Check]:
                       f"{math.exp(d):.2g}× sharper" if math.isfinite(d) else
                       "'β does nothing' fails near the edge of stability: plain SGD diverges "
                       "where momentum trains")
+    elif math.isfinite(d):
+        c3.finding = (f"near plain SGD's edge (η′ = {MATCHED_ETA:g}) β = 0.9 ends no sharper "
+                      f"(ln λ_0.9/λ_0 = {d:+.2f} ± {_fmt(se)}) although its edge is "
+                      f"{edge_sharpness(MATCHED_ETA, 0.9) / edge_sharpness(MATCHED_ETA, 0.0):.0f}"
+                      "× higher: here the end sharpness at large η′ is not held by the edge")
     checks.append(c3)
     v4, worst, dead = [], None, []
     for (lr, b), p in pts.items():
