@@ -72,6 +72,7 @@ function of its output, :func:`figures` draws it.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -84,9 +85,9 @@ from sgdlab.experiments.base import (
     Claim,
     Context,
     Result,
-    single_threaded,
     worst_verdict,
 )
+from sgdlab.experiments.kit import run_claim
 from sgdlab.experiments.kit.verdicts import K, at_most, band, direction, mean_se
 
 CLAIM = Claim("15-adam-is-rmsprop", "Adam \"should be\" RMSProp if momentum does nothing",
@@ -440,15 +441,17 @@ def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
     return [rel]
 
 
-@single_threaded
-def run(ctx: Context) -> Result:
-    """Measure, judge, present (see the module docstring)."""
-    budget = BUDGETS[ctx.mode]
-    m = measure(ctx, budget)
-    res = Result(CLAIM, judge(m))
-    res.figures = figures(ctx, m)
-    res.notes.append(f"MNIST-1D MLP, B = {BATCH} with replacement, {budget['steps']} steps, "
+def notes(ctx: Context, m: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    """What was run, for the report (below the checks)."""
+    out: list[str] = []
+    out.append(f"MNIST-1D MLP, B = {BATCH} with replacement, {budget['steps']} steps, "
                      f"{budget['seeds']} seeds, lr = {LR0:g} × 2^k, k in {budget['rungs']} "
                      f"(corrected Adam at lr ≤ {BC_MAX:g}), ε = {EPS:g}; small lr = η ≤ "
                      "η*/8.")
-    return res
+    return out
+
+
+def run(ctx: Context) -> Result:
+    """Measure, judge, present (see the module docstring) through the kit's
+    :func:`~sgdlab.experiments.kit.run_claim`."""
+    return run_claim(sys.modules[__name__], ctx)

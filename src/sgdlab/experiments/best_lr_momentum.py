@@ -53,13 +53,15 @@ best-η′ models ended at λ_max ≈ 2.4–3.5 for every β):
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
 import torch
 
 from sgdlab.experiments import momentum as mo
-from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded, worst_verdict
+from sgdlab.experiments.base import Check, Claim, Context, Result, worst_verdict
+from sgdlab.experiments.kit import run_claim
 from sgdlab.experiments.kit.verdicts import K, at_most, direction, mean_se
 
 CLAIM = Claim("14-best-lr-momentum", "The best η′ does not depend on β (except at the edge)",
@@ -340,14 +342,16 @@ def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
     return [rel]
 
 
-@single_threaded
-def run(ctx: Context) -> Result:
-    """Measure, judge, present (see the module docstring)."""
-    budget = BUDGETS[ctx.mode]
-    m = measure(ctx, budget)
-    res = Result(CLAIM, judge(m))
-    res.figures = figures(ctx, m)
-    res.notes.append(f"Grid: claim 6's ({ctx.mode}), shared cache entries. Edge ladder: "
+def notes(ctx: Context, m: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    """What was run, for the report (below the checks)."""
+    out: list[str] = []
+    out.append(f"Grid: claim 6's ({ctx.mode}), shared cache entries. Edge ladder: "
                      + ", ".join(f"β={b:g} η′={lr:g}" for lr, b in ladder())
                      + f"; seeds {budget['edge']['seeds']}; {K:g}-se rules.")
-    return res
+    return out
+
+
+def run(ctx: Context) -> Result:
+    """Measure, judge, present (see the module docstring) through the kit's
+    :func:`~sgdlab.experiments.kit.run_claim`."""
+    return run_claim(sys.modules[__name__], ctx)

@@ -58,6 +58,7 @@ Checks (tolerances fixed before measuring):
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import replace
 from typing import Any
 
@@ -65,7 +66,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded, worst_verdict
+from sgdlab.experiments.base import Check, Claim, Context, Result, worst_verdict
+from sgdlab.experiments.kit import run_claim
 from sgdlab.experiments.kit.verdicts import K, at_most, band, direction
 
 CLAIM = Claim("13-gradient-flow", "Small steps track gradient flow",
@@ -420,14 +422,16 @@ def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
     return [rel]
 
 
-@single_threaded
-def run(ctx: Context) -> Result:
-    """Measure, judge, present (see the module docstring)."""
-    budget = BUDGETS[ctx.mode]
-    m = measure(ctx, budget)
-    res = Result(CLAIM, judge(m))
-    res.figures = figures(ctx, m)
-    res.notes.append(f"n = {budget['net_n']} on the network ({budget['chains']} chains, "
+def notes(ctx: Context, m: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    """What was run, for the report (below the checks)."""
+    out: list[str] = []
+    out.append(f"n = {budget['net_n']} on the network ({budget['chains']} chains, "
                      f"N = {budget['n_train']}), n = {budget['quad_n']} on the quadratic "
                      f"({budget['quad_chains']} chains); float64; {K:g}-se rules.")
-    return res
+    return out
+
+
+def run(ctx: Context) -> Result:
+    """Measure, judge, present (see the module docstring) through the kit's
+    :func:`~sgdlab.experiments.kit.run_claim`."""
+    return run_claim(sys.modules[__name__], ctx)

@@ -46,6 +46,7 @@ pure function of its output, :func:`figures` draws it.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -57,9 +58,9 @@ from sgdlab.experiments.base import (
     Claim,
     Context,
     Result,
-    single_threaded,
     worst_verdict,
 )
+from sgdlab.experiments.kit import run_claim
 from sgdlab.experiments.kit.verdicts import K, at_most, band, direction, z_test
 
 CLAIM = Claim("12-leaves-the-optimum", "SGD started at the optimum moves away",
@@ -339,13 +340,15 @@ def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
     return [rel]
 
 
-@single_threaded
-def run(ctx: Context) -> Result:
-    """Measure, judge, present (see the module docstring)."""
-    budget = BUDGETS[ctx.mode]
-    m = measure(ctx, budget)
-    res = Result(CLAIM, judge(m))
-    res.figures = figures(ctx, m)
-    res.notes.append(f"{m['chains']} chains, {budget['steps']} steps, B = {BATCH} with "
+def notes(ctx: Context, m: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    """What was run, for the report (below the checks)."""
+    out: list[str] = []
+    out.append(f"{m['chains']} chains, {budget['steps']} steps, B = {BATCH} with "
                      "replacement, float64.")
-    return res
+    return out
+
+
+def run(ctx: Context) -> Result:
+    """Measure, judge, present (see the module docstring) through the kit's
+    :func:`~sgdlab.experiments.kit.run_claim`."""
+    return run_claim(sys.modules[__name__], ctx)

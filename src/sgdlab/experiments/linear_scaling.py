@@ -85,12 +85,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from typing import Any
 
 import numpy as np
 
-from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded, worst_verdict
+from sgdlab.experiments.base import Check, Claim, Context, Result, worst_verdict
+from sgdlab.experiments.kit import run_claim
 from sgdlab.experiments.kit.verdicts import K, at_most, band, direction
 
 CLAIM = Claim("4-linear-scaling", "Linear scaling rule in training",
@@ -749,19 +751,15 @@ def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
     return [rel]
 
 
-@single_threaded
-def run(ctx: Context) -> Result:
-    """Measure, judge, present (see the module docstring)."""
-    budget = BUDGETS[ctx.mode]
-    m = measure(ctx, budget)
-    res = Result(CLAIM, judge(m))
-    res.figures = figures(ctx, m)
+def notes(ctx: Context, m: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    """What was run, for the report (below the checks)."""
+    out: list[str] = []
     ref, pred = m["reference"], m["prediction"]
-    res.notes.append(
+    out.append(
         f"MNIST-1D CNN, momentum β = {BETA}, weight decay {WEIGHT_DECAY}, η = {LR_REF}·B/"
         f"{B_REF}, warmup {WARMUP_FRACTION:.3f} of the run then cosine; {m['epochs']} epochs, "
         f"{m['seeds']} seed(s) on the fixed-epochs ladder, seed 0 on the fixed-steps ladder.")
-    res.notes.append(
+    out.append(
         f"Reference run (B = {B_REF}, {ref['steps']} steps): λ_max(0) = "
         f"{ref['lambda_init']:.3g}, λ_ref = {ref['lambda_ref']:.3g} (largest λ_max at "
         f"f(t) ≥ ½; over the whole run {ref['lambda_max_all']:.3g}, max η(t)λ = "
@@ -769,7 +767,7 @@ def run(ctx: Context) -> Result:
         f"{ref['b_simple_range'][0]:.0f}–{ref['b_simple_range'][1]:.0f}); → B_stab = "
         f"{pred['B_stab']:.0f}, B_crit ≈ {pred['B_crit_pred']:.0f}, B_max = "
         f"{pred['B_max']:.0f}.")
-    res.notes.append("B | steps (fixed epochs) | acc with warmup (%) | without warmup (%)")
+    out.append("B | steps (fixed epochs) | acc with warmup (%) | without warmup (%)")
     for key in sorted(m["epochs_runs"], key=lambda k: int(k.split("/")[0])):
         b, w = (int(x) for x in key.split("/"))
         if not w:
@@ -777,9 +775,15 @@ def run(ctx: Context) -> Result:
         a = _acc(m, b)
         nw = f"{b}/0" in m["epochs_runs"]
         div = sum(m["epochs_runs"][key]["diverged"])
-        res.notes.append(
+        out.append(
             f"{b} | {run_length(b, m['epochs'], m['n_train'])[0]} | {100 * np.mean(a):.1f} "
             f"({', '.join(f'{100 * x:.1f}' for x in a)}){f', {div} diverged' if div else ''} | "
             + (f"{100 * np.mean(_acc(m, b, False)):.1f}" if nw else "—"))
-    res.notes.append(f"Training time {m['seconds']:.1f} s (0 when read from the cache).")
-    return res
+    out.append(f"Training time {m['seconds']:.1f} s (0 when read from the cache).")
+    return out
+
+
+def run(ctx: Context) -> Result:
+    """Measure, judge, present (see the module docstring) through the kit's
+    :func:`~sgdlab.experiments.kit.run_claim`."""
+    return run_claim(sys.modules[__name__], ctx)

@@ -93,6 +93,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -105,9 +106,9 @@ from sgdlab.experiments.base import (
     Claim,
     Context,
     Result,
-    single_threaded,
     worst_verdict,
 )
+from sgdlab.experiments.kit import run_claim
 from sgdlab.experiments.kit.verdicts import K, at_most, band, direction, mean_se
 from sgdlab.probes.stationary import stationary_loss
 
@@ -824,15 +825,11 @@ def _spectrum() -> tuple[np.ndarray, np.ndarray]:
     return prob["h"], prob["sigma2"]
 
 
-@single_threaded
-def run(ctx: Context) -> Result:
-    """Measure, judge, present (see the module docstring)."""
-    budget = BUDGETS[ctx.mode]
-    m = measure(ctx, budget)
-    res = Result(CLAIM, judge(m))
-    res.figures = figures(ctx, m)
+def notes(ctx: Context, m: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    """What was run, for the report (below the checks)."""
+    out: list[str] = []
     st = budget["stationary"]
-    res.notes.append(
+    out.append(
         f"Quadratic: d = {DIM}, h ∈ [0.5, 1] geometric, N = {N}, B = {BATCH} with replacement, "
         f"{st['chains']} chains per stationary run (rel_se target {st['rel_se']:g}); "
         f"network: MNIST-1D MLP, B = {NET_BATCH}, seeds {budget['net']['seeds']}; "
@@ -840,9 +837,15 @@ def run(ctx: Context) -> Result:
     not_conv = [f"η′={r['lr']:g}, β={r['beta']:g}" for r in m["stationary"]
                 if not r["converged"]]
     if not_conv:
-        res.notes.append("Stationary runs not converged (max_steps reached): "
+        out.append("Stationary runs not converged (max_steps reached): "
                          + ", ".join(not_conv))
-    return res
+    return out
+
+
+def run(ctx: Context) -> Result:
+    """Measure, judge, present (see the module docstring) through the kit's
+    :func:`~sgdlab.experiments.kit.run_claim`."""
+    return run_claim(sys.modules[__name__], ctx)
 
 
 __all__ = ["BETAS", "BUDGETS", "CLAIM", "critical_damping", "network_grid", "ema_excess_closed",

@@ -62,6 +62,7 @@ pure function of its output, :func:`figures` draws it.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -71,9 +72,9 @@ from sgdlab.experiments.base import (
     Claim,
     Context,
     Result,
-    single_threaded,
     worst_verdict,
 )
+from sgdlab.experiments.kit import run_claim
 from sgdlab.experiments.kit.verdicts import K, at_most, direction
 
 CLAIM = Claim("16-bstar-progress", "B* and η_B: progress per example against B",
@@ -355,14 +356,16 @@ def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
     return [rel]
 
 
-@single_threaded
-def run(ctx: Context) -> Result:
-    """Measure, judge, present (see the module docstring)."""
-    budget = BUDGETS[ctx.mode]
-    m = measure(ctx, budget)
-    res = Result(CLAIM, judge(m))
-    res.figures = figures(ctx, m)
-    res.notes.append(f"{budget['examples_per_b']} examples per B (≥ {budget['min_chains']} "
+def notes(ctx: Context, m: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    """What was run, for the report (below the checks)."""
+    out: list[str] = []
+    out.append(f"{budget['examples_per_b']} examples per B (≥ {budget['min_chains']} "
                      f"single steps), N = {N_DATA}, with replacement, float64; G = "
                      f"{m['G']:.4g}, σ² = {m['sigma2']:.4g}, h = {m['h']:g}.")
-    return res
+    return out
+
+
+def run(ctx: Context) -> Result:
+    """Measure, judge, present (see the module docstring) through the kit's
+    :func:`~sgdlab.experiments.kit.run_claim`."""
+    return run_claim(sys.modules[__name__], ctx)

@@ -55,12 +55,13 @@ evaluation density (every 15 steps instead of 10).
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
 
 from sgdlab import data
-from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded
+from sgdlab.experiments.base import Check, Claim, Context, Result
 from sgdlab.experiments.intrinsic_lr import (
     BATCH,
     MIN_TAUS,
@@ -71,6 +72,7 @@ from sgdlab.experiments.intrinsic_lr import (
     ladder_gamma,
     relaxation_time,
 )
+from sgdlab.experiments.kit import run_claim
 from sgdlab.experiments.kit.verdicts import K, band, direction, mean_se
 
 CLAIM = Claim("23-rise-after-decay", "The loss rises some time after a decay",
@@ -259,17 +261,19 @@ def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
     return [rel]
 
 
-@single_threaded
-def run(ctx: Context) -> Result:
-    """Measure, judge, present (see the module docstring)."""
-    budget = BUDGETS[ctx.mode]
-    m = measure(ctx, budget)
-    res = Result(CLAIM, judge(m))
-    res.figures = figures(ctx, m)
-    res.notes.append(
+def notes(ctx: Context, m: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    """What was run, for the report (below the checks)."""
+    out: list[str] = []
+    out.append(
         f"MNIST-1D, scale-invariant MLP 2×{WIDTH}, B = {BATCH} with replacement; λ = {LAMBDA:g}, "
         f"η {ETA:g} → {ETA * FACTOR:g} after {m['t_pre']} steps, {m['t_post']} steps after; "
         f"{m['seeds']} seeds; γ ladder window from step {m['ladder_window_start']}."
         + ("" if ctx.mode == "full" else
            f" {ctx.mode} budget: fewer seeds, a shorter run and sparser evaluations than full."))
-    return res
+    return out
+
+
+def run(ctx: Context) -> Result:
+    """Measure, judge, present (see the module docstring) through the kit's
+    :func:`~sgdlab.experiments.kit.run_claim`."""
+    return run_claim(sys.modules[__name__], ctx)

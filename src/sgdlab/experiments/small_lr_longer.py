@@ -43,13 +43,15 @@ Quick leaves out: seeds (6 instead of 16) and length (T = 80 instead of 300 step
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
 
 from sgdlab import data
-from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded, worst_verdict
+from sgdlab.experiments.base import Check, Claim, Context, Result, worst_verdict
 from sgdlab.experiments.intrinsic_lr import BATCH, MIN_TAUS, WIDTH, relaxation_time
+from sgdlab.experiments.kit import run_claim
 from sgdlab.experiments.kit.verdicts import K, band, direction, mean_se
 from sgdlab.experiments.last_decay import join, split, train_segment, window_means
 
@@ -208,16 +210,18 @@ def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
     return [rel]
 
 
-@single_threaded
-def run(ctx: Context) -> Result:
-    """Measure, judge, present (see the module docstring)."""
-    budget = BUDGETS[ctx.mode]
-    m = measure(ctx, budget)
-    res = Result(CLAIM, judge(m))
-    res.figures = figures(ctx, m)
-    res.notes.append(
+def notes(ctx: Context, m: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    """What was run, for the report (below the checks)."""
+    out: list[str] = []
+    out.append(
         f"MNIST-1D, scale-invariant MLP 2×{WIDTH}, B = {BATCH} with replacement, λ = {LAMBDA:g}; "
         f"{m['seeds']} seeds; T = {m['T']}; τ_L = {m['tau_l']:.1f}, τ_S = {m['tau_s']:.0f} "
         "(constant G)." + ("" if ctx.mode == "full" else
                            f" {ctx.mode} budget: fewer seeds and a shorter T than full."))
-    return res
+    return out
+
+
+def run(ctx: Context) -> Result:
+    """Measure, judge, present (see the module docstring) through the kit's
+    :func:`~sgdlab.experiments.kit.run_claim`."""
+    return run_claim(sys.modules[__name__], ctx)

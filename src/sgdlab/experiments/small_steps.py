@@ -37,6 +37,7 @@ Checks (tolerances fixed before measuring):
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from sgdlab import data, models
-from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded, worst_verdict
+from sgdlab.experiments.base import Check, Claim, Context, Result, worst_verdict
+from sgdlab.experiments.kit import run_claim
 from sgdlab.experiments.kit.verdicts import K, at_most, near, z_test
 
 CLAIM = Claim("17-small-steps", "B steps at η₀ ≈ one step at Bη₀",
@@ -298,13 +300,15 @@ def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
     return [rel]
 
 
-@single_threaded
-def run(ctx: Context) -> Result:
-    """Measure, judge, present (see the module docstring)."""
-    budget = BUDGETS[ctx.mode]
-    m = measure(ctx, budget)
-    res = Result(CLAIM, judge(m))
-    res.figures = figures(ctx, m)
-    res.notes.append(f"B = {BATCH}; η₀ ladder at Bη₀λ_max = "
+def notes(ctx: Context, m: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    """What was run, for the report (below the checks)."""
+    out: list[str] = []
+    out.append(f"B = {BATCH}; η₀ ladder at Bη₀λ_max = "
                      + ", ".join(f"{f:.2g}" for f in m["fraction"]) + f"; {K:g}-se rules.")
-    return res
+    return out
+
+
+def run(ctx: Context) -> Result:
+    """Measure, judge, present (see the module docstring) through the kit's
+    :func:`~sgdlab.experiments.kit.run_claim`."""
+    return run_claim(sys.modules[__name__], ctx)

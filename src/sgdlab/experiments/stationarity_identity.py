@@ -50,6 +50,7 @@ pure, :func:`figures` draws.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -60,9 +61,9 @@ from sgdlab.experiments.base import (
     Claim,
     Context,
     Result,
-    single_threaded,
     worst_verdict,
 )
+from sgdlab.experiments.kit import run_claim
 from sgdlab.experiments.kit.verdicts import K, band, mean_se, z_test
 from sgdlab.train import Callback
 
@@ -316,12 +317,15 @@ def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
     return [rel]
 
 
-@single_threaded
-def run(ctx: Context) -> Result:
-    """Measure, judge, present (see the module docstring)."""
-    m = measure(ctx, BUDGETS[ctx.mode])
-    res = Result(CLAIM, judge(m))
-    res.figures = figures(ctx, m)
-    res.notes.append(f"η fractions of the mean-square edge: {', '.join(map(str, FRACTIONS))}; "
+def notes(ctx: Context, m: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    """What was run, for the report (below the checks)."""
+    out: list[str] = []
+    out.append(f"η fractions of the mean-square edge: {', '.join(map(str, FRACTIONS))}; "
                      f"{K:g}-se rules; z ≤ {Z:g}.")
-    return res
+    return out
+
+
+def run(ctx: Context) -> Result:
+    """Measure, judge, present (see the module docstring) through the kit's
+    :func:`~sgdlab.experiments.kit.run_claim`."""
+    return run_claim(sys.modules[__name__], ctx)
