@@ -357,14 +357,22 @@ def _train_config(args: argparse.Namespace):
     if not (run_dir / "config.yaml").is_file():
         raise cfgmod.ConfigError(f"resume: {run_dir} is not a run directory (no config.yaml)")
     check_writable_dir(run_dir, "resume")
-    given = {k: v for k, v in _overrides(args).items() if v is not None and k != "out"}
-    cfg = cfgmod.resolve(run_dir / "config.yaml", **given, out=str(run_dir))
+    cfg = _resumed_config(args, run_dir)
     if nproc is None:
         nproc = _trained_world_size(run_dir)
         if nproc > 1:
             print(f"sgdlab: resuming with --nproc {nproc}, as the run was trained (give "
                   "--nproc to change it)", file=sys.stderr)
     return cfg, run_dir, nproc
+
+
+def _resumed_config(args: argparse.Namespace, run_dir: Path):
+    """The run's own config.yaml with the flags given on this command line applied (the
+    trainer refuses, naming them, those that cannot change when resuming)."""
+    from sgdlab import config as cfgmod
+
+    given = {k: v for k, v in _overrides(args).items() if v is not None and k != "out"}
+    return cfgmod.resolve(run_dir / "config.yaml", **given, out=str(run_dir))
 
 
 def _trained_world_size(run_dir: Path) -> int:
@@ -412,8 +420,7 @@ def _train_rank(args: argparse.Namespace) -> int:
     try:
         if args.resume:
             run_dir = Path(args.resume)
-            given = {k: v for k, v in _overrides(args).items() if v is not None and k != "out"}
-            cfg = cfgmod.resolve(run_dir / "config.yaml", **given, out=str(run_dir))
+            cfg = _resumed_config(args, run_dir)
         else:
             cfg = cfgmod.resolve(args.config, **_overrides(args))
             if cfg.out is None:
