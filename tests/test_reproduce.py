@@ -70,13 +70,36 @@ def test_a_crashing_claim_is_reported_and_the_rest_still_run(tmp_path, monkeypat
     monkeypatch.setitem(experiments.CLAIMS, "0-boom", Boom)
     monkeypatch.setitem(experiments.CLAIMS, "1-fails", Fails)
     out = tmp_path / "rep"
-    assert main(["reproduce", "--smoke", "--only", "0-boom,1-fails", "--out", str(out)]) == 0
+    # --jobs 1: the monkeypatched claims exist in this process only
+    assert main(["reproduce", "--smoke", "--only", "0-boom,1-fails", "--out", str(out),
+                 "--jobs", "1"]) == 0
     results = json.loads((out / "results.json").read_text())["results"]
     assert results[0]["verdict"] == "ERROR" and "kaboom" in results[0]["error"]
     assert results[1]["verdict"] == "FAIL"
     assert "kaboom" in (out / "report.md").read_text()
     assert main(["reproduce", "--smoke", "--only", "1-fails", "--out", str(out),
-                 "--strict"]) == 1
+                 "--strict", "--jobs", "1"]) == 1
+
+
+def test_claims_in_parallel_workers_give_the_same_results(tmp_path, capsys):
+    """--jobs 2 (spawned workers) against one process: the same checks, numbers and verdicts;
+    claim 14 reads claim 6's cache, so it starts only after claim 6 has finished."""
+    only = "14,7,6"
+    assert main(["reproduce", "--smoke", "--only", only, "--out", str(tmp_path / "one"),
+                 "--jobs", "1"]) == 0
+    capsys.readouterr()
+    assert main(["reproduce", "--smoke", "--only", only, "--out", str(tmp_path / "two"),
+                 "--jobs", "2"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert (err.index("[14-best-lr-momentum] running …")
+            > next(i for i, e in enumerate(err) if e.startswith("[6-momentum] notes")))
+    one, two = ([{k: r[k] for k in ("claim", "checks", "verdict", "derived_verdict", "figures")}
+                 for r in json.loads((tmp_path / d / "results.json").read_text())["results"]]
+                for d in ("one", "two"))
+    assert [r["claim"]["id"] for r in two] == ["14-best-lr-momentum", "7-adam-bias-correction",
+                                               "6-momentum"]
+    assert one == two
+    assert json.loads((tmp_path / "two" / "results.json").read_text())["meta"]["jobs"] == 2
 
 
 def test_unknown_claim_is_one_line(tmp_path, capsys):

@@ -239,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(required)")
     rp.add_argument("--strict", action="store_true", help="exit 1 when any claim is FAIL "
                     "(default: exit 0 whatever the verdicts)")
+    rp.add_argument("--jobs", type=int, help="claims run side by side in this many worker "
+                    "processes, an integer >= 1 (default: the CPU cores available, "
+                    f"here {_default_jobs()})")
 
     c = sub.add_parser("check", help="initial-loss and overfit checks (SPEC §4.11)")
     _add_run_arguments(c)
@@ -528,6 +531,14 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_jobs() -> int:
+    """``reproduce --jobs`` when not given: the CPU cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:                      # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from sgdlab import config as cfgmod
     from sgdlab import report
@@ -535,7 +546,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
     only = [c.strip() for c in args.only.split(",") if c.strip()] if args.only else None
     try:
-        results = reproduce(args.out, mode=args.mode or "quick", only=only, seeds=args.seeds)
+        results = reproduce(args.out, mode=args.mode or "quick", only=only, seeds=args.seeds,
+                            jobs=_default_jobs() if args.jobs is None else args.jobs)
     except cfgmod.ConfigError as err:
         return _fail(str(err))
     print(report.verdict_table(results))

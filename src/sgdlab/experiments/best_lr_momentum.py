@@ -70,6 +70,8 @@ CLAIM = Claim("14-best-lr-momentum", "The best η′ does not depend on β (exce
               "§4.14")
 
 VERSION = 1
+#: claim 6's η′ × β grid is read from its cache entries: `reproduce` runs claim 6 first
+AFTER = ("6-momentum",)
 EDGE_TARGETS = (5.0, 2.5, 1.25)           # λ_edge of the ladder points
 LAMBDA_REF, Q_BAND, Q_MAX, MATCHED_ETA = 2.5, (0.5, 1.2), 1.2, 1.6
 # a run counts as trained when its final train loss is below chance, ln 10 (added after the
