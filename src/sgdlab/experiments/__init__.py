@@ -23,6 +23,7 @@ from sgdlab.experiments import (
     recipe_claim,
     rise_after_decay,
     robbins_monro,
+    sgd_vs_gd,
     small_lr_longer,
     small_steps,
     snr_sgd,
@@ -37,7 +38,7 @@ CLAIMS: dict[str, ModuleType] = {
               adam_bias, robbins_monro, snr_sgd, swa, recipe_claim, leaves_optimum,
               small_steps, stationarity_identity, progress_per_example,
               adam_rmsprop, last_decay, gradient_flow, small_lr_longer,
-              rise_after_decay, best_lr_momentum)
+              rise_after_decay, best_lr_momentum, sgd_vs_gd)
 }
 
 
