@@ -60,9 +60,8 @@ def test_diagonal_quadratic_prediction_is_exact():
     """The data are standardised so that σ_i² = h_i² v_i exactly: the probe's prediction
     tr Σ/(4B) equals the closed form's slope Σσ_i²/(4B) to rounding."""
     x = hc._diag_data()
-    h = torch.as_tensor(hc.DIAG_H)
-    p = predict_heat_capacity(hc._DiagQuad(4), lambda out, t: 0.5 * (out * out * h).sum(-1),
-                              x, torch.zeros(x.shape[0], dtype=torch.float64), hc.DIAG_B)
+    p = predict_heat_capacity(hc.diag_model(), hc.identity_loss, x,
+                              torch.zeros(x.shape[0], dtype=torch.float64), hc.DIAG_B)
     s2 = hc.DIAG_H**2 * hc.DIAG_V
     assert p.predicted == pytest.approx(s2.sum() / (4 * hc.DIAG_B), rel=1e-10)
     eta = 1e-6

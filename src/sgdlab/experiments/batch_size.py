@@ -58,6 +58,11 @@ from sgdlab.experiments.base import (
     verdict,
     worst_verdict,
 )
+from sgdlab.experiments.kit.problems import (
+    DiagonalQuadratic,
+    diagonal_noisy_quadratic,
+    identity_loss,
+)
 from sgdlab.experiments.kit.verdicts import at_most, band
 from sgdlab.probes.stationary import quadratic_excess_loss, stationary_loss
 
@@ -75,31 +80,10 @@ FLAT_LIMIT = 0.2             # linear-scaling flatness is claimed while Bη₀h_
 SLOPE_TOL, FLAT_TOL, BLOWUP_TOL = 0.1, 0.10, 0.10
 
 
-class DiagonalQuadratic(nn.Module):
-    """Per-example losses ℓ_b(Φ) = ½ Σ_i h_i (Φ_i − x_{b,i})² (the forward returns them;
-    use ``loss_fn = lambda out, y: out``)."""
-
-    def __init__(self, h: np.ndarray, phi: np.ndarray) -> None:
-        super().__init__()
-        self.register_buffer("h", torch.as_tensor(np.asarray(h, dtype=np.float64)))
-        self.phi = nn.Parameter(torch.as_tensor(np.asarray(phi, dtype=np.float64)).clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 0.5 * ((self.phi - x).pow(2) * self.h).sum(-1)
-
-
-def _loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return out
-
-
 def problem() -> dict[str, Any]:
-    """The diagonal noisy quadratic of the module docstring: data, h, σ², Φ*, L*."""
-    rng = np.random.default_rng(SEED)
-    x = rng.standard_normal((N_TRAIN, DIM))
-    h = np.geomspace(1.0, 0.25, DIM)
-    var = x.var(axis=0)                   # population variance over the N points
-    return {"x": x, "h": h, "sigma2": h * h * var, "phi_star": x.mean(axis=0),
-            "L_star": 0.5 * float(np.sum(h * var))}
+    """The diagonal noisy quadratic of the module docstring: data, h, σ², Φ*, L*
+    (:func:`~sgdlab.experiments.kit.problems.diagonal_noisy_quadratic`)."""
+    return diagonal_noisy_quadratic(N_TRAIN, np.geomspace(1.0, 0.25, DIM), SEED)
 
 
 def _measure(prob: dict[str, Any], eta: float, batch: int, *, chains: int, rel_se: float,
@@ -109,7 +93,7 @@ def _measure(prob: dict[str, Any], eta: float, batch: int, *, chains: int, rel_s
     x = torch.as_tensor(prob["x"])
     y = torch.zeros(x.shape[0], dtype=torch.float64)
     t0 = time.perf_counter()
-    r = stationary_loss(model, _loss_fn, x, y, eta, batch, sampling="replacement",
+    r = stationary_loss(model, identity_loss, x, y, eta, batch, sampling="replacement",
                         chains=chains, seed=seed, reference=prob["L_star"], rel_se=rel_se,
                         min_steps=min(min_steps, max_steps), max_steps=max_steps,
                         record_every=record_every)
@@ -193,8 +177,9 @@ def run(ctx: Context) -> Result:
     # 1. sharpness at Φ*
     model = DiagonalQuadratic(h, prob["phi_star"])
     xt = torch.as_tensor(prob["x"])
-    top = top_hessian_eigenvalue(model, _loss_fn, xt, torch.zeros(N_TRAIN, dtype=torch.float64),
-                                 iters=500, tol=1e-10, seed=SEED)
+    top = top_hessian_eigenvalue(model, identity_loss, xt,
+                                 torch.zeros(N_TRAIN, dtype=torch.float64), iters=500,
+                                 tol=1e-10, seed=SEED)
     h_max = float(top.lambda_max)
     eta_fixed = FIXED_ETA_H / h_max
     eta0 = ETA0_H / h_max

@@ -44,6 +44,7 @@ from torch import nn
 
 from sgdlab import data
 from sgdlab.experiments.base import Check, Claim, Context, Result, worst_verdict
+from sgdlab.experiments.kit.problems import DiagonalQuadratic, identity_loss
 from sgdlab.experiments.kit.verdicts import interval
 
 CLAIM = Claim("2-heat-capacity", "Heat capacity",
@@ -72,21 +73,6 @@ class _FastQuadratic(nn.Module):
         return quad - xin[:, :d] @ self.phi + xin[:, d]
 
 
-class _DiagQuad(nn.Module):
-    """Forward returns x − Φ; the loss weighs it with h."""
-
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.phi = nn.Parameter(torch.zeros(d, dtype=torch.float64))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x - self.phi
-
-
-def _identity_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return out
-
-
 def _squares_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 0.5 * (out - y).pow(2).sum(-1)
 
@@ -112,7 +98,7 @@ def _problem(name: str) -> tuple[nn.Module, Callable, torch.Tensor, torch.Tensor
         c = 0.5 * np.einsum("ni,ni->n", q, X)
         xin = torch.as_tensor(np.hstack([q, c[:, None]]), dtype=torch.float64)
         model = _FastQuadratic(Q, ds.meta["phi_star"])
-        return model, _identity_loss, xin, ds.y_train, {
+        return model, identity_loss, xin, ds.y_train, {
             "L_star_exact": float(ds.meta["loss_star"]),
             "h_max": float(np.max(ds.meta["eigenvalues"])),
             "phi_star": {"phi": torch.as_tensor(ds.meta["phi_star"], dtype=torch.float64)}}
@@ -242,17 +228,20 @@ def _diag_data(n: int = 1000, seed: int = 0) -> torch.Tensor:
     return x / x.std(0, unbiased=False) * torch.as_tensor(DIAG_V).sqrt()
 
 
+def diag_model() -> DiagonalQuadratic:
+    """The closed-form problem's model: ½ Σ_i h_i (Φ_i − x_{b,i})², Φ from 0."""
+    return DiagonalQuadratic(DIAG_H, np.zeros(DIAG_H.size))
+
+
 def _diag_run(eta: float, budget: dict[str, Any], seed: int) -> dict[str, Any]:
     from sgdlab.probes.stationary import quadratic_excess_loss, stationary_loss
 
-    h = torch.as_tensor(DIAG_H)
     x = _diag_data()
     y = torch.zeros(x.shape[0], dtype=torch.float64)
     l_star = float(0.5 * (DIAG_H * DIAG_V).sum())
     sigma2 = DIAG_H**2 * DIAG_V
-    r = stationary_loss(_DiagQuad(DIAG_H.size), lambda out, t: 0.5 * (out * out * h).sum(-1),
-                        x, y, eta, DIAG_B, sampling="replacement", seed=seed,
-                        reference=l_star, **budget)
+    r = stationary_loss(diag_model(), identity_loss, x, y, eta, DIAG_B,
+                        sampling="replacement", seed=seed, reference=l_star, **budget)
     exact = quadratic_excess_loss(eta, DIAG_H, sigma2, DIAG_B)
     return {"eta": eta, "excess": r.excess, "se": r.se, "exact": exact,
             "linear": float(eta * sigma2.sum() / (4 * DIAG_B)), "ratio": r.excess / exact,

@@ -109,6 +109,11 @@ from sgdlab.experiments.base import (
     worst_verdict,
 )
 from sgdlab.experiments.kit import run_claim
+from sgdlab.experiments.kit.problems import (
+    DiagonalQuadratic,
+    diagonal_noisy_quadratic,
+    identity_loss,
+)
 from sgdlab.experiments.kit.verdicts import K, at_most, band, direction, mean_se
 from sgdlab.probes.stationary import stationary_loss
 
@@ -235,30 +240,15 @@ def vertex(losses: np.ndarray, i: int) -> float:
 # ----------------------------------------------------------------------------- problems
 
 
-class _DiagQuad(nn.Module):
-    """Per-example loss ½ Σ_i h_i (Φ_i − x_bi)² as the forward output (loss_fn = identity)."""
-
-    def __init__(self, h: np.ndarray, phi: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("h", torch.as_tensor(h, dtype=torch.float64))
-        self.phi = nn.Parameter(phi.clone().double())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 0.5 * ((self.phi - x) ** 2 * self.h).sum(-1)
-
-
-def _identity_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return out
-
-
 def _problem(seed: int = 0):
-    rng = np.random.default_rng(seed)
-    h = np.geomspace(0.5, 1.0, DIM)
-    x = torch.as_tensor(rng.standard_normal((N, DIM)), dtype=torch.float64)
-    xbar = x.mean(0)
-    s2 = x.var(0, unbiased=False).numpy()
-    return {"h": h, "x": x, "y": torch.zeros(N, 0, dtype=torch.float64), "xbar": xbar,
-            "L_star": 0.5 * float((h * s2).sum()), "sigma2": h**2 * s2}
+    """The diagonal noisy quadratic (:func:`~sgdlab.experiments.kit.problems.\
+diagonal_noisy_quadratic`, h geometric in [0.5, 1]) as float64 tensors, with the empty
+    targets the probe takes."""
+    prob = diagonal_noisy_quadratic(N, np.geomspace(0.5, 1.0, DIM), seed)
+    x = torch.as_tensor(prob["x"])
+    return {"h": prob["h"], "x": x, "y": torch.zeros(N, 0, dtype=torch.float64),
+            "xbar": torch.as_tensor(prob["phi_star"]), "L_star": prob["L_star"],
+            "sigma2": prob["sigma2"]}
 
 
 def ladder_points(ladder: list[float], betas: list[float], h_max: float
@@ -278,7 +268,7 @@ def _stationary(prob: dict, lr: float, beta: float, seed: int, st: dict) -> dict
     chains = st["chains"]
     phi0 = prob["xbar"] + torch.randn(chains, DIM, generator=g, dtype=torch.float64) \
         * torch.as_tensor(np.sqrt(var0))
-    model = _DiagQuad(h, prob["xbar"])
+    model = DiagonalQuadratic(h, prob["xbar"])
     # fast-mixing runs (the mean's relaxation time −1/ln ρ ≤ 20 steps on every mode): a record
     # every 3 steps, so that the 100 records the probe starts with take 300 steps rather than
     # 700. (First tried on η′h_min ≥ 0.1 alone: β = 0.99 at η′ = 1.5, whose buffer fills in
@@ -289,7 +279,7 @@ def _stationary(prob: dict, lr: float, beta: float, seed: int, st: dict) -> dict
     # after the probe's run-length rule changed (sgdlab 7218600) and β = 0.99 at η′ = 0.01
     # stopped at 700 steps ≈ 3.5 τ with τ_int estimated at 42 steps against ≈ 200 predicted
     min_steps = max(st["min_steps"], int(math.ceil(MIN_RELAX * tau)))
-    r = stationary_loss(model, _identity_loss, prob["x"], prob["y"], lr, BATCH,
+    r = stationary_loss(model, identity_loss, prob["x"], prob["y"], lr, BATCH,
                         sampling="replacement", optimizer="momentum",
                         optimizer_options={"beta": beta, "style": "ema"},
                         phi0={"phi": phi0}, chains=chains, seed=seed,

@@ -91,6 +91,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded, worst_verdict
+from sgdlab.experiments.kit.problems import diagonal_noisy_quadratic
 from sgdlab.experiments.kit.verdicts import z_test
 from sgdlab.probes.stationary import quadratic_excess_loss
 
@@ -162,13 +163,9 @@ def polyak_ruppert_limit(h: np.ndarray, sigma2: np.ndarray, batch: int, window: 
 
 
 def problem(seed: int = SEED) -> dict[str, Any]:
-    """The diagonal noisy quadratic of the module docstring: data x (N × d), h, σ², Φ*, L*."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((N_POINTS, DIM))
-    h = np.geomspace(H_MAX, H_MIN, DIM)
-    var = x.var(axis=0)
-    return {"x": x, "h": h, "sigma2": h * h * var, "phi_star": x.mean(axis=0),
-            "L_star": 0.5 * float(np.sum(h * var))}
+    """The diagonal noisy quadratic of the module docstring: data x (N × d), h, σ², Φ*, L*
+    (:func:`~sgdlab.experiments.kit.problems.diagonal_noisy_quadratic`)."""
+    return diagonal_noisy_quadratic(N_POINTS, np.geomspace(H_MAX, H_MIN, DIM), seed)
 
 
 # =========================================================================== (a) simulation
