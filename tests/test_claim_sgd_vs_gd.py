@@ -39,7 +39,8 @@ def test_pure_helpers():
     assert sg.epochs_to_target([0, 1, 2], [2.0, float("nan"), 1.0], 1.7) == math.inf
     g = sg.lr_grid(200, [-1, 0, 1])
     assert np.allclose(g, [0.5, 1.0, 2.0])          # η_c(B₀) = η_GD/2
-    t = sg.tune({"lr": [0.1, 0.2, 0.4], "epochs": [[3, 3], [2, math.inf], [2.5, 2.4]]})
+    t = sg.tune({"lr": [0.1, 0.2, 0.4, 0.8],
+                 "epochs": [[3, 3], [2, math.inf], [2.5, 2.4], [4, 4]]})
     assert t["index"] == 2 and not t["edge"] and not t["censored"]  # every seed must reach
     assert sg.tune({"lr": [0.1, 0.2], "epochs": [[1, 1], [2, 2]]})["edge"]
     assert sg.tune({"lr": [0.1], "epochs": [[math.inf]]})["censored"]
