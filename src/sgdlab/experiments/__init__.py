@@ -12,6 +12,7 @@ from sgdlab.experiments import (
     adam_rmsprop,
     batch_size,
     best_lr_momentum,
+    fast_equilibrium,
     gradient_flow,
     heat_capacity,
     intrinsic_lr,
@@ -37,7 +38,7 @@ CLAIMS: dict[str, ModuleType] = {
     for m in (temperature, heat_capacity, batch_size, linear_scaling, intrinsic_lr, momentum,
               adam_bias, robbins_monro, snr_sgd, swa, recipe_claim, leaves_optimum,
               small_steps, stationarity_identity, progress_per_example,
-              adam_rmsprop, last_decay, gradient_flow, small_lr_longer,
+              adam_rmsprop, fast_equilibrium, last_decay, gradient_flow, small_lr_longer,
               rise_after_decay, best_lr_momentum, sgd_vs_gd)
 }
 
