@@ -68,7 +68,16 @@ def test_train_prints_accuracy_and_run_dir(tmp_path, capsys):
     assert "test_acc" in text and f"run directory: {out}" in text
     # the same directory is refused rather than overwritten
     assert main([*TRAIN, "--steps", "30", "--out", str(out)]) == 2
-    assert "already holds files" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already holds files" in err and "of a completed run" in err
+    # resuming the completed run changes nothing and says so
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert main(["train", "--resume", str(out)]) == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # a summary that is not a JSON object is not a completed run
+    (out / "summary.json").write_text("[1, 2]")
+    assert main([*TRAIN, "--steps", "30", "--out", str(out)]) == 2
+    assert "of an unfinished run" in capsys.readouterr().err
 
 
 def test_divergence_exit_code_3(tmp_path, capsys):

@@ -547,14 +547,9 @@ class Trainer:
         if done > self.total_steps:
             raise ConfigError(f"steps: {self.run_dir} has already trained {done} steps; give "
                               f"more than {done} to train longer")
-        summary_path = self.run_dir / "summary.json"
-        try:
-            import json
-            summary = restore_nonfinite(json.loads(summary_path.read_text()))
-        except (OSError, ValueError):
-            return None  # killed after its last checkpoint: finish the outputs
-        if not isinstance(summary, dict) or summary.get("status") != "completed":
-            return None
+        summary = read_summary(self.run_dir)
+        if summary is None or summary.get("status") != "completed":
+            return None  # e.g. killed after its last checkpoint: finish the outputs
         summary["already_completed"] = True
         return summary
 
@@ -1008,6 +1003,18 @@ def _global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
 
 
+def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """RUN/summary.json as a dict (non-finite numbers restored), or ``None`` when it is
+    missing, unreadable or not a JSON object (a run killed before writing it)."""
+    import json
+
+    try:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return restore_nonfinite(summary) if isinstance(summary, dict) else None
+
+
 def occupied(run_dir: str | Path) -> str | None:
     """Why a new run cannot start in ``run_dir`` (one line naming the command that continues
     what is there), or ``None`` when it is missing or empty (its lock file aside)."""
@@ -1023,13 +1030,8 @@ def occupied(run_dir: str | Path) -> str | None:
     if not (run_dir / "checkpoints" / "last.pt").exists():
         return (f"{head} of a run that stopped before its first checkpoint; start it again "
                 f"from step 0 with: sgdlab train --resume {run_dir} (or choose another --out)")
-    status = None
-    try:
-        import json
-        status = json.loads((run_dir / "summary.json").read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        pass
-    if status == "completed":
+    summary = read_summary(run_dir)
+    if summary is not None and summary.get("status") == "completed":
         return (f"{head} of a completed run; choose another --out (or train it longer with: "
                 f"sgdlab train --resume {run_dir} --steps N)")
     return f"{head} of an unfinished run; continue it with: sgdlab train --resume {run_dir}"
