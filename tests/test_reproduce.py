@@ -108,6 +108,10 @@ def test_unknown_claim_is_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "unknown claim '99-nope'" in err
     with pytest.raises(ConfigError, match="mode must be one of"):
         reproduce(tmp_path, mode="slow")
+    assert main(["reproduce", "--jobs", "0", "--out", str(tmp_path / "j")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "jobs must be an integer >= 1, got 0" in err
+    assert not (tmp_path / "j").exists()
 
 
 def test_cache_resumes_instead_of_recomputing(tmp_path):
