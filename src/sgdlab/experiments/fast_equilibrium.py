@@ -79,7 +79,7 @@ from sgdlab import data
 from sgdlab.experiments.base import Check, Claim, Context, Result, worst_verdict
 from sgdlab.experiments.intrinsic_lr import WIDTH, relaxation_time
 from sgdlab.experiments.kit import run_claim
-from sgdlab.experiments.kit.verdicts import K, band, direction, mean_se, near
+from sgdlab.experiments.kit.verdicts import K, band, direction, mean_se, near, paired
 from sgdlab.experiments.last_decay import METRICS, join, train_segment, window_means
 
 CLAIM = Claim("19-fast-equilibrium", "Fast equilibrium",
@@ -242,10 +242,6 @@ def measure(ctx: Context, budget: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- judgement (pure)
 
 
-def _paired(a: list[float], b: list[float]) -> tuple[float, float]:
-    return mean_se(y - x for x, y in zip(a, b, strict=True))
-
-
 def _agreement(r: dict[str, Any]) -> float:
     return agreement_time(r["curve_steps"], r["arms"]["x1"], [r["arms"][a] for a in TIMED])
 
@@ -262,8 +258,8 @@ def judge(m: dict[str, Any]) -> list[Check]:
         for arm, f in r["final"].items():
             if arm == "x1":
                 continue
-            da, sa = _paired(x1["test_acc"], f["test_acc"])
-            dl, sl = _paired(x1["train_loss"], f["train_loss"])
+            da, sa = paired(x1["test_acc"], f["test_acc"])
+            dl, sl = paired(x1["train_loss"], f["train_loss"])
             scale = abs(float(np.mean(x1["train_loss"])))
             va = "INCONCLUSIVE" if early else band(da, sa, TOL_ACC)
             vl = "INCONCLUSIVE" if early else band(dl / scale, sl / scale, TOL_LOSS)

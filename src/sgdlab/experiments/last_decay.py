@@ -60,7 +60,7 @@ from sgdlab import data
 from sgdlab.experiments.base import Check, Claim, Context, Result, worst_verdict
 from sgdlab.experiments.intrinsic_lr import BATCH, MIN_TAUS, WIDTH, relaxation_time
 from sgdlab.experiments.kit import run_claim
-from sgdlab.experiments.kit.verdicts import K, band, direction, mean_se
+from sgdlab.experiments.kit.verdicts import K, band, direction, paired
 
 CLAIM = Claim("20-last-decay", "Only the last LR decay is necessary",
               "For a normalised network with weight decay, two ×0.1 decays of η and one ×0.01 "
@@ -173,10 +173,6 @@ def measure(ctx: Context, budget: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- judgement (pure)
 
 
-def _paired(a: list[float], b: list[float]) -> tuple[float, float]:
-    return mean_se(y - x for x, y in zip(a, b, strict=True))
-
-
 def judge(m: dict[str, Any]) -> list[Check]:
     """The three checks of the module docstring from :func:`measure`'s output."""
     fa, fb, pre = m["final_a"], m["final_b"], m["pre_last_decay_a"]
@@ -186,7 +182,7 @@ def judge(m: dict[str, Any]) -> list[Check]:
     rows, verds = {}, []
     for name, tol, rel in (("test_acc", TOL_ACC, False), ("test_loss", TOL_LOSS, True),
                            ("train_loss", TOL_LOSS, True)):
-        d, se = _paired(fa[name], fb[name])
+        d, se = paired(fa[name], fb[name])
         scale = abs(float(np.mean(fa[name]))) if rel else 1.0
         v = "INCONCLUSIVE" if early else band(d / scale, se / scale, tol)
         verds.append(v)
@@ -204,7 +200,7 @@ def judge(m: dict[str, Any]) -> list[Check]:
         "decay", worst_verdict(verds),
         {"metrics": rows, "window_start": window_start, "tau_f": tau_f,
          "window_too_early": early})
-    d, se = _paired(pre["train_loss"], fa["train_loss"])
+    d, se = paired(pre["train_loss"], fa["train_loss"])
     c2 = Check(
         "the last decay matters (power control)",
         "arm A's train loss falls at its last decay (ηλ ×0.1): final window below the "
@@ -214,7 +210,7 @@ def judge(m: dict[str, Any]) -> list[Check]:
         f"{float(np.mean(pre['test_acc'])):.4f} → {float(np.mean(fa['test_acc'])):.4f}",
         f"paired difference below 0 by more than {K:g} se", direction(d, se, -1),
         {"diff": d, "se": se}, basis="derived")
-    dn, sen = _paired(fa["sq_norm"], fb["sq_norm"])
+    dn, sen = paired(fa["sq_norm"], fb["sq_norm"])
     scale = float(np.mean(fa["sq_norm"]))
     vn = "INCONCLUSIVE" if early else band(dn / scale, sen / scale, TOL_NORM)
     c3 = Check(

@@ -241,9 +241,8 @@ def vertex(losses: np.ndarray, i: int) -> float:
 
 
 def _problem(seed: int = 0):
-    """The diagonal noisy quadratic (:func:`~sgdlab.experiments.kit.problems.\
-diagonal_noisy_quadratic`, h geometric in [0.5, 1]) as float64 tensors, with the empty
-    targets the probe takes."""
+    """The diagonal noisy quadratic (:mod:`sgdlab.experiments.kit.problems`, h geometric in
+    [0.5, 1]) as float64 tensors, with the empty targets the probe takes."""
     prob = diagonal_noisy_quadratic(N, np.geomspace(0.5, 1.0, DIM), seed)
     x = torch.as_tensor(prob["x"])
     return {"h": prob["h"], "x": x, "y": torch.zeros(N, 0, dtype=torch.float64),

@@ -52,7 +52,7 @@ from sgdlab import data
 from sgdlab.experiments.base import Check, Claim, Context, Result, worst_verdict
 from sgdlab.experiments.intrinsic_lr import BATCH, MIN_TAUS, WIDTH, relaxation_time
 from sgdlab.experiments.kit import run_claim
-from sgdlab.experiments.kit.verdicts import K, band, direction, mean_se
+from sgdlab.experiments.kit.verdicts import K, band, direction, paired
 from sgdlab.experiments.last_decay import join, split, train_segment, window_means
 
 CLAIM = Claim("21-small-lr-longer", "Small LR trained longer generalises as well",
@@ -110,10 +110,6 @@ def measure(ctx: Context, budget: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- judgement (pure)
 
 
-def _paired(a: list[float], b: list[float]) -> tuple[float, float]:
-    return mean_se(y - x for x, y in zip(a, b, strict=True))
-
-
 def judge(m: dict[str, Any]) -> list[Check]:
     """The two checks of the module docstring from :func:`measure`'s output."""
     fl, fs = m["final_l"], m["final_s"]
@@ -121,7 +117,7 @@ def judge(m: dict[str, Any]) -> list[Check]:
     early = start < MIN_TAUS * m["tau_s"]
     rows, verds = {}, []
     for name, tol, rel in (("test_acc", TOL_ACC, False), ("test_loss", TOL_LOSS, True)):
-        d, se = _paired(fl[name], fs[name])
+        d, se = paired(fl[name], fs[name])
         scale = abs(float(np.mean(fl[name]))) if rel else 1.0
         v = "INCONCLUSIVE" if early else band(d / scale, se / scale, tol)
         verds.append(v)
@@ -145,7 +141,7 @@ def judge(m: dict[str, Any]) -> list[Check]:
                       f"{'better' if better else 'worse'} (test acc "
                       f"{rows['test_acc']['diff']:+.3f}): the equilibria of ηλ and ηλ/10 "
                       "differ")
-    d, se = _paired(fl["train_loss"], fs["train_loss"])
+    d, se = paired(fl["train_loss"], fs["train_loss"])
     nl, ns = float(np.mean(fl["sq_norm"])), float(np.mean(fs["sq_norm"]))
     c2 = Check(
         "different equilibria: lower train loss at ηλ/10",
@@ -159,7 +155,7 @@ def judge(m: dict[str, Any]) -> list[Check]:
     fld = m["final_ld"]
     rows3, verds3 = {}, []
     for name, tol, rel in (("test_acc", TOL_ACC, False), ("test_loss", TOL_LOSS, True)):
-        d, se = _paired(fld[name], fs[name])
+        d, se = paired(fld[name], fs[name])
         scale = abs(float(np.mean(fld[name]))) if rel else 1.0
         v = "INCONCLUSIVE" if early else band(d / scale, se / scale, tol)
         verds3.append(v)

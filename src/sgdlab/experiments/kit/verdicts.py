@@ -25,7 +25,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["K", "at_most", "band", "direction", "interval", "mean_se", "near", "z_test"]
+__all__ = ["K", "at_most", "band", "direction", "interval", "mean_se", "near", "paired",
+           "z_test"]
 
 #: half-width of the uncertainty interval, in standard errors
 K = 2.0
@@ -107,3 +108,9 @@ def mean_se(values: Iterable[float]) -> tuple[float, float]:
     if a.size < 2 or not np.all(np.isfinite(a)):
         return m, math.nan
     return m, float(a.std(ddof=1) / math.sqrt(a.size))
+
+
+def paired(a: Iterable[float], b: Iterable[float]) -> tuple[float, float]:
+    """Mean and se (:func:`mean_se`) of the paired differences b_s − a_s over seeds s (the two
+    sequences in the same seed order, equal lengths)."""
+    return mean_se(y - x for x, y in zip(a, b, strict=True))
