@@ -398,3 +398,25 @@ def test_damaged_checkpoint_is_one_line_and_runs_nothing(tmp_path, capsys, refer
         assert "weights_only" not in err
         assert not marker.exists()
         assert ckpt.read_bytes() == before
+
+
+def test_stop_decision_is_the_all_reduced_flag_alone(monkeypatch):
+    """A signal whose handler runs just after the stop-flag all-reduce must not make this rank
+    stop alone (the others would wait for it in the next step's collectives forever): the
+    decision is the reduced value; every rank sees the signal at the next step."""
+    import torch.distributed as dist
+
+    from sgdlab.train import Trainer
+
+    trainer = Trainer.__new__(Trainer)
+    trainer.world, trainer._stop_signal, trainer.device = 2, None, torch.device("cpu")
+    seen = []
+
+    def all_reduce(flag, op=None):
+        seen.append(int(flag))
+        trainer._stop_signal = signal.SIGTERM  # the handler runs right after the collective
+
+    monkeypatch.setattr(dist, "get_backend", lambda *a: "gloo")
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    assert trainer._stop_requested() is False
+    assert trainer._stop_requested() is True and seen == [0, int(signal.SIGTERM)]

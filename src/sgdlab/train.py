@@ -938,15 +938,22 @@ class Trainer:
 
     def _stop_requested(self) -> bool:
         """Whether a stop signal arrived, on any rank: under DDP the ranks agree (an
-        all-reduce of the signal number), so that they all stop after the same step."""
-        if self.world > 1:
-            flag = torch.tensor([self._stop_signal or 0], dtype=torch.int64)
-            if torch.distributed.get_backend() == "nccl":
-                flag = flag.to(self.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            if int(flag) and self._stop_signal is None:
-                self._stop_signal = int(flag)
-        return self._stop_signal is not None
+        all-reduce of the signal number), so that they all stop after the same step.
+
+        The decision is the all-reduced value alone: a signal whose handler runs after the
+        all-reduce (between it and the return) is seen by every rank at the next step. Reading
+        ``self._stop_signal`` again after the collective let one rank stop while the others
+        went on into the next step's collectives and waited for it forever."""
+        if self.world == 1:
+            return self._stop_signal is not None
+        flag = torch.tensor([self._stop_signal or 0], dtype=torch.int64)
+        if torch.distributed.get_backend() == "nccl":
+            flag = flag.to(self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        agreed = int(flag)
+        if agreed and self._stop_signal is None:
+            self._stop_signal = agreed
+        return agreed != 0
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         if self.run_dir is None or not _in_main_thread():
