@@ -6,13 +6,25 @@ Instruments (when and how often a quantity is computed, logged and plotted) live
 ========================  ==================================================================
 ``per_example``           ‖g_b‖² and Σ_b g_b² per coordinate from one backward (SPEC §3)
 ``noise``                 tr Σ, ‖G‖², B_simple, per-layer/per-coordinate B*, CABS, two-batch
-``curvature``             top Hessian eigenvalue by HVP power iteration, 2/λ_max
+``curvature``             top Hessian eigenvalue by HVP power iteration, 2/λ_max; top-k by
+                          Lanczos, Hutchinson tr H and tr H², SLQ spectral density
 ``norms``                 weight norms, effective and intrinsic LR (SPEC §4.5)
 ``stationary``            stationary loss at fixed η, heat capacity dL/dη (SPEC §4.1, §4.2)
 ========================  ==================================================================
 """
 
-from sgdlab.probes.curvature import TopEigenvalue, hessian_vector_product, top_hessian_eigenvalue
+from sgdlab.probes.curvature import (
+    Eigenpairs,
+    HessianOperator,
+    HessianTrace,
+    SpectralDensity,
+    TopEigenvalue,
+    hessian_trace,
+    hessian_vector_product,
+    spectral_density,
+    top_eigenvalues,
+    top_hessian_eigenvalue,
+)
 from sgdlab.probes.noise import NoiseScale, TwoBatchEstimator, noise_scale, two_batch_estimates
 from sgdlab.probes.norms import (
     angular_update,
@@ -37,10 +49,13 @@ from sgdlab.probes.stationary import (
 )
 
 __all__ = [
-    "HeatCapacity", "NoiseScale", "PerExampleStats", "StationaryLoss", "TopEigenvalue",
+    "Eigenpairs", "HeatCapacity", "HessianOperator", "HessianTrace", "NoiseScale",
+    "PerExampleStats", "SpectralDensity", "StationaryLoss", "TopEigenvalue",
     "TwoBatchEstimator", "analyse_records", "angular_update", "effective_lr", "equilibrium_norm4",
-    "heat_capacity", "hessian_vector_product", "noise_scale", "per_example_sq_norms",
+    "heat_capacity", "hessian_trace", "hessian_vector_product", "noise_scale",
+    "per_example_sq_norms",
     "per_example_stats", "per_example_sum_sq", "quadratic_excess_loss",
-    "scale_invariant_report", "stationary_loss", "top_hessian_eigenvalue", "two_batch_estimates",
+    "scale_invariant_report", "spectral_density", "stationary_loss", "top_eigenvalues",
+    "top_hessian_eigenvalue", "two_batch_estimates",
     "weight_norms",
 ]

@@ -1,15 +1,31 @@
-"""Sharpness: the top Hessian eigenvalue by Hessian-vector-product power iteration (SPEC §1,
-§4.3).
+"""Curvature of the loss: Hessian-vector products, the top Hessian eigenvalues, the trace and
+the spectral density (SPEC §1, §4.3).
 
-H = ∇²L is never formed. Each iteration computes Hv with a double backward,
-Hv = ∇(⟨∇L, v⟩), over the data in chunks, and the Rayleigh quotient λ = ⟨v, Hv⟩/⟨v, v⟩.
-Power iteration converges to the eigenvalue of largest *magnitude*; near a minimum (H ⪰ 0)
-that is h_max, the "L" of the notes' smoothness assumption, and full-batch gradient descent
-is stable only for η < 2/h_max.
+H = ∇²L is never formed. A Hessian-vector product is a double backward,
+Hv = ∇(⟨∇L, v⟩) = Jᵀ_{∇L} v: the gradient graph of each batch is built once with
+``create_graph=True`` and every product is one more backward through it
+(:class:`HessianOperator`, the same re-use of the gradient graph that PyHessian makes).
+
+* :func:`top_hessian_eigenvalue` — power iteration: the eigenvalue of largest *magnitude*;
+  near a minimum (H ⪰ 0) that is h_max, the "L" of the notes' smoothness assumption, and
+  full-batch gradient descent is stable only for η < 2/h_max.
+* :func:`top_eigenvalues` — the k largest (algebraic) eigenvalues and their eigenvectors by
+  Lanczos with full re-orthogonalisation (or ARPACK's implicitly restarted Lanczos,
+  ``method="eigsh"``).
+* :func:`hessian_trace` — Hutchinson's estimator of tr H and tr H² with standard errors.
+* :func:`spectral_density` — stochastic Lanczos quadrature (SLQ) of the spectral density
+  φ(t) = (1/n) Σᵢ δ(t − λᵢ), Gaussian-broadened on a grid, and its moments ∫ tᵖ φ(t) dt.
+
+The loss is the mean over the data, L = (1/N) Σ_b ℓ_b. Data are given as tensors ``x, y``
+(split into chunks of ``chunk_size`` examples) or, with ``y=None``, as an iterable of
+``(x_batch, y_batch)`` pairs: then L = Σ_batches (N_batch/N) L_batch, with ``loss_fn``
+returning per-example losses or their mean per batch — the curvature of the full data set,
+each batch weighted by its size.
 
 Attention: the fused scaled-dot-product-attention kernels (flash attention on CPU) have no
-double backward, so every HVP runs under ``sdpa_kernel(SDPBackend.MATH)`` (:func:`math_sdpa`):
-the same function, computed by the composite kernel that autograd can differentiate twice.
+double backward, so every gradient graph is built under ``sdpa_kernel(SDPBackend.MATH)``
+(:func:`math_sdpa`): the same function, computed by the composite kernel that autograd can
+differentiate twice.
 """
 
 from __future__ import annotations
@@ -17,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,68 +71,482 @@ def _mean_loss(loss_fn: Callable, out: torch.Tensor, y: torch.Tensor) -> torch.T
     return loss.mean() if loss.dim() > 0 else loss
 
 
-def hessian_vector_product(model: nn.Module, loss_fn: Callable, x: torch.Tensor,
-                           y: torch.Tensor, vecs: list[torch.Tensor],
+def _batch_size(xb: Any, yb: Any) -> int:
+    for t in (xb, yb):
+        shape = getattr(t, "shape", None)
+        if shape is not None and len(shape) > 0:
+            return int(shape[0])
+    return len(yb)
+
+
+def _batches(x: Any, y: Any, chunk_size: int) -> list[tuple[Any, Any]]:
+    """(x, y) tensors (anything with ``shape[0]`` and slicing) in chunks, or, for ``y=None``,
+    the batches of the iterable ``x``."""
+    if y is None:
+        out = list(x)
+        if not out:
+            raise ValueError("the iterable of (x, y) batches is empty")
+        return [tuple(b) for b in out]
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    n = int(x.shape[0])
+    return [(x[s:s + chunk_size], y[s:s + chunk_size]) for s in range(0, n, chunk_size)]
+
+
+class HessianOperator:
+    """The Hessian of the mean loss over the data as a linear map on flat vectors.
+
+    Vectors are flat, of length n = Σ_p numel(p) over the trainable parameters in
+    ``model.parameters()`` order. For each batch the gradient g = ∇L_batch is computed once
+    with ``create_graph=True`` and kept (``retain_graphs=True``, the default); a product is
+    then one backward through it, Hv = Σ_batches w_batch · Jᵀ_g v with w_batch = N_batch/N
+    (``torch.autograd.grad(g, params, grad_outputs=v, retain_graph=True)``, which is
+    ∇⟨g, v⟩ without building the dot product). :meth:`matmat` does B products in one
+    vmapped backward (``is_grads_batched``). ``retain_graphs=False`` rebuilds the gradient
+    graph of every batch for every product: the memory of one batch's graph instead of all
+    of them, at ~1.5× the time. ``hvps`` counts the products (a B-column ``matmat``: B).
+    The model's parameters and ``.grad`` are untouched; the model's mode is left as it is
+    (BatchNorm in training mode uses each batch's statistics).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, x: Any, y: Any = None,
+                 chunk_size: int = 4096, retain_graphs: bool = True) -> None:
+        self.model, self.loss_fn, self.retain = model, loss_fn, retain_graphs
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("the model has no trainable parameters")
+        self.shapes = [p.shape for p in self.params]
+        self.numels = [p.numel() for p in self.params]
+        self.n = sum(self.numels)
+        self.dtype, self.device = self.params[0].dtype, self.params[0].device
+        self.batches = _batches(x, y, chunk_size)
+        sizes = [_batch_size(xb, yb) for xb, yb in self.batches]
+        total = sum(sizes)
+        self.weights = [s / total for s in sizes]
+        self.hvps = 0
+        self._graphs = [self._graph(b) for b in self.batches] if retain_graphs else None
+
+    def _graph(self, batch: tuple[Any, Any]) -> tuple[list[torch.Tensor], list[int]]:
+        """g = ∇L_batch with its graph, restricted to the entries that depend on Φ."""
+        xb, yb = batch
+        with math_sdpa():
+            loss = _mean_loss(self.loss_fn, self.model(xb), yb)
+            grads = torch.autograd.grad(loss, self.params, create_graph=True,
+                                        allow_unused=True)
+        keep = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        return [grads[i] for i in keep], keep
+
+    def _split(self, v: torch.Tensor, keep: list[int]) -> list[torch.Tensor]:
+        parts = torch.split(v, self.numels, dim=-1)
+        lead = v.shape[:-1]
+        return [parts[i].reshape(*lead, *self.shapes[i]) for i in keep]
+
+    def _apply(self, v: torch.Tensor, batched: bool) -> torch.Tensor:
+        v = v.to(self.dtype)
+        out = torch.zeros(v.shape, dtype=torch.float64, device=self.device)
+        for j, batch in enumerate(self.batches):
+            grads, keep = self._graphs[j] if self.retain else self._graph(batch)
+            if not grads:
+                continue
+            with math_sdpa():
+                hv = torch.autograd.grad(grads, self.params, grad_outputs=self._split(v, keep),
+                                         retain_graph=self.retain, allow_unused=True,
+                                         is_grads_batched=batched)
+            flat = [h.reshape(*v.shape[:-1], -1) if h is not None else
+                    torch.zeros(*v.shape[:-1], k, dtype=self.dtype, device=self.device)
+                    for h, k in zip(hv, self.numels, strict=True)]
+            out.add_(torch.cat(flat, dim=-1), alpha=self.weights[j])
+        self.hvps += v.shape[0] if batched else 1
+        return out
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """Hv for a flat v of length n (float64 result)."""
+        return self._apply(v.to(self.device), batched=False)
+
+    def matmat(self, vs: torch.Tensor) -> torch.Tensor:
+        """H vᵢ for the B rows of vs (B, n), in one vmapped backward per batch (float64)."""
+        if vs.shape[0] == 1:
+            return self.matvec(vs[0])[None]
+        return self._apply(vs.to(self.device), batched=True)
+
+    def unflatten(self, v: torch.Tensor) -> list[torch.Tensor]:
+        """A flat vector as one tensor per trainable parameter."""
+        return self._split(v, list(range(len(self.params))))
+
+
+def hessian_vector_product(model: nn.Module, loss_fn: Callable, x: Any, y: Any,
+                           vecs: list[torch.Tensor],
                            chunk_size: int = 4096) -> list[torch.Tensor]:
     """Hv for the mean loss L = (1/N) Σ_b ℓ_b over (x, y), by double backward in chunks.
 
     ``loss_fn(output, y)`` may return per-example losses (averaged here) or their mean.
     ``vecs`` has one tensor per trainable parameter, in ``model.parameters()`` order.
-    Runs under :func:`math_sdpa` (attention models: a double backward exists).
+    Runs under :func:`math_sdpa` (attention models: a double backward exists). For many
+    products use :class:`HessianOperator`, which builds the gradient graph once.
     """
-    with math_sdpa():
-        return _hvp(model, loss_fn, x, y, vecs, chunk_size)
+    op = HessianOperator(model, loss_fn, x, y, chunk_size, retain_graphs=False)
+    flat = torch.cat([v.reshape(-1) for v in vecs])
+    return [t.to(p.dtype) for t, p in zip(op.unflatten(op.matvec(flat)), op.params,
+                                          strict=True)]
 
 
-def _hvp(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor,
-         vecs: list[torch.Tensor], chunk_size: int) -> list[torch.Tensor]:
-    params = [p for p in model.parameters() if p.requires_grad]
-    n = x.shape[0]
-    out = [torch.zeros_like(p) for p in params]
-    for start in range(0, n, chunk_size):
-        xb, yb = x[start:start + chunk_size], y[start:start + chunk_size]
-        weight = xb.shape[0] / n
-        loss = _mean_loss(loss_fn, model(xb), yb)
-        grads = torch.autograd.grad(loss, params, create_graph=True)
-        dot = sum((g * v).sum() for g, v in zip(grads, vecs, strict=True))
-        hv = torch.autograd.grad(dot, params)
-        for acc, h in zip(out, hv, strict=True):
-            acc.add_(h.detach(), alpha=weight)
-    return out
+def _unit_start(n: int, seed: int, rademacher: bool = False, rows: int | None = None
+                ) -> torch.Tensor:
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    shape = (n,) if rows is None else (rows, n)
+    if rademacher:
+        v = torch.randint(0, 2, shape, generator=gen).to(torch.float64) * 2 - 1
+    else:
+        v = torch.randn(shape, generator=gen, dtype=torch.float64)
+    return v
 
 
-def top_hessian_eigenvalue(model: nn.Module, loss_fn: Callable, x: torch.Tensor,
-                           y: torch.Tensor, iters: int = 100, tol: float = 1e-4,
-                           seed: int = 0, chunk_size: int = 4096) -> TopEigenvalue:
+def top_hessian_eigenvalue(model: nn.Module, loss_fn: Callable, x: Any, y: Any,
+                           iters: int = 100, tol: float = 1e-4,
+                           seed: int = 0, chunk_size: int = 4096,
+                           retain_graphs: bool = True) -> TopEigenvalue:
     """Largest-magnitude eigenvalue of the Hessian of the mean loss over (x, y).
 
     Power iteration v ← Hv/‖Hv‖ from a seeded Gaussian start, stopping when
-    |λ_k − λ_{k−1}| ≤ tol·|λ_k| or after ``iters`` iterations. Models in training mode with
-    BatchNorm use batch statistics of each chunk; put the model in eval mode for the
-    Hessian of the deployed function. The model's parameters and gradients are untouched.
+    |λ_k − λ_{k−1}| ≤ tol·|λ_k| or after ``iters`` iterations; λ_k = ⟨v_k, Hv_k⟩ (v_k unit).
+    It converges like |λ₂/λ₁|ᵏ; :func:`top_eigenvalues` (Lanczos) needs far fewer products
+    for the same accuracy. The gradient graph is built once per chunk and re-used by every
+    product (:class:`HessianOperator`). Models in training mode with BatchNorm use batch
+    statistics of each chunk; put the model in eval mode for the Hessian of the deployed
+    function. The model's parameters and gradients are untouched.
     """
     if iters < 1:
         raise ValueError(f"iters must be an integer >= 1, got {iters}")
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}")
-    params = [p for p in model.parameters() if p.requires_grad]
+    op = HessianOperator(model, loss_fn, x, y, chunk_size, retain_graphs)
+    # the same start as before the operator: one Gaussian draw per parameter, in order
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    v = [torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params]
-    norm = math.sqrt(sum(float((t * t).sum()) for t in v))
-    v = [t / norm for t in v]
+    v = torch.cat([torch.randn(p.shape, generator=gen, dtype=p.dtype).reshape(-1)
+                   for p in op.params]).to(torch.float64).to(op.device)
+    v = v / v.norm()
     lam, prev, converged, used = 0.0, None, False, 0
     for k in range(1, iters + 1):
         used = k
-        hv = hessian_vector_product(model, loss_fn, x, y, v, chunk_size)
-        lam = sum(float((a * b).sum()) for a, b in zip(v, hv, strict=True))
-        norm = math.sqrt(sum(float((t * t).sum()) for t in hv))
+        hv = op.matvec(v)
+        lam = float(v @ hv)
+        norm = float(hv.norm())
         if norm == 0.0:
             converged = True
             break
-        v = [t / norm for t in hv]
+        v = hv / norm
         if prev is not None and abs(lam - prev) <= tol * abs(lam):
             converged = True
             break
         prev = lam
     bound = 2.0 / lam if lam > 0 else math.inf
-    return TopEigenvalue(lam, bound, used, converged, torch.cat([t.reshape(-1) for t in v]))
+    return TopEigenvalue(lam, bound, used, converged, v.to(op.dtype))
+
+
+# --------------------------------------------------------------------------- Lanczos
+
+
+def _orthogonalise(w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """w − Q Qᵀw twice (classical Gram–Schmidt, repeated: "twice is enough"), batched over
+    the leading dimension: w (B, n), q (B, j, n)."""
+    for _ in range(2):
+        w = w - torch.einsum("bjn,bj->bn", q, torch.einsum("bjn,bn->bj", q, w))
+    return w
+
+
+def _lanczos(matmat: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, steps: int,
+             stop: Callable[[torch.Tensor, torch.Tensor, int], bool] | None = None,
+             seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    """B independent Lanczos recurrences with full re-orthogonalisation, run side by side.
+
+    From q₁ = v₀/‖v₀‖: w = Hq_j − α_j q_j − β_{j−1} q_{j−1}, α_j = q_jᵀHq_j, then w is
+    re-orthogonalised against all of q₁…q_j, β_j = ‖w‖, q_{j+1} = w/β_j. After m steps
+    HQ_m = Q_m T_m + β_m q_{m+1} e_mᵀ with T_m = tridiag(β, α, β). When β_j vanishes (an
+    invariant subspace): for B = 1 the recurrence continues from a fresh random vector
+    orthogonal to Q (β_j = 0 in T), for B > 1 that run stops at length j.
+    ``stop(alpha, beta, m)`` (B = 1) is asked after every step whether to end.
+    Returns α (B, m), β (B, m), Q (B, m, n) and the lengths of the runs.
+    """
+    b, n = v0.shape
+    steps = min(steps, n)
+    q = torch.zeros(b, steps, n, dtype=torch.float64, device=v0.device)
+    alpha = torch.zeros(b, steps, dtype=torch.float64, device=v0.device)
+    beta = torch.zeros(b, steps, dtype=torch.float64, device=v0.device)
+    lengths = [steps] * b
+    live = torch.ones(b, dtype=torch.bool, device=v0.device)
+    cur = v0 / v0.norm(dim=1, keepdim=True)
+    gen = torch.Generator(device="cpu").manual_seed(seed + 7919)
+    for j in range(steps):
+        q[:, j] = cur
+        w = matmat(cur)
+        alpha[:, j] = (w * cur).sum(1)
+        w = _orthogonalise(w, q[:, :j + 1])
+        nb = w.norm(dim=1)
+        scale = alpha[:, :j + 1].abs().amax(1).clamp_min(torch.finfo(torch.float64).tiny)
+        dead = nb <= 1e-10 * scale
+        if b == 1 and bool(dead[0]) and j + 1 < steps:
+            w = _orthogonalise(torch.randn(1, n, generator=gen, dtype=torch.float64)
+                               .to(v0.device), q[:, :j + 1])
+            nb = torch.zeros(1, dtype=torch.float64, device=v0.device)
+            cur = w / w.norm(dim=1, keepdim=True)
+        else:
+            for r in torch.nonzero(dead & live).flatten().tolist():
+                lengths[r] = j + 1
+            live &= ~dead
+            cur = torch.where(live[:, None], w / nb.clamp_min(1e-300)[:, None],
+                              torch.zeros_like(w))
+        beta[:, j] = torch.where(live, nb, torch.zeros_like(nb))
+        if not bool(live.any()):
+            break
+        if stop is not None and stop(alpha[0, :j + 1], beta[0, :j + 1], j + 1):
+            lengths = [j + 1]
+            break
+    m = max(lengths)
+    return alpha[:, :m], beta[:, :m], q[:, :m], lengths
+
+
+def _tridiag_eig(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of T = tridiag(β_{1..m−1}, α, β_{1..m−1})."""
+    m = alpha.shape[-1]
+    t = torch.diag(alpha)
+    if m > 1:
+        off = beta[:m - 1]
+        t = t + torch.diag(off, 1) + torch.diag(off, -1)
+    return torch.linalg.eigh(t)
+
+
+@dataclass(frozen=True)
+class Eigenpairs:
+    """Result of :func:`top_eigenvalues`.
+
+    ``eigenvalues`` (k,) float64, largest first; ``eigenvectors`` (k, n) unit rows in
+    ``model.parameters()`` order (flattened); ``residuals`` (k,) the residual norms
+    ‖Hu − θu‖ of the Ritz pairs (each θ is within its residual of an eigenvalue of H);
+    ``hvps`` Hessian-vector products used; ``converged`` when every residual is ≤ tol·|θ|.
+    """
+
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+    residuals: torch.Tensor
+    hvps: int
+    converged: bool
+
+
+def top_eigenvalues(model: nn.Module, loss_fn: Callable, x: Any, y: Any = None, k: int = 1,
+                    tol: float = 1e-6, max_iter: int | None = None, seed: int = 0,
+                    method: str = "lanczos", chunk_size: int = 4096,
+                    retain_graphs: bool = True) -> Eigenpairs:
+    """The k largest (algebraic) eigenvalues of the Hessian of the mean loss, and eigenvectors.
+
+    ``method="lanczos"`` (default): the Lanczos recurrence with full re-orthogonalisation
+    from a seeded Gaussian start q₁ builds an orthonormal basis Q_m of the Krylov space
+    K_m = span{q₁, Hq₁, …, H^{m−1}q₁} and the tridiagonal T_m = Q_mᵀHQ_m. The Ritz pairs
+    (θᵢ, uᵢ = Q_m sᵢ), from T_m sᵢ = θᵢ sᵢ, satisfy ‖Huᵢ − θᵢuᵢ‖ = β_m |e_mᵀsᵢ| =: rᵢ, and
+    for symmetric H some eigenvalue lies in [θᵢ − rᵢ, θᵢ + rᵢ] (within rᵢ²/gapᵢ once θᵢ is
+    separated by gapᵢ from the rest of the spectrum). The recurrence stops when the k
+    largest Ritz values all have rᵢ ≤ tol·|θᵢ| (ARPACK's criterion; the eigenvalue error is
+    then ≤ tol relative, in practice ≈ tol²) or after ``max_iter`` products (default
+    min(n, max(100, 30k))). One product per step, against k·O(1/log(λ₁/λ₂)) per eigenvalue
+    for deflated power iteration: the Krylov space is optimal for the extreme eigenvalues.
+    Full re-orthogonalisation (two Gram–Schmidt passes against all of Q_m, O(mn) per
+    step) keeps Q orthonormal in floating point, so no spurious copies of converged Ritz
+    values appear.
+
+    ``method="eigsh"``: :func:`scipy.sparse.linalg.eigsh` (ARPACK, implicitly restarted
+    Lanczos, ``which="LA"``) on a ``LinearOperator`` whose matvec is the same HVP.
+
+    Data: tensors ``x, y`` or, with ``y=None``, an iterable of (x, y) batches (module
+    docstring). Signed eigenvalues: at a saddle the negative ones are not among "largest".
+    """
+    if k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k}")
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol}")
+    op = HessianOperator(model, loss_fn, x, y, chunk_size, retain_graphs)
+    if k > op.n:
+        raise ValueError(f"k={k} exceeds the number of parameters {op.n}")
+    steps = min(op.n, max_iter if max_iter is not None else max(100, 30 * k))
+    if steps < k:
+        raise ValueError(f"max_iter={max_iter} is smaller than k={k}")
+    v0 = _unit_start(op.n, seed)[None].to(op.device)
+    if method == "eigsh":
+        return _eigsh(op, v0[0], k, tol, steps)
+    if method != "lanczos":
+        raise ValueError(f"method must be 'lanczos' or 'eigsh', got {method!r}")
+
+    def residuals(alpha, beta, m):
+        theta, s = _tridiag_eig(alpha, beta)
+        top = torch.arange(m - 1, max(m - 1 - k, -1), -1)
+        return theta[top], s[:, top], beta[m - 1] * s[m - 1, top].abs()
+
+    def stop(alpha, beta, m):
+        if m < k:
+            return False
+        theta, _, r = residuals(alpha, beta, m)
+        return bool((r <= tol * theta.abs()).all())
+
+    alpha, beta, q, lengths = _lanczos(op.matmat, v0, steps, stop, seed)
+    m = lengths[0]
+    theta, s, r = residuals(alpha[0, :m], beta[0, :m], m)
+    vecs = s.T @ q[0, :m]
+    vecs = vecs / vecs.norm(dim=1, keepdim=True)
+    converged = bool((r <= tol * theta.abs()).all()) or m == op.n
+    return Eigenpairs(theta.cpu(), vecs.to(op.dtype), r.cpu(), op.hvps, converged)
+
+
+def _eigsh(op: HessianOperator, v0: torch.Tensor, k: int, tol: float, steps: int
+           ) -> Eigenpairs:
+    import numpy as np
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+    def mv(v):
+        w = torch.as_tensor(np.ascontiguousarray(v).reshape(-1), dtype=torch.float64)
+        return op.matvec(w.to(op.device)).cpu().numpy()
+
+    lin = LinearOperator((op.n, op.n), matvec=mv, dtype=np.float64)
+    ncv = min(op.n, max(2 * k + 1, 20))
+    converged = True
+    try:
+        vals, vecs = eigsh(lin, k=k, which="LA", tol=tol, v0=v0.cpu().numpy(), ncv=ncv,
+                           maxiter=max(1, steps))
+    except ArpackNoConvergence as e:
+        vals, vecs, converged = e.eigenvalues, e.eigenvectors, False
+    order = np.argsort(vals)[::-1]
+    vals, vecs = vals[order], vecs[:, order]
+    u = torch.as_tensor(vecs.T.copy(), dtype=torch.float64)
+    hu = torch.stack([op.matvec(row.to(op.device)).cpu() for row in u]) if len(u) else u
+    op.hvps -= len(u)                    # the residual check is not part of the method
+    res = (hu - torch.as_tensor(vals.copy())[:, None] * u).norm(dim=1)
+    return Eigenpairs(torch.as_tensor(vals.copy()), u.to(op.dtype).to(op.device), res,
+                      op.hvps, converged and len(vals) == k)
+
+
+# --------------------------------------------------------------------------- trace
+
+
+@dataclass(frozen=True)
+class HessianTrace:
+    """Result of :func:`hessian_trace`: Hutchinson estimates of tr H and tr H² with their
+    standard errors (sd/√samples), the number of samples and of HVPs."""
+
+    trace: float
+    trace_se: float
+    trace_sq: float
+    trace_sq_se: float
+    samples: int
+    hvps: int
+
+
+def hessian_trace(model: nn.Module, loss_fn: Callable, x: Any, y: Any = None,
+                  samples: int = 100, seed: int = 0, batch: int = 16,
+                  chunk_size: int = 4096, retain_graphs: bool = True) -> HessianTrace:
+    """Hutchinson's estimate of tr H and tr H² for the Hessian of the mean loss.
+
+    For v with i.i.d. Rademacher entries (±1, E[vvᵀ] = I): E[vᵀHv] = tr H and
+    E[‖Hv‖²] = E[vᵀH²v] = tr H². With s independent vᵢ the estimates are the sample means
+    of tᵢ = vᵢᵀHvᵢ and uᵢ = ‖Hvᵢ‖², each with standard error sd/√s (sd with s − 1 degrees
+    of freedom); Var tᵢ = 2(‖H‖_F² − Σⱼ H_jj²), the smallest of any distribution of v with
+    E[vvᵀ] = I. One product per sample; ``batch`` samples share one vmapped backward
+    (:meth:`HessianOperator.matmat`). Data as in the module docstring.
+    """
+    if samples < 2:
+        raise ValueError(f"samples must be an integer >= 2, got {samples}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    op = HessianOperator(model, loss_fn, x, y, chunk_size, retain_graphs)
+    v = _unit_start(op.n, seed, rademacher=True, rows=samples).to(op.device)
+    t, u = [], []
+    for s in range(0, samples, batch):
+        vb = v[s:s + batch]
+        hv = op.matmat(vb)
+        t.append((vb * hv).sum(1))
+        u.append((hv * hv).sum(1))
+    t, u = torch.cat(t).cpu(), torch.cat(u).cpu()
+    root = math.sqrt(samples)
+    return HessianTrace(float(t.mean()), float(t.std()) / root, float(u.mean()),
+                        float(u.std()) / root, samples, op.hvps)
+
+
+# --------------------------------------------------------------------------- density
+
+
+@dataclass(frozen=True)
+class SpectralDensity:
+    """Result of :func:`spectral_density`.
+
+    ``ritz_values`` and ``weights`` (runs, m): the nodes θⱼ and weights τⱼ of each run's
+    Gauss quadrature (a run that found an invariant subspace early has zero weights past
+    its length); ``grid`` and ``density``: the Gaussian-broadened density on the grid,
+    normalised to ∫φ = 1; ``moments`` (p = 0…4) = ∫ tᵖ dμ of the unbroadened quadrature
+    measure, averaged over runs (estimates of tr Hᵖ / n) and ``moments_se`` their standard
+    errors over runs (nan for one run); ``hvps`` the products used; ``n`` the dimension.
+    """
+
+    ritz_values: torch.Tensor
+    weights: torch.Tensor
+    grid: torch.Tensor
+    density: torch.Tensor
+    moments: torch.Tensor
+    moments_se: torch.Tensor
+    hvps: int
+    n: int
+
+    def density_moment(self, p: int) -> float:
+        """∫ tᵖ φ(t) dt of the broadened grid density (a Riemann sum on the grid)."""
+        dx = float(self.grid[1] - self.grid[0])
+        return float((self.grid ** p * self.density).sum() * dx)
+
+
+def spectral_density(model: nn.Module, loss_fn: Callable, x: Any, y: Any = None,
+                     iters: int = 100, runs: int = 1, seed: int = 0, grid_size: int = 10000,
+                     sigma_squared: float = 1e-5, overhead: float = 0.01,
+                     chunk_size: int = 4096, retain_graphs: bool = True) -> SpectralDensity:
+    """Spectral density of the Hessian by stochastic Lanczos quadrature (SLQ).
+
+    The density φ(t) = (1/n) Σᵢ δ(t − λᵢ) satisfies ∫ f dφ = tr f(H)/n. For a Rademacher
+    v normalised to ‖v‖ = 1, vᵀf(H)v = Σᵢ (vᵀuᵢ)² f(λᵢ) has expectation tr f(H)/n, and m
+    Lanczos steps from v give T_m = S diag(θ) Sᵀ with vᵀf(H)v ≈ Σⱼ τⱼ f(θⱼ), τⱼ = (e₁ᵀsⱼ)²:
+    the m-point Gauss quadrature of the measure Σᵢ (vᵀuᵢ)² δ_{λᵢ}, exact for polynomials f of
+    degree ≤ 2m − 1. Each of ``runs`` independent v gives nodes θⱼ and weights τⱼ (Σⱼ τⱼ = 1);
+    the runs go side by side, one vmapped backward per step. The density on the grid is, as
+    in PyHessian, φ(t) = (1/runs) Σ_runs Σⱼ τⱼ N(t; θⱼ, s²) with variance
+    s² = ``sigma_squared``·max(1, t_max − t_min), the grid ``grid_size`` points from the
+    runs' mean smallest Ritz value − ``overhead`` to their mean largest + ``overhead``, and
+    φ renormalised so that its Riemann sum is 1. Moments: ∫ tᵖ dμ = Σⱼ τⱼ θⱼᵖ = e₁ᵀT_mᵖe₁ =
+    vᵀHᵖv (exact for p ≤ 2m − 1), so ``moments[1]`` and ``moments[2]`` are Hutchinson
+    estimates of tr H/n and tr H²/n (with ‖v‖ = 1 and n·vvᵀ having identity mean), their
+    standard errors the sd over runs/√runs. The broadened density has the same first
+    moment and second moment + s² (up to the grid's truncation of the tails).
+    """
+    if iters < 1:
+        raise ValueError(f"iters must be an integer >= 1, got {iters}")
+    if runs < 1:
+        raise ValueError(f"runs must be an integer >= 1, got {runs}")
+    if grid_size < 2:
+        raise ValueError(f"grid_size must be >= 2, got {grid_size}")
+    op = HessianOperator(model, loss_fn, x, y, chunk_size, retain_graphs)
+    v0 = _unit_start(op.n, seed, rademacher=True, rows=runs).to(op.device)
+    alpha, beta, _, lengths = _lanczos(op.matmat, v0, iters, None, seed)
+    m = alpha.shape[1]
+    nodes = torch.zeros(runs, m, dtype=torch.float64)
+    weights = torch.zeros(runs, m, dtype=torch.float64)
+    for r, length in enumerate(lengths):
+        theta, s = _tridiag_eig(alpha[r, :length].cpu(), beta[r, :length].cpu())
+        nodes[r, :length] = theta
+        nodes[r, length:] = theta[-1]
+        weights[r, :length] = s[0] ** 2
+    powers = torch.stack([(weights * nodes ** p).sum(1) for p in range(5)], 1)
+    moments = powers.mean(0)
+    se = powers.std(0) / math.sqrt(runs) if runs > 1 else torch.full((5,), math.nan,
+                                                                        dtype=torch.float64)
+    lo = float(nodes.min(1).values.mean()) - overhead
+    hi = float(nodes.max(1).values.mean()) + overhead
+    grid = torch.linspace(lo, hi, grid_size, dtype=torch.float64)
+    var = sigma_squared * max(1.0, hi - lo)
+    dens = torch.zeros(grid_size, dtype=torch.float64)
+    for r in range(runs):          # (m, grid) per run: at most 10⁶ numbers at a time
+        z = (grid[None, :] - nodes[r, :, None]) ** 2 / (2 * var)
+        dens += (weights[r, :, None] * torch.exp(-z)).sum(0) / math.sqrt(2 * math.pi * var)
+    dens /= runs
+    dens /= float(dens.sum()) * float(grid[1] - grid[0])
+    return SpectralDensity(nodes, weights, grid, dens, moments, se, op.hvps, op.n)
