@@ -39,18 +39,26 @@ Measurements (each model's records analysed by
 
 Figures: F(η) against η per seed with ±2 se bars; train loss and test error against steps
 with the decays marked (the ResNet figure's layout: log-scale training loss, test error).
+
+Budgets are data (:data:`BUDGETS`; the full budget's seeds are max(5, ``--seeds``));
+:func:`measure` does all training (two cached parts), :func:`judge` is a pure function of its
+output, :func:`figures` draws it, and :func:`run` is the kit's
+:func:`~sgdlab.experiments.kit.run_claim`.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
 import torch
 
 from sgdlab import data
-from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded, verdict
+from sgdlab.experiments.base import Check, Claim, Context, Result, verdict, worst_verdict
+from sgdlab.experiments.kit import run_claim
+from sgdlab.experiments.kit.verdicts import direction
 from sgdlab.probes.stationary import analyse_records
 from sgdlab.schedules import multistep
 from sgdlab.sweep import grid, train_many
@@ -68,12 +76,12 @@ PRE_ETA, DECAY_ETA = 0.2, 0.4
 _FLOATS = ("mean", "se", "tau_steps", "data_loss", "test_acc")  # "nan" in the JSON cache
 
 
-def _budget(ctx: Context) -> dict[str, Any]:
-    seeds = ctx.budget(2, 3, max(5, ctx.seeds))
-    return ctx.budget(
-        {"seeds": seeds, "pre": 100, "ladder": 400, "phase": 200, "etas": ETAS[1:]},
-        {"seeds": seeds, "pre": 1500, "ladder": 4000, "phase": 1200, "etas": ETAS[1:]},
-        {"seeds": seeds, "pre": 3000, "ladder": 10000, "phase": 4000, "etas": ETAS})
+#: the training budgets; "min_seeds" (full): max(min_seeds, --seeds) seeds
+BUDGETS: dict[str, dict[str, Any]] = {
+    "smoke": {"seeds": 2, "pre": 100, "ladder": 400, "phase": 200, "etas": list(ETAS[1:])},
+    "quick": {"seeds": 3, "pre": 1500, "ladder": 4000, "phase": 1200, "etas": list(ETAS[1:])},
+    "full": {"min_seeds": 5, "pre": 3000, "ladder": 10000, "phase": 4000, "etas": list(ETAS)},
+}
 
 
 def _ladder(ds: data.Dataset, b: dict[str, Any]) -> dict[str, Any]:
@@ -150,21 +158,68 @@ def _decay(ds: data.Dataset, b: dict[str, Any]) -> dict[str, Any]:
             "diverged": bool((res.diverged_at >= 0).any()), "seconds": res.seconds}
 
 
-@single_threaded
-def run(ctx: Context) -> Result:
-    """Measure the claim (one torch thread); see the module docstring."""
-    res = Result(CLAIM)
-    b = _budget(ctx)
+def resolved_budget(ctx: Context, budget: dict[str, Any]) -> dict[str, Any]:
+    """The budget with its seed count resolved (``min_seeds`` → max(min_seeds, ctx.seeds)):
+    the dict the cache keys spread, as they always have."""
+    b = dict(budget)
+    if "min_seeds" in b:
+        b = {"seeds": max(b.pop("min_seeds"), ctx.seeds), **b}
+    return b
+
+
+def measure(ctx: Context, budget: dict[str, Any]) -> dict[str, Any]:
+    """Train the η ladder and the step-decay runs of the module docstring (each cached):
+    ``rows`` (one per (η, seed): stationary mean and se of F = L + (λ/2)‖Φ‖², the
+    stationarity analysis, data term, test accuracy), ``decay`` (curves and per-phase
+    plateaus), ``etas``, ``seeds`` and the resolved ``budget``."""
+    b = resolved_budget(ctx, budget)
     ds = data.load("mnist1d", seed=0)
     key = {"claim": CLAIM.id, "part": "ladder", "version": 2, "lam": LAM, "batch": BATCH,
            "record": RECORD, "pre_eta": PRE_ETA, **b}
     lad = ctx.cached(key, lambda: _ladder(ds, b))
     rows = [{k: (float(v) if k in _FLOATS else v) for k, v in r.items()} for r in lad["rows"]]
-    etas = list(b["etas"])
-    seeds = list(range(b["seeds"]))
+    key = {"claim": CLAIM.id, "part": "decay", "lam": LAM, "batch": BATCH, "record": RECORD,
+           "eta0": DECAY_ETA, "seeds": b["seeds"], "phase": b["phase"]}
+    dec = ctx.cached(key, lambda: _decay(ds, b))
+    return {"rows": rows, "decay": dec, "etas": list(b["etas"]),
+            "seeds": list(range(b["seeds"])), "budget": b}
 
+
+def ladder_pairs(rows: list[dict[str, Any]], seeds: list[int]) -> list[dict[str, Any]]:
+    """Consecutive η pairs per seed with z = (F(η_{i+1}) − F(η_i))/√(se_i² + se_{i+1}²)
+    (check (b) of the module docstring, SPEC §4.1)."""
+    table = []
+    for s in seeds:
+        mine = sorted((r for r in rows if r["seed"] == s), key=lambda r: r["lr"])
+        for lo, hi in zip(mine[:-1], mine[1:], strict=True):
+            z = (hi["mean"] - lo["mean"]) / math.sqrt(lo["se"] ** 2 + hi["se"] ** 2)
+            table.append({"seed": s, "lr_lo": lo["lr"], "lr_hi": hi["lr"],
+                          "diff": hi["mean"] - lo["mean"], "z": z})
+    return table
+
+
+def decay_drops(plateaus: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each ×0.1 decay's plateau drop per seed, z = (F_before − F_after)/√(se_b² + se_a²)
+    (check (c) of the module docstring, SPEC §4.1)."""
+    drops = []
+    for s, per in enumerate(plateaus):
+        for i in (0, 1):
+            a, c = per[i], per[i + 1]
+            drops.append({"seed": s, "decay": i + 1, "before": a["mean"], "after": c["mean"],
+                          "z": (a["mean"] - c["mean"]) / math.sqrt(a["se"] ** 2 + c["se"] ** 2),
+                          "test_err_before": a["test_err"], "test_err_after": c["test_err"]})
+    return drops
+
+
+def judge(m: dict[str, Any]) -> list[Check]:
+    """The three checks of the module docstring from :func:`measure`'s output (pure):
+    (a) every run stationary, (b) F(η) strictly increasing — each consecutive pair a
+    predicted sign at ±2 se (:func:`~sgdlab.experiments.kit.verdicts.direction`, the worst
+    over pairs), (c) each ×0.1 decay drops the plateau by more than 3 se, every seed."""
+    rows, etas, seeds, dec = m["rows"], m["etas"], m["seeds"], m["decay"]
+    checks = []
     n_ok = sum(r["ok"] for r in rows)
-    res.checks.append(Check(
+    checks.append(Check(
         "stationarity detected", "every (η, seed) run reaches a stationary distribution",
         f"{n_ok}/{len(rows)} runs pass burn-in, batch-length and drift tests"
         + ("" if n_ok == len(rows) else "; failing: " + "; ".join(
@@ -172,44 +227,29 @@ def run(ctx: Context) -> Result:
         "all runs stationary (else the comparison is INCONCLUSIVE)",
         verdict(True, inconclusive=n_ok < len(rows)), {"runs": rows}, basis="derived"))
 
-    zs, table = [], []
-    for s in seeds:
-        mine = sorted((r for r in rows if r["seed"] == s), key=lambda r: r["lr"])
-        for lo, hi in zip(mine[:-1], mine[1:], strict=True):
-            z = (hi["mean"] - lo["mean"]) / math.sqrt(lo["se"] ** 2 + hi["se"] ** 2)
-            zs.append(z)
-            table.append({"seed": s, "lr_lo": lo["lr"], "lr_hi": hi["lr"],
-                          "diff": hi["mean"] - lo["mean"], "z": z})
+    table = ladder_pairs(rows, seeds)
+    zs = [t["z"] for t in table]
     zmin = min(zs) if zs else math.nan
-    ok = bool(zs) and all(np.isfinite(zs)) and zmin > 2
-    bad = any(z < -2 for z in zs if np.isfinite(z))
+    # z > 2 ⇔ PASS, z < −2 ⇔ FAIL for each pair (a z-score: unit se)
+    v = worst_verdict(direction(z, 1.0, +1) if math.isfinite(z) else "INCONCLUSIVE"
+                      for z in zs)
     mean_by_eta = {e: float(np.mean([r["mean"] for r in rows if r["lr"] == e])) for e in etas}
     sd_by_eta = {e: float(np.std([r["mean"] for r in rows if r["lr"] == e], ddof=1))
                  for e in etas}
-    res.checks.append(Check(
+    checks.append(Check(
         "L(η) strictly increasing", "F(η) = E L + (λ/2)‖Φ‖² rises with η for every seed",
         "F(η) mean over seeds: " + ", ".join(f"{e:g}: {mean_by_eta[e]:.4f} (sd {sd_by_eta[e]:.4f})"
                                              for e in etas)
         + f"; smallest step z over {len(zs)} consecutive pairs: {zmin:.1f}",
-        "z > 2 for every consecutive pair of every seed (FAIL if any z < −2)",
-        verdict(ok, inconclusive=not ok and not bad),
+        "z > 2 for every consecutive pair of every seed (FAIL if any z < −2)", v,
         {"pairs": table, "mean_by_eta": mean_by_eta, "sd_by_eta": sd_by_eta, "z_min": zmin,
          "lam": LAM, "batch": BATCH}))
 
-    key = {"claim": CLAIM.id, "part": "decay", "lam": LAM, "batch": BATCH, "record": RECORD,
-           "eta0": DECAY_ETA, "seeds": b["seeds"], "phase": b["phase"]}
-    dec = ctx.cached(key, lambda: _decay(ds, b))
-    drops = []
-    for s, per in enumerate(dec["plateaus"]):
-        for i in (0, 1):
-            a, c = per[i], per[i + 1]
-            drops.append({"seed": s, "decay": i + 1, "before": a["mean"], "after": c["mean"],
-                          "z": (a["mean"] - c["mean"]) / math.sqrt(a["se"] ** 2 + c["se"] ** 2),
-                          "test_err_before": a["test_err"], "test_err_after": c["test_err"]})
+    drops = decay_drops(dec["plateaus"])
     zd = [d["z"] for d in drops]
     ok = not dec["diverged"] and all(np.isfinite(zd)) and min(zd) > 3
     p = np.array([[ph["mean"] for ph in per] for per in dec["plateaus"]])
-    res.checks.append(Check(
+    checks.append(Check(
         "×0.1 decay lowers the plateau",
         "each ×0.1 decay of η drops the plateau of the training objective",
         f"plateaus (mean over seeds) at η = {DECAY_ETA:g}, {DECAY_ETA / 10:g}, "
@@ -217,8 +257,13 @@ def run(ctx: Context) -> Result:
         + f"; smallest drop over its se: {min(zd):.1f}",
         "drop > 3 standard errors at both decays, every seed", verdict(ok),
         {"drops": drops, "phase_steps": dec["phase"]}))
+    return checks
 
-    res.notes.append(
+
+def notes(ctx: Context, m: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    """The workload, and test accuracy and the data term L at stationarity per η."""
+    b, rows, etas = m["budget"], m["rows"], m["etas"]
+    return [
         f"Workload: MNIST-1D MLP 2×100, SGD with coupled weight decay λ = {LAM:g}, B = {BATCH}, "
         f"replacement sampling; ladder runs {b['ladder']} steps after a {b['pre']}-step "
         f"pre-heat at η = {PRE_ETA:g}; records every {RECORD} steps. Test accuracy at "
@@ -226,9 +271,19 @@ def run(ctx: Context) -> Result:
             f"{e:g}: {np.mean([r['test_acc'] for r in rows if r['lr'] == e]):.3f}"
             for e in etas) + "; the data term L alone: " + ", ".join(
             f"{e:g}: {np.mean([r['data_loss'] for r in rows if r['lr'] == e]):.4f}"
-            for e in etas) + ".")
-    res.figures += _figures(ctx, rows, etas, seeds, dec)
-    return res
+            for e in etas) + "."]
+
+
+def run(ctx: Context) -> Result:
+    """Measure, judge, present (see the module docstring) through the kit's
+    :func:`~sgdlab.experiments.kit.run_claim`."""
+    return run_claim(sys.modules[__name__], ctx)
+
+
+def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
+    """F(η) against η per seed (±2 se); train objective and test error along the step-decay
+    runs, decays marked."""
+    return _figures(ctx, m["rows"], m["etas"], m["seeds"], m["decay"])
 
 
 def _figures(ctx: Context, rows: list[dict[str, Any]], etas: list[float], seeds: list[int],
