@@ -19,19 +19,28 @@ asymptotic formula holds within 15%.
 
 Verdicts: the kit's ±2 se band (:func:`sgdlab.experiments.kit.verdicts.band`). Until
 2026-12-03 this claim used a rule of its own (PASS on the point estimate within the
-tolerance, FAIL beyond it by 3 se); the quick-budget verdicts are the same under both.
+tolerance, FAIL beyond it by 3 se); the quick-budget verdicts are the same under both. The
+constant-η plateau is an exact point prediction (:func:`~sgdlab.experiments.kit.verdicts.z_test`,
+|z| ≤ 3, INCONCLUSIVE when se > 2 % of it).
+
+Budgets are data (:data:`BUDGETS`); :func:`measure` simulates (cached), :func:`judge` is a
+pure function of its output, :func:`figures` draws it, and :func:`run` is the kit's
+:func:`~sgdlab.experiments.kit.run_claim`.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
+from typing import Any
 
 import numpy as np
 import torch
 
 from sgdlab.experiments.base import Check, Claim, Context, Result, torch_threads, verdict
-from sgdlab.experiments.kit.verdicts import band
+from sgdlab.experiments.kit import run_claim
+from sgdlab.experiments.kit.verdicts import band, z_test
 
 CLAIM = Claim("8-robbins-monro", "Robbins–Monro step sizes",
               "With η_t = c/t on a noisy quadratic E(Φ_t − Φ*)² ≈ c²σ²/((2ch − 1)t) when "
@@ -43,14 +52,25 @@ FAST_C = (0.75, 1.0, 2.0)        # 2ch = 1.5, 2, 4
 SLOW_C = (0.25, 0.4)             # 2ch = 0.5, 0.8
 CONST_ETA = (0.1, 0.01)
 REL_TOL, SLOPE_TOL = 0.15, 0.05
+PLATEAU_Z, PLATEAU_SE_REL = 3.0, 0.02    # constant η: |z| ≤ 3; INCONCLUSIVE when se > 2 %
+SIM_Z = 4.5                              # simulation vs exact recursion, every point
+GROUPS = 20
+BUDGETS: dict[str, dict[str, Any]] = {
+    "smoke": {"T": 2_000, "chains": 1_000, "t_lo": 100},
+    "quick": {"T": 20_000, "chains": 4_000, "t_lo": 1_000},
+    "full": {"T": 100_000, "chains": 10_000, "t_lo": 1_000},
+}
 
 
-def _schedules() -> list[tuple[str, float]]:
+def schedules() -> list[tuple[str, float]]:
+    """The simulated schedules in order: ("c/t", c) for 2ch > 1, then for 2ch < 1, then
+    ("const", η) (SPEC §4.8); constant-η rows come last in the simulation."""
     return ([("c/t", c) for c in FAST_C] + [("c/t", c) for c in SLOW_C]
             + [("const", e) for e in CONST_ETA])
 
 
-def _record_points(T: int, n: int = 60) -> np.ndarray:
+def record_points(T: int, n: int = 60) -> np.ndarray:
+    """The recorded steps: ``n`` log-spaced t in [1, T], rounded, unique."""
     return np.unique(np.round(np.logspace(0, math.log10(T), n)).astype(int))
 
 
@@ -61,14 +81,14 @@ def _simulate(T: int, chains: int, groups: int, seed: int) -> dict:
 
 
 def _simulate_unthreaded(T: int, chains: int, groups: int, seed: int) -> dict:
-    sched = _schedules()
+    sched = schedules()
     S, per = len(sched), chains // groups
     gen = torch.Generator().manual_seed(seed)
     x = torch.full((S, groups, per), PHI0, dtype=torch.float64)
     noise = torch.empty_like(x)
     val = torch.tensor([v for _, v in sched], dtype=torch.float64).view(S, 1, 1)
     const = torch.tensor([k == "const" for k, _ in sched]).view(S, 1, 1)
-    rec = set(_record_points(T).tolist())
+    rec = set(record_points(T).tolist())
     ts, m, sd = [], [], []
     t_half = T // 2
     acc = torch.zeros(S, groups, dtype=torch.float64)
@@ -88,8 +108,9 @@ def _simulate_unthreaded(T: int, chains: int, groups: int, seed: int) -> dict:
             "schedules": [list(s) for s in sched]}
 
 
-def _exact(ts: np.ndarray, kind: str, v: float) -> np.ndarray:
-    """The exact recursion m_t = (1 − η_t h)² m_{t−1} + η_t² σ² at the times ``ts``."""
+def exact_second_moment(ts: np.ndarray, kind: str, v: float) -> np.ndarray:
+    """The exact recursion m_t = (1 − η_t h)² m_{t−1} + η_t² σ², m_0 = Φ_0², at the times
+    ``ts`` (integers ≥ 1), for η_t = v/t (``kind`` "c/t") or η_t = v ("const") (SPEC §4.8)."""
     T = int(ts.max())
     t = np.arange(1, T + 1, dtype=float)
     eta = np.full(T, v) if kind == "const" else v / t
@@ -101,58 +122,74 @@ def _exact(ts: np.ndarray, kind: str, v: float) -> np.ndarray:
     return out[ts - 1]
 
 
-def run(ctx: Context) -> Result:
-    """Measure the claim; see the module docstring."""
-    T = ctx.budget(2_000, 20_000, 100_000)
-    chains = ctx.budget(1_000, 4_000, 10_000)
-    groups = 20
-    t_lo = ctx.budget(100, 1_000, 1_000)
-    res = Result(CLAIM)
+def measure(ctx: Context, budget: dict[str, Any]) -> dict[str, Any]:
+    """Simulate every schedule (:func:`_simulate`, cached): the per-group mean (Φ_t − Φ*)² and
+    the all-chain sd at the recorded t, and the constant-η time-averaged plateaus; with the
+    budget and the seconds it took (≈ 0 when cached)."""
+    T, chains, groups = budget["T"], budget["chains"], GROUPS
     start = time.time()
     sim = ctx.cached({"claim": CLAIM.id, "T": T, "chains": chains, "groups": groups,
                       "seed": 0, "h": H, "sigma": SIGMA, "phi0": PHI0,
-                      "schedules": _schedules(), "v": 3},
+                      "schedules": schedules(), "v": 3},
                      lambda: _simulate(T, chains, groups, seed=0))
+    return {"sim": sim, "T": T, "chains": chains, "groups": groups, "t_lo": budget["t_lo"],
+            "seconds": time.time() - start}
+
+
+def _arrays(m: dict[str, Any]) -> dict[str, Any]:
+    """The simulation as arrays: recorded t, per-group and overall m_t, its se over all
+    chains (S × n_t), the schedules, the judged window [t_lo, T] and the exact recursion."""
+    sim, groups, chains = m["sim"], m["groups"], m["chains"]
     ts = np.array(sim["t"], dtype=int)
     m_g = np.array(sim["m"]).transpose(1, 2, 0)               # (S, groups, n_t)
-    m = m_g.mean(1)
-    m_se = np.array(sim["sd"]).T / math.sqrt(groups * (chains // groups))   # (S, n_t)
     sched = [tuple(s) for s in sim["schedules"]]
-    window = (ts >= t_lo) & (ts <= T)
-    curves, exact_all = [], {}
+    return {"ts": ts, "m_g": m_g, "m": m_g.mean(1),
+            "m_se": np.array(sim["sd"]).T / math.sqrt(groups * (chains // groups)),
+            "sched": sched, "window": (ts >= m["t_lo"]) & (ts <= m["T"]),
+            "exact": [exact_second_moment(ts, kind, v) for kind, v in sched]}
+
+
+def judge(m: dict[str, Any]) -> list[Check]:
+    """The checks of the module docstring from :func:`measure`'s output (pure): the
+    simulation against the exact recursion (every point within 4.5 se), c²σ²/((2ch − 1)t)
+    for 2ch > 1 (±2 se band of 15 %), the slope −2ch for 2ch < 1 (±2 se band of 0.05), the
+    constant-η plateau ησ²/(h(2 − ηh)) (z-test)."""
+    a = _arrays(m)
+    ts, m_g, mm, m_se, sched, window = (a[k] for k in ("ts", "m_g", "m", "m_se", "sched",
+                                                        "window"))
+    T, t_lo, groups, chains = m["T"], m["t_lo"], m["groups"], m["chains"]
+    checks = []
 
     # simulation against the exact second-moment recursion (all schedules, all t)
     zmax, zwhere = 0.0, ("", 0)
     for i, (kind, v) in enumerate(sched):
-        ex = _exact(ts, kind, v)
-        exact_all[i] = ex
-        z = np.abs(m[i] - ex) / m_se[i]
+        z = np.abs(mm[i] - a["exact"][i]) / m_se[i]
         if z.max() > zmax:
             zmax, zwhere = float(z.max()), (f"{kind} {v:g}", int(ts[np.argmax(z)]))
     n_pts = len(ts) * len(sched)
-    res.checks.append(Check(
+    checks.append(Check(
         "simulation vs exact recursion", "m_t = (1 − η_t h)² m_{t−1} + η_t² σ² (exact)",
         f"largest deviation {zmax:.2f} standard errors ({zwhere[0]} at t = {zwhere[1]}) "
         f"over {n_pts} (schedule, t) points",
         "every point within 4.5 standard errors (Bonferroni-level for ~400 points)",
-        verdict(zmax <= 4.5), {"max_z": zmax, "max_z_schedule": zwhere[0],
-                               "max_z_t": zwhere[1], "points": n_pts, "chains": chains,
-                               "groups": groups, "T": T}, basis="derived"))
+        verdict(zmax <= SIM_Z), {"max_z": zmax, "max_z_schedule": zwhere[0],
+                                 "max_z_t": zwhere[1], "points": n_pts, "chains": chains,
+                                 "groups": groups, "T": T}, basis="derived"))
 
     # 2ch > 1: c²σ²/((2ch − 1) t) within 15% for t in [t_lo, T]
     for i, (kind, c) in enumerate(sched):
         if kind != "c/t" or 2 * c * H <= 1:
             continue
         pred = c**2 * SIGMA**2 / ((2 * c * H - 1) * ts)
-        ratio = m[i] / pred
+        ratio = mm[i] / pred
         rse = m_se[i] / pred
         dev = np.abs(ratio - 1)
         j = int(np.argmax(np.where(window, dev, -1)))
-        exr = exact_all[i] / pred
+        exr = a["exact"][i] / pred
         bad = np.nonzero(np.abs(exr - 1) > REL_TOL)[0]
         t15 = int(ts[bad[-1] + 1]) if len(bad) and bad[-1] + 1 < len(ts) else (
             int(ts[0]) if not len(bad) else None)
-        res.checks.append(Check(
+        checks.append(Check(
             f"1/t, 2ch = {2 * c * H:g}", f"E(Φ_t − Φ*)² = c²σ²/((2ch − 1)t) = "
             f"{c**2 * SIGMA**2 / (2 * c * H - 1):.4g}/t",
             f"measured/predicted over t ∈ [{t_lo}, {T}]: {ratio[window].min():.3f}–"
@@ -165,7 +202,6 @@ def run(ctx: Context) -> Result:
              "exact_ratio_at_t_lo": float(np.interp(t_lo, ts, exr)),
              "exact_ratio_at_T": float(exr[-1]), "exact_within_15pct_from_t": t15,
              "ratios": ratio[window].tolist(), "t": ts[window].tolist()}))
-        curves.append((f"η = {c:g}/t (2ch = {2 * c * H:g})", m[i], "c²σ²/((2ch − 1)t)", pred))
 
     # 2ch < 1: log-log slope −2ch
     for i, (kind, c) in enumerate(sched):
@@ -173,11 +209,11 @@ def run(ctx: Context) -> Result:
             continue
         lx = np.log(ts[window])
         slopes = [float(np.polyfit(lx, np.log(m_g[i, g, window]), 1)[0]) for g in range(groups)]
-        slope = float(np.polyfit(lx, np.log(m[i, window]), 1)[0])
+        slope = float(np.polyfit(lx, np.log(mm[i, window]), 1)[0])
         se = float(np.std(slopes, ddof=1) / math.sqrt(groups))
-        ex_slope = float(np.polyfit(lx, np.log(exact_all[i][window]), 1)[0])
+        ex_slope = float(np.polyfit(lx, np.log(a["exact"][i][window]), 1)[0])
         dev = abs(slope + 2 * c * H)
-        res.checks.append(Check(
+        checks.append(Check(
             f"1/t, 2ch = {2 * c * H:g}", f"slope of log E(Φ_t − Φ*)² vs log t = −2ch = "
             f"{-2 * c * H:g}",
             f"{slope:.4f} ± {se:.4f} over t ∈ [{t_lo}, {T}] (exact recursion: {ex_slope:.4f})",
@@ -186,12 +222,9 @@ def run(ctx: Context) -> Result:
             {"c": c, "two_ch": 2 * c * H, "slope": slope, "slope_se": se,
              "predicted": -2 * c * H, "exact_recursion_slope": ex_slope, "t_lo": t_lo, "T": T,
              "tolerance": SLOPE_TOL}))
-        anchor = m[i, window][-1] * (ts / ts[window][-1]) ** (-2 * c * H)
-        curves.append((f"η = {c:g}/t (2ch = {2 * c * H:g})", m[i], f"∝ t^(−{2 * c * H:g})",
-                       anchor))
 
     # constant η: stationary value ησ²/(h(2 − ηh))
-    plateau = np.array(sim["plateau"])
+    plateau = np.array(m["sim"]["plateau"])
     for i, (kind, eta) in enumerate(sched):
         if kind != "const":
             continue
@@ -199,47 +232,72 @@ def run(ctx: Context) -> Result:
         meas = float(plateau[i].mean())
         se = float(plateau[i].std(ddof=1) / math.sqrt(groups))
         z = abs(meas - pred) / se
-        rel_se = se / pred
-        v = verdict(z <= 3, inconclusive=z <= 3 and rel_se > 0.02)
-        res.checks.append(Check(
+        checks.append(Check(
             f"constant η = {eta:g}", f"plateau ησ²/(h(2 − ηh)) = {pred:.6g}",
             f"{meas:.6g} ± {se:.2g} (time average over t ∈ ({T // 2}, {T}]; "
             f"ratio {meas / pred:.4f})",
-            "within 3 standard errors (INCONCLUSIVE if the relative se exceeds 2%)", v,
+            "within 3 standard errors (INCONCLUSIVE if the relative se exceeds 2%)",
+            z_test(meas, pred, se, PLATEAU_Z, PLATEAU_SE_REL),
             {"eta": eta, "predicted": pred, "measured": meas, "se": se, "z": z,
-             "ratio": meas / pred, "m_at_T": float(m[i, -1])}))
-        curves.append((f"η = {eta:g} constant", m[i], "ησ²/(h(2 − ηh))",
-                       np.full(len(ts), pred)))
+             "ratio": meas / pred, "m_at_T": float(mm[i, -1])}))
+    return checks
 
-    res.figures.append(_figure(ctx, ts, curves))
-    res.notes.append(
+
+def prediction_curves(m: dict[str, Any]) -> list[tuple[str, np.ndarray, str, np.ndarray]]:
+    """(label, measured m_t, prediction label, prediction) per schedule, in check order: the
+    asymptote c²σ²/((2ch − 1)t), t^(−2ch) anchored at the window's last point, the plateau."""
+    a = _arrays(m)
+    ts, mm, sched, window = a["ts"], a["m"], a["sched"], a["window"]
+    curves = []
+    for i, (kind, c) in enumerate(sched):
+        if kind == "c/t" and 2 * c * H > 1:
+            curves.append((f"η = {c:g}/t (2ch = {2 * c * H:g})", mm[i], "c²σ²/((2ch − 1)t)",
+                           c**2 * SIGMA**2 / ((2 * c * H - 1) * ts)))
+    for i, (kind, c) in enumerate(sched):
+        if kind == "c/t" and 2 * c * H < 1:
+            anchor = mm[i, window][-1] * (ts / ts[window][-1]) ** (-2 * c * H)
+            curves.append((f"η = {c:g}/t (2ch = {2 * c * H:g})", mm[i],
+                           f"∝ t^(−{2 * c * H:g})", anchor))
+    for i, (kind, eta) in enumerate(sched):
+        if kind == "const":
+            curves.append((f"η = {eta:g} constant", mm[i], "ησ²/(h(2 − ηh))",
+                           np.full(len(ts), eta * SIGMA**2 / (H * (2 - eta * H)))))
+    return curves
+
+
+def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
+    """Measured E(Φ_t − Φ*)² and each prediction, log-log (:func:`_figure`)."""
+    return [_figure(ctx, np.array(m["sim"]["t"], dtype=int), prediction_curves(m))]
+
+
+def notes(ctx: Context, m: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    """The set-up, and why the asymptotic formulas hold only from some t."""
+    return [
         f"1-D quadratic h = {H:g}, σ = {SIGMA:g}, Φ_0 = {PHI0:g}, Gaussian gradient noise; "
-        f"{chains} independent chains per schedule simulated step by step for T = {T} steps "
-        f"(float64); standard errors of m_t from the spread of (Φ_t − Φ*)² over all chains, "
-        f"of slopes and plateaus from {groups} groups of chains; {time.time() - start:.1f} s "
-        "(≈0 if cached).")
-    res.notes.append(
+        f"{m['chains']} independent chains per schedule simulated step by step for T = "
+        f"{m['T']} steps (float64); standard errors of m_t from the spread of (Φ_t − Φ*)² over "
+        f"all chains, of slopes and plateaus from {m['groups']} groups of chains; "
+        f"{m['seconds']:.1f} s (≈0 if cached).",
         "c²σ²/((2ch − 1)t) is asymptotic: the exact recursion's ratio to it is recorded per "
         "schedule (exact_within_15pct_from_t: the t from which it stays within 15%); for "
         "2ch near 1 the O(t^(1−2ch)) correction decays slowly. For 2ch < 1, m_t = K t^(−2ch) − "
         "c²σ²/((1 − 2ch)t) + …: the negative 1/t term makes the finite-t slope shallower "
         "than −2ch by ≈ (c²σ²/K)·t^(2ch−1); the exact recursion's slope "
-        "over the same window is reported next to the measurement.")
-    return res
+        "over the same window is reported next to the measurement."]
+
+
+def run(ctx: Context) -> Result:
+    """Measure, judge, present (see the module docstring) through the kit's
+    :func:`~sgdlab.experiments.kit.run_claim`."""
+    return run_claim(sys.modules[__name__], ctx)
 
 
 def _figure(ctx: Context, ts: np.ndarray, curves: list) -> str:
     """Measured E(Φ_t − Φ*)² (solid) and each prediction (dashed, same colour), log-log."""
-    import io
+    from sgdlab.plots import new_figure, save_figure
 
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from sgdlab.metrics_log import atomic_write_bytes
-
-    fig = Figure(figsize=(7.5, 5.0), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, axes = new_figure(figsize=(7.5, 5.0))
+    ax = axes[0, 0]
     colours = [f"C{k}" for k in range(10)]
     for k, (label, meas, plabel, pred) in enumerate(curves):
         ax.plot(ts, meas, color=colours[k % 10], lw=1.4, label=label)
@@ -253,7 +311,5 @@ def _figure(ctx: Context, ts: np.ndarray, curves: list) -> str:
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower left", ncol=2)
     path, rel = ctx.figure(CLAIM, "second_moment")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
     return rel
