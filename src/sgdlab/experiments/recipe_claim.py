@@ -48,15 +48,18 @@ AdamW lr 3e-3, decoupled weight decay 0.1, B = 100).
    rising runs. Control: Δ over the runs whose slope was ≤ 0 (does the signal add anything
    over "longer is better"?).
 
-Budgets (seeds for 1 / for 2–3 / for 4–5): smoke 2/1/1, quick 5/2/2, full 10/3/4; the
-schedule runs are short (6 epochs in quick against the recipe's 150), so their accuracies are
-far below the 94 % of a full run — full (20 and 40 epochs, 4 seeds) is the budget to read.
-Every training run is cached (``ctx.cached``); one torch thread.
+Budgets (:data:`BUDGETS`; seeds for 1 / for 2–3 / for 4–5): smoke 2/1/1, quick 5/2/2, full
+10/3/4; the schedule runs are short (6 epochs in quick against the recipe's 150), so their
+accuracies are far below the 94 % of a full run — full (20 and 40 epochs, 4 seeds) is the
+budget to read. :func:`measure` does every training run (each cached, ``ctx.cached``),
+:func:`judge` is a pure function of its output, :func:`figures` and :func:`notes` present it
+(one torch thread, :func:`~sgdlab.experiments.kit.run_claim`).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Any
 
@@ -64,7 +67,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded
+from sgdlab.experiments.base import Check, Claim, Context, Result
+from sgdlab.experiments.kit import run_claim
 from sgdlab.experiments.kit.verdicts import direction
 
 CLAIM = Claim("11-recipe", "Choosing hyper-parameters (the recipe)",
@@ -176,11 +180,13 @@ def end_slope(curve: list[dict[str, Any]], last: int) -> float | None:
     return float((x * (y - y.mean())).sum() / (x * x).sum())
 
 
-def _sd_floor(values: list[float], n_test: int, p: float | None = None,
-              pairs: bool = False) -> float | None:
+def sd_floor(values: list[float], n_test: int, p: float | None = None,
+             pairs: bool = False) -> float | None:
     """Sample sd (ddof 1) floored at the binomial sd √(p(1 − p)/n_test) of an accuracy p
-    measured on ``n_test`` examples (√2 × that for a difference of two such accuracies,
-    ``pairs``; p defaults to the mean of ``values``); None with fewer than two values."""
+    measured on ``n_test`` examples (√(2p(1 − p)/n_test) for a difference of two such
+    accuracies, ``pairs``; p defaults to the mean of ``values``): a few seeds can agree by
+    chance more closely than the test set resolves (SPEC §4.11 (4)–(5)). None with fewer
+    than two values."""
     if len(values) < 2:
         return None
     q = float(np.mean(values)) if p is None else float(p)
@@ -188,8 +194,10 @@ def _sd_floor(values: list[float], n_test: int, p: float | None = None,
     return max(float(np.std(values, ddof=1)), floor)
 
 
-def _diff_se(a: list[float], b: list[float], n_test: int) -> float | None:
-    sa, sb = _sd_floor(a, n_test), _sd_floor(b, n_test)
+def diff_se(a: list[float], b: list[float], n_test: int) -> float | None:
+    """se of mean(a) − mean(b) for unpaired accuracies: √(s_a²/n_a + s_b²/n_b) with each s
+    from :func:`sd_floor` (SPEC §4.11 (4)); None when either has fewer than two values."""
+    sa, sb = sd_floor(a, n_test), sd_floor(b, n_test)
     if sa is None or sb is None:
         return None
     return math.sqrt(sa * sa / len(a) + sb * sb / len(b))
@@ -198,47 +206,43 @@ def _diff_se(a: list[float], b: list[float], n_test: int) -> float | None:
 # =========================================================================== the claim
 
 
-@single_threaded
-def run(ctx: Context) -> Result:
-    """Measure the claim (one torch thread); see the module docstring."""
+# =========================================================================== the claim
+
+#: Sizes per mode: seeds for (1) initial loss, (2)–(3) overfit and range test, (4)–(5)
+#: schedules; overfit and range-test steps; schedule epochs E and evaluations K per run; seeds
+#: on the notes' η grid in (3).
+BUDGETS: dict[str, dict[str, int]] = {
+    "smoke": {"n_init": 2, "n_check": 1, "n_sched": 1, "overfit_steps": 150,
+              "find_steps": 100, "epochs": 3, "evals": 8, "grid_seeds": 0},
+    "quick": {"n_init": 5, "n_check": 2, "n_sched": 2, "overfit_steps": 300,
+              "find_steps": 200, "epochs": 6, "evals": 16, "grid_seeds": 1},
+    "full": {"n_init": 10, "n_check": 3, "n_sched": 4, "overfit_steps": 500,
+             "find_steps": 200, "epochs": 20, "evals": 16, "grid_seeds": 3},
+}
+
+
+def measure(ctx: Context, budget: dict[str, int]) -> dict[str, Any]:
+    """Every training run of the claim (SPEC §4.11 (1)–(5)), the Trainer runs through
+    ``ctx.cached``: the initial losses L₀ of both recipes per seed, ``recipe.check`` (the
+    overfit of 128 examples), the range tests and their 100-iteration verifications, and the
+    step/cosine/linear runs over E and 2E epochs at η_b = the geometric mean of the range
+    test's η̂ over seeds (3 significant digits). Plain data; schedule runs keyed
+    ``"<schedule>/<seed>"``, recipe checks ``"<model>/<seed>"``."""
     from sgdlab import data, recipe
 
-    res = Result(CLAIM)
-    n_init = ctx.budget(2, 5, 10)
-    n_check = ctx.budget(1, 2, 3)
-    n_sched = ctx.budget(1, 2, 4)
-    overfit_steps = ctx.budget(150, 300, 500)
-    find_steps = ctx.budget(100, 200, 200)
-    epochs = ctx.budget(3, 6, 20)
-    n_evals = ctx.budget(8, 16, 16)
-    slope_last = n_evals // 4
-    grid_seeds = ctx.budget(0, 1, n_check)
+    n_init, n_check, n_sched = budget["n_init"], budget["n_check"], budget["n_sched"]
+    overfit_steps, find_steps = budget["overfit_steps"], budget["find_steps"]
+    epochs, n_evals = budget["epochs"], budget["evals"]
     ds = data.load("mnist1d", seed=0)
     n_train, n_test, ln_c = ds.n_train, ds.n_test, math.log(ds.num_classes)
     counts = np.bincount(ds.y_train.numpy(), minlength=ds.num_classes) / n_train
     label_entropy = float(-(counts[counts > 0] * np.log(counts[counts > 0])).sum())
     t_start = time.perf_counter()
 
-    # ------------------------------------------------------------------ (1) initial loss
+    # (1) initial loss
     init = {m: [initial_loss(config(m, s)) for s in range(n_init)] for m in RECIPES}
-    gaps = {m: [abs(r["loss"] - ln_c) / ln_c for r in v] for m, v in init.items()}
-    v1 = "PASS" if all(g <= INIT_TOL for v in gaps.values() for g in v) else "FAIL"
-    res.checks.append(Check(
-        "(1) initial loss ≈ ln C",
-        f"L₀ = ln {ds.num_classes} = {ln_c:.4f} (label entropy of the train split "
-        f"{label_entropy:.4f})",
-        "; ".join(f"{m}: {np.mean([r['loss'] for r in v]):.4f} ± "
-                  f"{np.std([r['loss'] for r in v]):.4f} (max gap "
-                  f"{100 * max(gaps[m]):.1f}%, logit sd {np.mean([r['logit_sd'] for r in v]):.3f})"
-                  for m, v in init.items()) + f" over {n_init} seeds",
-        f"|L₀ − ln C| ≤ {INIT_TOL:g}·ln C for every model and seed",
-        v1,
-        {"ln_c": ln_c, "label_entropy": label_entropy, "seeds": n_init, "tolerance": INIT_TOL,
-         **{f"{m}_loss": [r["loss"] for r in v] for m, v in init.items()},
-         **{f"{m}_logit_sd": [r["logit_sd"] for r in v] for m, v in init.items()},
-         **{f"{m}_rel_gap": gaps[m] for m in init}}))
 
-    # ------------------------------------------------------------------ (2) overfit
+    # (2) overfit
     def do_check(m: str, s: int) -> dict[str, Any]:
         out = recipe.check(config(m, s), overfit_examples=OVERFIT_N,
                            overfit_steps=overfit_steps, init_tolerance=INIT_TOL,
@@ -253,27 +257,9 @@ def run(ctx: Context) -> Result:
             key = {"claim": CLAIM.id, "v": CACHE_VERSION, "part": "check",
                    "config": config(m, s).to_dict(), "n": OVERFIT_N, "steps": overfit_steps,
                    "loss": OVERFIT_LOSS}
-            checks[(m, s)] = ctx.cached(key, lambda m=m, s=s: do_check(m, s))
-    v2 = "PASS" if all(c["overfit_passed"] for c in checks.values()) else "FAIL"
-    res.checks.append(Check(
-        "(2) overfits a small sample",
-        f"loss → ≈ 0 on {OVERFIT_N} training examples (full batch, {overfit_steps} steps of "
-        "each recipe's optimizer at its lr)",
-        "; ".join(f"{m} seed {s}: final {c['overfit']['final_loss']:.2g}, acc "
-                  f"{100 * c['overfit']['accuracy']:.0f}%, first ≤ {OVERFIT_LOSS:g} at step "
-                  f"{c['overfit']['first_below_step']}" for (m, s), c in checks.items()),
-        f"final loss ≤ {OVERFIT_LOSS:g} and 100 % accuracy on the sample, every model and seed",
-        v2,
-        {"examples": OVERFIT_N, "steps": overfit_steps, "threshold": OVERFIT_LOSS,
-         "final_loss": {f"{m}/{s}": c["overfit"]["final_loss"] for (m, s), c in checks.items()},
-         "accuracy": {f"{m}/{s}": c["overfit"]["accuracy"] for (m, s), c in checks.items()},
-         "first_below_step": {f"{m}/{s}": c["overfit"]["first_below_step"]
-                              for (m, s), c in checks.items()},
-         "lr": {m: RECIPES[m]["lr"] for m in RECIPES},
-         "recipe_check_initial_loss": {f"{m}/{s}": c["init"]["loss"]
-                                       for (m, s), c in checks.items()}}))
+            checks[f"{m}/{s}"] = ctx.cached(key, lambda m=m, s=s: do_check(m, s))
 
-    # ------------------------------------------------------------------ (3) range test
+    # (3) range test, then 100 iterations at η̂ (and on the notes' grid)
     finds = []
     for s in range(n_check):
         cfg = config("cnn", s)
@@ -293,10 +279,90 @@ def run(ctx: Context) -> Result:
                 "passed": rel is not None and rel >= DROP_MIN}
 
     found = [drop(s, f["suggestion"]) for s, f in enumerate(finds)]
-    grid = {s: [drop(s, lr) for lr in NOTES_GRID] for s in range(grid_seeds)}
+    grid = {s: [drop(s, lr) for lr in NOTES_GRID] for s in range(budget["grid_seeds"])}
+
+    # (4)/(5) schedules over E and 2E epochs
+    base_lr = float(math.exp(np.mean([math.log(f["suggestion"]) for f in finds])))
+    base_lr = float(f"{base_lr:.3g}")
+    short: dict[str, dict[str, Any]] = {}
+    long: dict[str, dict[str, Any]] = {}
+    t0 = time.perf_counter()
+    for name in SCHEDULES:
+        for s in range(n_sched):
+            for e, store in ((epochs, short), (2 * epochs, long)):
+                cfg = schedule_config(name, s, base_lr, e, n_train, n_evals)
+                key = {"claim": CLAIM.id, "v": CACHE_VERSION, "part": "schedule",
+                       "config": cfg.to_dict()}
+                store[f"{name}/{s}"] = ctx.cached(key, lambda cfg=cfg: train_run(cfg))
+    return {"n_train": n_train, "n_test": n_test, "num_classes": ds.num_classes,
+            "ln_c": ln_c, "label_entropy": label_entropy, "n_init": n_init,
+            "n_sched": n_sched, "overfit_steps": overfit_steps, "find_steps": find_steps,
+            "epochs": epochs, "evals": n_evals, "init": init, "checks": checks,
+            "finds": finds, "found": found, "grid": grid, "base_lr": base_lr,
+            "short": short, "long": long, "sched_seconds": time.perf_counter() - t0,
+            "t_start": t_start}
+
+
+def _fmt_delta(m: float | None, se: float | None) -> str:
+    if m is None:
+        return "none"
+    return f"{100 * m:+.2f}" + (f" ± {100 * se:.2f}" if se is not None else "") + " pp"
+
+
+def judge(m: dict[str, Any]) -> list[Check]:
+    """The five checks of the module docstring (SPEC §4.11) from :func:`measure`'s output;
+    pure. (1) every |L₀ − ln C| ≤ 0.1 ln C; (2) every recipe check overfits; (3) the loss
+    drop (L₀ − L₁₀₀)/L₀ ≥ 10 % at η̂ for every seed (PASS), none (FAIL), else INCONCLUSIVE;
+    (4) every schedule run trains; (5) mean Δ = acc(2E) − acc(E) over the rising runs, kit
+    :func:`~sgdlab.experiments.kit.verdicts.direction` at ±2 se (se from :func:`sd_floor`)."""
+    ln_c, n_test, n_init, n_sched = m["ln_c"], m["n_test"], m["n_init"], m["n_sched"]
+    epochs, n_evals = m["epochs"], m["evals"]
+    slope_last = n_evals // 4
+    init, checks, short, long = m["init"], m["checks"], m["short"], m["long"]
+    finds, found, grid = m["finds"], m["found"], m["grid"]
+
+    # (1) initial loss
+    gaps = {k: [abs(r["loss"] - ln_c) / ln_c for r in v] for k, v in init.items()}
+    v1 = "PASS" if all(g <= INIT_TOL for v in gaps.values() for g in v) else "FAIL"
+    c1 = Check(
+        "(1) initial loss ≈ ln C",
+        f"L₀ = ln {m['num_classes']} = {ln_c:.4f} (label entropy of the train split "
+        f"{m['label_entropy']:.4f})",
+        "; ".join(f"{k}: {np.mean([r['loss'] for r in v]):.4f} ± "
+                  f"{np.std([r['loss'] for r in v]):.4f} (max gap "
+                  f"{100 * max(gaps[k]):.1f}%, logit sd {np.mean([r['logit_sd'] for r in v]):.3f})"
+                  for k, v in init.items()) + f" over {n_init} seeds",
+        f"|L₀ − ln C| ≤ {INIT_TOL:g}·ln C for every model and seed",
+        v1,
+        {"ln_c": ln_c, "label_entropy": m["label_entropy"], "seeds": n_init,
+         "tolerance": INIT_TOL,
+         **{f"{k}_loss": [r["loss"] for r in v] for k, v in init.items()},
+         **{f"{k}_logit_sd": [r["logit_sd"] for r in v] for k, v in init.items()},
+         **{f"{k}_rel_gap": gaps[k] for k in init}})
+
+    # (2) overfit
+    v2 = "PASS" if all(c["overfit_passed"] for c in checks.values()) else "FAIL"
+    c2 = Check(
+        "(2) overfits a small sample",
+        f"loss → ≈ 0 on {OVERFIT_N} training examples (full batch, {m['overfit_steps']} steps "
+        "of each recipe's optimizer at its lr)",
+        "; ".join(f"{k.replace('/', ' seed ')}: final {c['overfit']['final_loss']:.2g}, acc "
+                  f"{100 * c['overfit']['accuracy']:.0f}%, first ≤ {OVERFIT_LOSS:g} at step "
+                  f"{c['overfit']['first_below_step']}" for k, c in checks.items()),
+        f"final loss ≤ {OVERFIT_LOSS:g} and 100 % accuracy on the sample, every model and seed",
+        v2,
+        {"examples": OVERFIT_N, "steps": m["overfit_steps"], "threshold": OVERFIT_LOSS,
+         "final_loss": {k: c["overfit"]["final_loss"] for k, c in checks.items()},
+         "accuracy": {k: c["overfit"]["accuracy"] for k, c in checks.items()},
+         "first_below_step": {k: c["overfit"]["first_below_step"]
+                              for k, c in checks.items()},
+         "lr": {r: RECIPES[r]["lr"] for r in RECIPES},
+         "recipe_check_initial_loss": {k: c["init"]["loss"] for k, c in checks.items()}})
+
+    # (3) range test
     n_ok = sum(d["passed"] for d in found)
     v3 = "PASS" if n_ok == len(found) else "FAIL" if n_ok == 0 else "INCONCLUSIVE"
-    res.checks.append(Check(
+    c3 = Check(
         "(3) the range test finds an η at which the loss drops within 100 iterations",
         f"η̂ = (lr at the smoothed minimum)/10 from lr_find; {DROP_ITERS} iterations at η̂ "
         f"from the same init give (L₀ − L₁₀₀)/L₀ ≥ {100 * DROP_MIN:.0f}%",
@@ -314,30 +380,18 @@ def run(ctx: Context) -> Result:
          "min_loss_lr": [f["min_loss_lr"] for f in finds],
          "steepest_lr": [f["steepest_lr"] for f in finds],
          "range_test_diverged": [f["diverged"] for f in finds],
-         "range_test_steps": find_steps, "L0": [d["L0"] for d in found],
+         "range_test_steps": m["find_steps"], "L0": [d["L0"] for d in found],
          "L100": [d["L100"] for d in found], "rel_drop": [d["rel_drop"] for d in found],
          "threshold": DROP_MIN, "iterations": DROP_ITERS,
          "grid_lr": list(NOTES_GRID),
          "grid_rel_drop": {str(s): [g["rel_drop"] for g in v] for s, v in grid.items()},
-         "grid_passed": {str(s): [g["passed"] for g in v] for s, v in grid.items()}}))
+         "grid_passed": {str(s): [g["passed"] for g in v] for s, v in grid.items()}})
 
-    # ------------------------------------------------------------------ (4) schedules
-    base_lr = float(math.exp(np.mean([math.log(f["suggestion"]) for f in finds])))
-    base_lr = float(f"{base_lr:.3g}")
-    short: dict[tuple[str, int], dict[str, Any]] = {}
-    long: dict[tuple[str, int], dict[str, Any]] = {}
-    t0 = time.perf_counter()
-    for name in SCHEDULES:
-        for s in range(n_sched):
-            for e, store in ((epochs, short), (2 * epochs, long)):
-                cfg = schedule_config(name, s, base_lr, e, n_train, n_evals)
-                key = {"claim": CLAIM.id, "v": CACHE_VERSION, "part": "schedule",
-                       "config": cfg.to_dict()}
-                store[(name, s)] = ctx.cached(key, lambda cfg=cfg: train_run(cfg))
-    sched_seconds = time.perf_counter() - t0
+    # (4) schedules
+    base_lr = m["base_lr"]
 
     def accs(store, name):
-        return [store[(name, s)]["test_acc"] if store[(name, s)]["test_acc"] is not None
+        return [store[f"{name}/{s}"]["test_acc"] if store[f"{name}/{s}"]["test_acc"] is not None
                 else 0.1 for s in range(n_sched)]
 
     table = {n: accs(short, n) for n in SCHEDULES}
@@ -348,15 +402,15 @@ def run(ctx: Context) -> Result:
     for i, a in enumerate(SCHEDULES):
         for b in SCHEDULES[i + 1:]:
             diff = means[a] - means[b]
-            se = _diff_se(table[a], table[b], n_test)
+            se = diff_se(table[a], table[b], n_test)
             pairs[f"{a}-{b}"] = {"diff": diff, "se": se,
                                  "significant": se is not None and abs(diff) > 2 * se}
-    trains = {f"{n}/{s}": (not short[(n, s)]["diverged"]
-                           and short[(n, s)]["test_acc"] >= TRAINS_MIN_ACC)
+    trains = {f"{n}/{s}": (not short[f"{n}/{s}"]["diverged"]
+                           and short[f"{n}/{s}"]["test_acc"] >= TRAINS_MIN_ACC)
               for n in SCHEDULES for s in range(n_sched)}
     v4 = "PASS" if all(trains.values()) else "FAIL"
     sig = [k for k, p in pairs.items() if p["significant"]]
-    res.checks.append(Check(
+    c4 = Check(
         "(4) schedules step / cosine / linear: final test accuracy",
         "the notes list the three without ranking them (no prediction); each must train "
         f"(no divergence, test accuracy ≥ {100 * TRAINS_MIN_ACC:.0f}%)",
@@ -369,20 +423,20 @@ def run(ctx: Context) -> Result:
         "PASS when every run trains; the ranking is reported, not judged",
         v4,
         {"base_lr": base_lr, "epochs": epochs, "seeds": n_sched,
-         "steps": schedule_config("cosine", 0, base_lr, epochs, n_train).steps,
+         "steps": schedule_config("cosine", 0, base_lr, epochs, m["n_train"]).steps,
          "acc": table, "acc_mean": means, "acc_sd": sds, "ranking": ranking,
          "pairs": pairs, "trains": trains,
-         "train_loss": {n: [short[(n, s)]["train_loss"] for s in range(n_sched)]
+         "train_loss": {n: [short[f"{n}/{s}"]["train_loss"] for s in range(n_sched)]
                         for n in SCHEDULES},
-         "diverged": {n: [short[(n, s)]["diverged"] for s in range(n_sched)]
+         "diverged": {n: [short[f"{n}/{s}"]["diverged"] for s in range(n_sched)]
                       for n in SCHEDULES},
-         "seconds_total": sched_seconds}))
+         "seconds_total": m["sched_seconds"]})
 
-    # ------------------------------------------------------------------ (5) train longer
+    # (5) train longer
     rows = []
     for n in SCHEDULES:
         for s in range(n_sched):
-            a, b = short[(n, s)], long[(n, s)]
+            a, b = short[f"{n}/{s}"], long[f"{n}/{s}"]
             slope = end_slope(a["curve"], slope_last) if not a["diverged"] else None
             delta = (b["test_acc"] - a["test_acc"]
                      if a["test_acc"] is not None and b["test_acc"] is not None else None)
@@ -397,50 +451,58 @@ def run(ctx: Context) -> Result:
     def summary(d: list[float]) -> tuple[float | None, float | None]:
         if not d:
             return None, None
-        sd = _sd_floor(d, n_test, p=p_acc, pairs=True)
+        sd = sd_floor(d, n_test, p=p_acc, pairs=True)
         return float(np.mean(d)), (sd / math.sqrt(len(d)) if sd is not None else None)
 
     rm, rse = summary(rising)
     fm, fse = summary(flat)
-    v5 = direction(rm, rse, +1)
-
-    def fmt(m, se):
-        if m is None:
-            return "none"
-        return f"{100 * m:+.2f}" + (f" ± {100 * se:.2f}" if se is not None else "") + " pp"
-
-    res.checks.append(Check(
+    c5 = Check(
         "(5) accuracy still rising at the end → a 2× longer run improves it",
         f"for runs whose test accuracy rises over the last {slope_last} of {n_evals} "
         f"evaluations, acc({2 * epochs} epochs) − acc({epochs} epochs) > 0",
-        f"rising in {len(rising)}/{len(rows)} runs: Δ = {fmt(rm, rse)}; control, not rising "
-        f"({len(flat)} runs): Δ = {fmt(fm, fse)}",
+        f"rising in {len(rising)}/{len(rows)} runs: Δ = {_fmt_delta(rm, rse)}; control, not "
+        f"rising ({len(flat)} runs): Δ = {_fmt_delta(fm, fse)}",
         "PASS when mean Δ > 2 se, FAIL when mean Δ + 2 se < 0, INCONCLUSIVE otherwise or "
         "with fewer than 2 rising runs (se = sd/√n, sd floored at the binomial sd of a "
         "difference of two accuracies on the test set)",
-        v5,
+        direction(rm, rse, +1),
         {"rows": rows, "rising_delta_mean": rm, "rising_delta_se": rse,
          "n_rising": len(rising), "flat_delta_mean": fm, "flat_delta_se": fse,
          "n_flat": len(flat), "epochs_short": epochs, "epochs_long": 2 * epochs,
-         "slope_evals": slope_last, "evals": n_evals}))
+         "slope_evals": slope_last, "evals": n_evals})
+    return [c1, c2, c3, c4, c5]
 
-    # ------------------------------------------------------------------ figures, notes
-    res.figures.append(_figure_lr(ctx, finds, found, grid))
-    res.figures.append(_figure_schedules(ctx, short, long, n_sched, epochs, base_lr))
-    res.notes.append(
+
+def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
+    """The range tests with η̂ and the 100-iteration drops (the notes' grid beside η̂); the
+    test-accuracy curves of the schedule runs over E and 2E epochs."""
+    return [_figure_lr(ctx, m["finds"], m["found"], m["grid"]),
+            _figure_schedules(ctx, m["short"], m["long"], m["n_sched"], m["epochs"],
+                              m["base_lr"])]
+
+
+def notes(ctx: Context, m: dict[str, Any], budget: dict[str, int]) -> list[str]:
+    """The recipes, the schedules table (accuracy after E → 2E epochs per seed), wall time."""
+    short, long = m["short"], m["long"]
+    epochs = m["epochs"]
+    return [
         "Recipes: CNN = configs/mnist1d_cnn.yaml (momentum 0.9, weight decay 5e-4, B 128), "
         "MLP = configs/mnist1d_mlp.yaml (AdamW 3e-3, weight decay 0.1, B 100); steps 3–5 use "
-        "the CNN recipe with weight decay on (the notes: 'turn on small weight decay').")
-    res.notes.append(
+        "the CNN recipe with weight decay on (the notes: 'turn on small weight decay').",
         f"Schedules table (final test accuracy %, {epochs} → {2 * epochs} epochs, η_b = "
-        f"{base_lr:g}): " + "; ".join(
-            f"{n}: " + ", ".join(f"{100 * short[(n, s)]['test_acc']:.1f}→"
-                                 f"{100 * long[(n, s)]['test_acc']:.1f}"
-                                 if short[(n, s)]["test_acc"] is not None
-                                 and long[(n, s)]["test_acc"] is not None else "diverged"
-                                 for s in range(n_sched)) for n in SCHEDULES))
-    res.notes.append(f"Wall time {time.perf_counter() - t_start:.1f} s (cached parts count 0).")
-    return res
+        f"{m['base_lr']:g}): " + "; ".join(
+            f"{n}: " + ", ".join(f"{100 * short[f'{n}/{s}']['test_acc']:.1f}→"
+                                 f"{100 * long[f'{n}/{s}']['test_acc']:.1f}"
+                                 if short[f"{n}/{s}"]["test_acc"] is not None
+                                 and long[f"{n}/{s}"]["test_acc"] is not None else "diverged"
+                                 for s in range(m["n_sched"])) for n in SCHEDULES),
+        f"Wall time {time.perf_counter() - m['t_start']:.1f} s (cached parts count 0)."]
+
+
+def run(ctx: Context) -> Result:
+    """Measure, judge, present (see the module docstring) through the kit's
+    :func:`~sgdlab.experiments.kit.run_claim`."""
+    return run_claim(sys.modules[__name__], ctx)
 
 
 def _figure_lr(ctx: Context, finds: list[dict], found: list[dict], grid: dict) -> str:
@@ -490,7 +552,7 @@ def _figure_schedules(ctx: Context, short: dict, long: dict, n_sched: int, epoch
     for n in SCHEDULES:
         for s in range(n_sched):
             for store, style, e in ((short, "-", epochs), (long, ":", 2 * epochs)):
-                c = store[(n, s)]["curve"]
+                c = store[f"{n}/{s}"]["curve"]
                 if not c:
                     continue
                 lab = f"{n}, {e} epochs" if s == 0 else None
