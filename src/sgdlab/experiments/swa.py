@@ -74,14 +74,17 @@ minimum than every sample); the note says how often it holds there.
 Figures: figures/10-swa_quadratic.png (excess vs W with the closed form) and
 figures/10-swa_network.png (train loss and test accuracy of last iterate vs SWA over training).
 
-Budgets: quadratic chains/T = 200/512 (smoke), 1000/4096 (quick), 4000/16384 (full);
-network seeds/steps = 1/300, 3/3000, 5/6000 with K = 8, 16, 32 sampled iterates. Network runs
-are cached (``ctx.cached``); one torch thread.
+Budgets (:data:`BUDGETS`, data): quadratic chains/T = 200/512 (smoke), 1000/4096 (quick),
+4000/16384 (full); network seeds/steps = 1/300, 3/3000, 5/6000 with K = 8, 16, 32 sampled
+iterates. :func:`measure` simulates and trains (each part cached with ``ctx.cached``),
+:func:`judge` is a pure function of its output, :func:`figures` draws it, and :func:`run` is
+the kit's :func:`~sgdlab.experiments.kit.run_claim` (one torch thread).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Any
 
@@ -90,9 +93,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sgdlab.experiments.base import Check, Claim, Context, Result, single_threaded, worst_verdict
+from sgdlab.experiments.base import Check, Claim, Context, Result, worst_verdict
+from sgdlab.experiments.kit import run_claim
 from sgdlab.experiments.kit.problems import diagonal_noisy_quadratic
-from sgdlab.experiments.kit.verdicts import z_test
+from sgdlab.experiments.kit.verdicts import at_most, bonferroni_z, direction, mean_se, z_test
 from sgdlab.probes.stationary import quadratic_excess_loss
 
 CLAIM = Claim("10-swa", "Stochastic weight averaging",
@@ -114,6 +118,14 @@ SHRINK_TOL = 0.1             # a3: ratio at the largest window ≤ 0.1
 NET = {"dataset": "mnist1d", "model": "mlp", "optimizer": "sgd", "lr": 0.5, "batch_size": 32,
        "sampling": "shuffle", "average": "swa", "average_start": 0.5}
 CACHE_VERSION = 1
+
+BUDGETS: dict[str, dict[str, Any]] = {
+    "smoke": {"chains": 200, "quad_steps": 512, "seeds": 1, "net_steps": 300, "snapshots": 8},
+    "quick": {"chains": 1000, "quad_steps": 4096, "seeds": 3, "net_steps": 3000,
+              "snapshots": 16},
+    "full": {"chains": 4000, "quad_steps": 16384, "seeds": 5, "net_steps": 6000,
+             "snapshots": 32},
+}
 
 
 # =========================================================================== theory
@@ -353,34 +365,22 @@ def train_network(seed: int, steps: int, snapshots: int) -> dict[str, Any]:
 # =========================================================================== the claim
 
 
-def bonferroni_z(m: int, alpha: float = FAMILY_ALPHA) -> float:
-    """z* = Φ⁻¹(1 − α/(2m)): |z| ≤ z* for all of m tests keeps a two-sided family-wise
-    false-alarm rate ≤ α (Bonferroni)."""
-    from statistics import NormalDist
-
-    return NormalDist().inv_cdf(1 - alpha / (2 * m))
-
-
-
 def _mean_se(values: list[float]) -> tuple[float, float | None]:
-    a = np.asarray(values, dtype=np.float64)
-    m = float(a.mean()) if a.size else math.nan
-    se = float(a.std(ddof=1) / math.sqrt(a.size)) if a.size >= 2 else None
-    return m, se
+    """Mean and se (:func:`~sgdlab.experiments.kit.verdicts.mean_se`), the se None with
+    fewer than two values (reported as null, not as an undefined number)."""
+    m, se = mean_se(values)
+    return m, (se if len(values) >= 2 else None)
 
 
-@single_threaded
-def run(ctx: Context) -> Result:
-    """Measure the claim (one torch thread); see the module docstring."""
-    res = Result(CLAIM)
-    chains = ctx.budget(200, 1000, 4000)
-    steps_q = ctx.budget(512, 4096, 16384)
+def measure(ctx: Context, budget: dict[str, Any]) -> dict[str, Any]:
+    """(a) the quadratic's chains (:func:`simulate_quadratic`, cached) and its exact theory —
+    ``stat`` = E L(Φ_t) − L*, ``first`` = η tr Σ/4B, ``pred`` (:func:`averaged_excess_exact`)
+    and ``pr`` (:func:`polyak_ruppert_limit`) per window W = 1, 2, 4, …, T; (b), (c) one
+    network run per seed (:func:`train_network`, each cached) and the seconds they took
+    (≈ 0 when cached)."""
+    chains, steps_q = budget["chains"], budget["quad_steps"]
     windows = [2**k for k in range(int(math.log2(steps_q)) + 1)]
-    n_seeds = ctx.budget(1, 3, 5)
-    steps_n = ctx.budget(300, 3000, 6000)
-    snapshots = ctx.budget(8, 16, 32)
-
-    # ------------------------------------------------------------------ (a) quadratic
+    snapshots, steps_n = budget["snapshots"], budget["net_steps"]
     prob = problem()
     h, s2 = prob["h"], prob["sigma2"]
     key = {"claim": CLAIM.id, "v": CACHE_VERSION, "part": "quadratic", "chains": chains,
@@ -388,16 +388,37 @@ def run(ctx: Context) -> Result:
            "batch": BATCH, "h": [H_MAX, H_MIN], "snapshots": snapshots}
     sim = ctx.cached(key, lambda: simulate_quadratic(prob, ETA, chains, steps_q, windows,
                                                      snapshots, seed=SEED))
-    stat = quadratic_excess_loss(ETA, h, s2, BATCH)
-    first = ETA * float(s2.sum()) / (4 * BATCH)
-    pred = [averaged_excess_exact(ETA, h, s2, BATCH, w) for w in windows]
-    pr = [polyak_ruppert_limit(h, s2, BATCH, w) for w in windows]
+    runs = []
+    t0 = time.perf_counter()
+    for s in range(budget["seeds"]):
+        cfg = network_config(s, steps_n)
+        key = {"claim": CLAIM.id, "v": CACHE_VERSION, "part": "network",
+               "config": cfg.to_dict(), "snapshots": snapshots}
+        runs.append(ctx.cached(key, lambda s=s: train_network(s, steps_n, snapshots)))
+    return {"chains": chains, "steps_q": steps_q, "windows": windows, "seeds": budget["seeds"],
+            "steps_n": steps_n, "snapshots": snapshots, "sim": sim,
+            "stat": quadratic_excess_loss(ETA, h, s2, BATCH),
+            "first": ETA * float(s2.sum()) / (4 * BATCH), "tr_sigma": float(s2.sum()),
+            "pred": [averaged_excess_exact(ETA, h, s2, BATCH, w) for w in windows],
+            "pr": [polyak_ruppert_limit(h, s2, BATCH, w) for w in windows],
+            "runs": runs, "net_seconds": time.perf_counter() - t0}
 
+
+def judge(m: dict[str, Any]) -> list[Check]:
+    """The five checks of the module docstring (a1, a2, a3, b, c) from :func:`measure`'s
+    output (pure): a1/a2 by :func:`~sgdlab.experiments.kit.verdicts.z_test`, a3 by
+    :func:`~sgdlab.experiments.kit.verdicts.at_most`, b by
+    :func:`~sgdlab.experiments.kit.verdicts.direction` (±2 se over seeds), c by the
+    every/none/mixed rule."""
+    sim, windows, stat, first, pred, pr = (m[k] for k in ("sim", "windows", "stat", "first",
+                                                           "pred", "pr"))
+    chains, steps_q = m["chains"], m["steps_q"]
+    checks = []
     v_time = z_test(sim["time_avg_excess"], stat, sim["time_avg_se"], Z_TOL, SE_REL_MAX_STAT)
     v_last = z_test(sim["excess"][0], stat, sim["se"][0], Z_TOL, SE_REL_MAX_STAT)
     z_time = (sim["time_avg_excess"] - stat) / sim["time_avg_se"]
     z_last = (sim["excess"][0] - stat) / sim["se"][0]
-    res.checks.append(Check(
+    checks.append(Check(
         "quadratic: E L(Φ_t) − L* stays at the stationary value",
         f"Σ_i ησ_i²/(B(4 − 2ηh_i)) = {stat:.5g} (η = {ETA}, B = {BATCH}; first order "
         f"η tr Σ/4B = {first:.5g})",
@@ -410,19 +431,19 @@ def run(ctx: Context) -> Result:
          "time_avg_se": sim["time_avg_se"], "z_time_avg": z_time,
          "last_excess": sim["excess"][0], "last_se": sim["se"][0], "z_last": z_last,
          "lr": ETA, "batch": BATCH, "chains": chains, "steps": steps_q,
-         "tr_sigma": float(s2.sum()), "h_max": H_MAX, "h_min": H_MIN, "dim": DIM}))
+         "tr_sigma": m["tr_sigma"], "h_max": H_MAX, "h_min": H_MIN, "dim": DIM}))
 
-    zs = [(m - p) / se for m, p, se in zip(sim["excess"], pred, sim["se"], strict=True)]
-    z_star = bonferroni_z(len(windows))
-    per_w = [z_test(m, p, se, z_star, SE_REL_MAX_AVG)
-             for m, p, se in zip(sim["excess"], pred, sim["se"], strict=True)]
+    zs = [(x - p) / se for x, p, se in zip(sim["excess"], pred, sim["se"], strict=True)]
+    z_star = bonferroni_z(len(windows), FAMILY_ALPHA)
+    per_w = [z_test(x, p, se, z_star, SE_REL_MAX_AVG)
+             for x, p, se in zip(sim["excess"], pred, sim["se"], strict=True)]
     i_worst = int(np.argmax(np.abs(zs)))
-    res.checks.append(Check(
+    checks.append(Check(
         "quadratic: L(mean of last W iterates) − L* = AR(1) closed form",
         "Σ_i ½h_i v_i f(1 − ηh_i, W), f(ρ, W) = W⁻²Σ_{s,t}ρ^|s−t|: "
         + ", ".join(f"W={w}: {p:.4g}" for w, p in zip(windows, pred, strict=True)
                     if w in (1, windows[len(windows) // 2], windows[-1])),
-        ", ".join(f"W={w}: {m:.4g} ± {se:.2g}" for w, m, se in
+        ", ".join(f"W={w}: {x:.4g} ± {se:.2g}" for w, x, se in
                   zip(windows, sim["excess"], sim["se"], strict=True)
                   if w in (1, windows[len(windows) // 2], windows[-1]))
         + f"; worst |z| = {abs(zs[i_worst]):.2f} at W = {windows[i_worst]} "
@@ -434,16 +455,14 @@ def run(ctx: Context) -> Result:
         {"windows": windows, "measured": sim["excess"], "se": sim["se"], "exact": pred,
          "z": zs, "z_threshold": z_star, "family_alpha": FAMILY_ALPHA,
          "per_window_verdict": per_w, "polyak_ruppert_limit": pr,
-         "ratio_measured_exact": [m / p for m, p in zip(sim["excess"], pred, strict=True)]},
-         basis="derived"))
+         "ratio_measured_exact": [x / p for x, p in zip(sim["excess"], pred, strict=True)]},
+        basis="derived"))
 
     ratio = sim["excess"][-1] / sim["time_avg_excess"]
     ratio_se = abs(ratio) * math.hypot(sim["se"][-1] / sim["excess"][-1],
                                        sim["time_avg_se"] / sim["time_avg_excess"])
-    v_shrink = ("PASS" if ratio + 2 * ratio_se <= SHRINK_TOL else
-                "FAIL" if ratio - 2 * ratio_se > SHRINK_TOL else "INCONCLUSIVE")
     mono = all(b < a for a, b in zip(sim["excess"], sim["excess"][1:], strict=False))
-    res.checks.append(Check(
+    checks.append(Check(
         "quadratic: the averaged iterate's excess shrinks toward 0",
         f"(L(Φ̄_W) − L*)/(E L(Φ_t) − L*) at W = {windows[-1]}: closed form "
         f"{pred[-1] / stat:.4g} (Polyak–Ruppert tr(H⁻¹Σ)/(2BW)/stationary = "
@@ -451,33 +470,18 @@ def run(ctx: Context) -> Result:
         f"{ratio:.4g} ± {ratio_se:.2g}; decreasing at every doubling of W: {mono}",
         f"ratio ≤ {SHRINK_TOL:g} (PASS when ratio + 2 se ≤ {SHRINK_TOL:g}, FAIL when "
         f"ratio − 2 se > {SHRINK_TOL:g})",
-        v_shrink,
+        at_most(ratio, ratio_se, SHRINK_TOL),
         {"ratio": ratio, "ratio_se": ratio_se, "ratio_exact": pred[-1] / stat,
          "window": windows[-1], "monotone_decreasing": mono, "tolerance": SHRINK_TOL}))
 
-    # ------------------------------------------------------------------ (b) network
-    runs = []
-    t0 = time.perf_counter()
-    for s in range(n_seeds):
-        cfg = network_config(s, steps_n)
-        key = {"claim": CLAIM.id, "v": CACHE_VERSION, "part": "network",
-               "config": cfg.to_dict(), "snapshots": snapshots}
-        runs.append(ctx.cached(key, lambda s=s: train_network(s, steps_n, snapshots)))
-    net_seconds = time.perf_counter() - t0
+    runs, n_seeds, steps_n, snapshots = m["runs"], m["seeds"], m["steps_n"], m["snapshots"]
     ok = [r for r in runs if not r.get("diverged")]
     n_div = len(runs) - len(ok)
     d = [r["last_train_loss"] - r["swa_train_loss"] for r in ok]
     d_typ = [float(np.mean(r["snap_train_loss"])) - r["swa_train_loss"] for r in ok]
     dm, dse = _mean_se(d)
     tm, tse = _mean_se(d_typ)
-    if dse is None or not math.isfinite(dm):
-        vb = "INCONCLUSIVE"
-    elif dm > 2 * dse:
-        vb = "PASS"
-    elif dm + 2 * dse < 0:
-        vb = "FAIL"
-    else:
-        vb = "INCONCLUSIVE"
+    vb = direction(dm, dse, +1) if math.isfinite(dm) else "INCONCLUSIVE"
     if n_div:
         vb = "FAIL" if vb == "PASS" else vb
 
@@ -486,7 +490,7 @@ def run(ctx: Context) -> Result:
 
     acc_d = [r["swa_test_acc"] - r["last_test_acc"] for r in ok]
     am, ase = _mean_se(acc_d)
-    res.checks.append(Check(
+    checks.append(Check(
         "network: SWA beats the last iterate in train loss",
         f"L_train(last) − L_train(SWA) > 0 at constant η = {NET['lr']} (MNIST-1D MLP, SGD, "
         f"B = {NET['batch_size']}, SWA over the last {steps_n - int(0.5 * steps_n)} of "
@@ -508,18 +512,18 @@ def run(ctx: Context) -> Result:
          "test_acc_gain_mean": am, "test_acc_gain_se": ase,
          "typical_iterate_minus_swa_mean": tm, "typical_iterate_minus_swa_se": tse,
          "steps": steps_n, "averaged_iterates": steps_n - int(0.5 * steps_n),
-         "config": {k: v for k, v in NET.items()}, "seconds_total": net_seconds}))
+         "config": {k: v for k, v in NET.items()}, "seconds_total": m["net_seconds"]}))
 
     beats = [r["swa_train_loss"] < min(r["snap_train_loss"]) for r in ok]
     vc = ("INCONCLUSIVE" if not beats else "PASS" if all(beats) else
           "FAIL" if not any(beats) else "INCONCLUSIVE")
     margins = [min(r["snap_train_loss"]) - r["swa_train_loss"] for r in ok]
-    res.checks.append(Check(
+    checks.append(Check(
         "network: the average differs from every iterate",
         f"L_train(SWA) < min_k L_train(Φ_k) over {snapshots} iterates sampled evenly over the "
         "averaging window",
         f"holds in {sum(beats)}/{len(beats)} seed(s); min_k L(Φ_k) − L(SWA) = "
-        + ", ".join(f"{m:.4f}" for m in margins)
+        + ", ".join(f"{x:.4f}" for x in margins)
         + "; ‖SWA − Φ_k‖ min/median "
         + ", ".join(f"{r['dist_swa_to_snap_min']:.2f}/{r['dist_swa_to_snap_median']:.2f}"
                     for r in ok)
@@ -542,35 +546,56 @@ def run(ctx: Context) -> Result:
          "snapshots": snapshots,
          "quadratic_control_fraction": sim["avg_beats_all_snapshots_fraction"],
          "quadratic_control_median_ratio": sim["median_avg_over_min_snapshot"]}))
+    return checks
 
-    # ------------------------------------------------------------------ figures, notes
-    res.figures.append(_figure_quadratic(ctx, windows, sim, pred, pr, stat))
+
+def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
+    """figures/10-swa_quadratic.png (excess against W with the closed form) and, when a
+    network run completed, figures/10-swa_network.png (last iterate against SWA)."""
+    out = [_figure_quadratic(ctx, m["windows"], m["sim"], m["pred"], m["pr"], m["stat"])]
+    ok = [r for r in m["runs"] if not r.get("diverged")]
     if ok:
-        res.figures.append(_figure_network(ctx, ok))
-    res.notes.append(
+        out.append(_figure_network(ctx, ok))
+    return out
+
+
+def notes(ctx: Context, m: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    """The set-up, the disclosed (a2) threshold, the control for (c), the network's typical
+    iterate."""
+    sim, windows = m["sim"], m["windows"]
+    z_star = bonferroni_z(len(windows), FAMILY_ALPHA)
+    out = [
         f"Quadratic: d = {DIM}, h geometric {H_MAX} → {H_MIN}, N = {N_POINTS}, B = {BATCH} "
-        f"with replacement, η = {ETA}; {chains} chains × {steps_q} steps from N(Φ*, v_i); "
-        f"simulation {sim['seconds']:.1f} s (0 when cached). Large-W limit "
+        f"with replacement, η = {ETA}; {m['chains']} chains × {m['steps_q']} steps from "
+        f"N(Φ*, v_i); simulation {sim['seconds']:.1f} s (0 when cached). Large-W limit "
         "tr(H⁻¹Σ)/(2BW) is independent of η: averaging leaves the statistical error of "
-        "W·B samples, not the temperature term.")
-    res.notes.append(
+        "W·B samples, not the temperature term.",
         f"(a2) threshold: Bonferroni z* = {z_star:.2f} over {len(windows)} nested windows "
         "(family-wise two-sided 3σ). Disclosed: it replaced a per-window |z| ≤ 3 after the "
         "first full run gave max |z| = 3.54 (W = 2048); three more full-size simulations "
-        "(seeds 1–3) showed no systematic deviation (max |z| 2.9, 1.6, 1.8, mixed signs).")
-    res.notes.append(
+        "(seeds 1–3) showed no systematic deviation (max |z| 2.9, 1.6, 1.8, mixed signs).",
         "Control for (c): on the quadratic, where SGD mixes to a unique stationary "
         f"distribution, L(Φ̄_W) < min_k L(Φ_k) over {sim['snapshots']} sampled iterates holds "
         f"in {100 * sim['avg_beats_all_snapshots_fraction']:.1f}% of chains (median "
         f"L(Φ̄)/min_k L(Φ_k) = {sim['median_avg_over_min_snapshot']:.3g}). The inequality "
         "follows from averaging a noisy cloud in many dimensions, so by itself it does not "
-        "show that SGD has failed to mix; the distances in (c) are reported for that reading.")
+        "show that SGD has failed to mix; the distances in (c) are reported for that reading."]
+    ok = [r for r in m["runs"] if not r.get("diverged")]
     if ok:
-        res.notes.append(
+        tm, tse = _mean_se([float(np.mean(r["snap_train_loss"])) - r["swa_train_loss"]
+                            for r in ok])
+        out.append(
             "Network: mean train loss of the sampled iterates minus SWA's = "
             f"{tm:.4f}" + (f" ± {tse:.4f}" if tse is not None else "")
-            + f"; training time {net_seconds:.1f} s for {n_seeds} run(s) (0 when cached).")
-    return res
+            + f"; training time {m['net_seconds']:.1f} s for {m['seeds']} run(s) (0 when "
+            "cached).")
+    return out
+
+
+def run(ctx: Context) -> Result:
+    """Measure, judge, present (see the module docstring) through the kit's
+    :func:`~sgdlab.experiments.kit.run_claim`."""
+    return run_claim(sys.modules[__name__], ctx)
 
 
 def _figure_quadratic(ctx: Context, windows: list[int], sim: dict, pred: list[float],

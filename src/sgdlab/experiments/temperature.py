@@ -58,7 +58,7 @@ import torch
 from sgdlab import data
 from sgdlab.experiments.base import Check, Claim, Context, Result, verdict, worst_verdict
 from sgdlab.experiments.kit import run_claim
-from sgdlab.experiments.kit.verdicts import direction
+from sgdlab.experiments.kit.verdicts import bonferroni_z, direction
 from sgdlab.probes.stationary import analyse_records
 from sgdlab.schedules import multistep
 from sgdlab.sweep import grid, train_many
@@ -97,7 +97,7 @@ def _ladder(ds: data.Dataset, b: dict[str, Any]) -> dict[str, Any]:
                      eval_every=RECORD, sampling="replacement", same_batches=False,
                      start=start, batch_seed=1000)
     obj = res.train_loss + 0.5 * LAM * res.sq_norm
-    zmax = _drift_threshold(len(pts))
+    zmax = bonferroni_z(len(pts))       # the single-run 3σ rate for the family
     rows = []
     for k, p in enumerate(pts):
         a = analyse_records(obj[k], RECORD, n_batches=N_BATCHES, geweke_z=zmax) \
@@ -117,14 +117,6 @@ def _ladder(ds: data.Dataset, b: dict[str, Any]) -> dict[str, Any]:
                      "data_loss": float(np.mean(res.train_loss[k, burn:])) if a else math.nan,
                      "test_acc": float(np.nanmean(res.test_acc[k, burn:])) if a else math.nan})
     return {"rows": rows, "seconds": pre.seconds + res.seconds}
-
-
-def _drift_threshold(n_runs: int) -> float:
-    """Geweke |z| threshold for n runs tested together: the single-run 3σ false-alarm rate
-    (0.27 %) for the whole family (Bonferroni), z = Φ⁻¹(1 − 0.0027/(2n))."""
-    from statistics import NormalDist
-
-    return NormalDist().inv_cdf(1 - 0.0027 / (2 * max(1, n_runs)))
 
 
 def _decay(ds: data.Dataset, b: dict[str, Any]) -> dict[str, Any]:

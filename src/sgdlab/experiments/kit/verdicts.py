@@ -11,7 +11,8 @@ PASS or FAIL only when the measurement's uncertainty cannot change it, else INCO
   predicted/opposite side;
 * :func:`z_test` — agreement with an exact point prediction: FAIL beyond z·se, INCONCLUSIVE
   when se is too large for the test to have power;
-* :func:`interval` — a ratio with a confidence interval [lo, hi] (e.g. from a fit).
+* :func:`interval` — a ratio with a confidence interval [lo, hi] (e.g. from a fit);
+* :func:`bonferroni_z` — the |z| threshold of a family of m tests at one family-wise level.
 
 k = 2 (±2 se, ≈ 95 % two-sided for a normal estimate) unless a claim states otherwise; with
 several comparisons in one check, the check's verdict is the worst of them
@@ -25,8 +26,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["K", "at_most", "band", "direction", "interval", "mean_se", "near", "paired",
-           "z_test"]
+__all__ = ["K", "at_most", "band", "bonferroni_z", "direction", "interval", "mean_se", "near",
+           "paired", "z_test"]
 
 #: half-width of the uncertainty interval, in standard errors
 K = 2.0
@@ -114,3 +115,12 @@ def paired(a: Iterable[float], b: Iterable[float]) -> tuple[float, float]:
     """Mean and se (:func:`mean_se`) of the paired differences b_s − a_s over seeds s (the two
     sequences in the same seed order, equal lengths)."""
     return mean_se(y - x for x, y in zip(a, b, strict=True))
+
+
+def bonferroni_z(m: int, alpha: float = 0.0027) -> float:
+    """z* = Φ⁻¹(1 − α/(2m)): |z| ≤ z* for all of m two-sided tests keeps the family-wise
+    false-alarm rate ≤ α (Bonferroni); the default α = 0.0027 is the single-test 3σ level, so
+    z*(1) ≈ 3.0 (m < 1 counts as one test)."""
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(1 - alpha / (2 * max(1, m)))
