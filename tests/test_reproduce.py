@@ -191,3 +191,19 @@ def test_report_shows_both_verdicts_the_basis_and_the_findings(tmp_path):
     assert (data["verdict"], data["derived_verdict"]) == ("PASS", "FAIL")
     assert data["findings"] == ["β gap set by η′h, not 1 − β"]
     assert "β gap set by η′h, not 1 − β" in (tmp_path / "report.html").read_text()
+
+
+def test_claims_run_after_those_they_name_and_a_cycle_stops_before_anything_runs(
+        tmp_path, monkeypatch):
+    """AFTER moves a claim behind the claims it reads (a stable topological order of the
+    notes' order); two claims naming each other are refused before anything is written."""
+    from sgdlab.reproduce import _in_order
+
+    first, second = experiments.available()[:2]
+    monkeypatch.setattr(experiments.CLAIMS[first], "AFTER", (second,), raising=False)
+    assert _in_order([first, second, "3-batch-size"]) == [second, first, "3-batch-size"]
+    assert _in_order([first]) == [first]  # an unselected claim is not waited for
+    monkeypatch.setattr(experiments.CLAIMS[second], "AFTER", (first,), raising=False)
+    with pytest.raises(RuntimeError, match="cycle"):
+        reproduce(tmp_path / "r", "smoke", only=[first, second], progress=False, jobs=2)
+    assert not (tmp_path / "r" / "results.json").exists()

@@ -42,10 +42,36 @@ def run_one(name: str, out: str | Path, mode: str, seeds: int) -> Result:
     return result
 
 
-def _line(name: str, result: Result) -> str:
-    derived = result.derived_verdict
-    return (f"[{name}] notes {result.verdict}" + (f", derived {derived}" if derived else "")
-            + f" ({result.seconds:.1f} s)")
+def _started(name: str, progress: bool) -> None:
+    if progress:
+        print(f"[{name}] running …", file=sys.stderr, flush=True)
+
+
+def _finished(name: str, result: Result, progress: bool) -> None:
+    if progress:
+        derived = result.derived_verdict
+        print(f"[{name}] notes {result.verdict}" + (f", derived {derived}" if derived else "")
+              + f" ({result.seconds:.1f} s)", file=sys.stderr, flush=True)
+
+
+def _after(names: list[str]) -> dict[str, list[str]]:
+    """For each selected claim, the selected claims it must run after (its ``AFTER``)."""
+    return {n: [a for a in getattr(experiments.CLAIMS[n], "AFTER", ()) if a in names]
+            for n in names}
+
+
+def _in_order(names: list[str]) -> list[str]:
+    """``names`` in the notes' order, each claim moved after those it names in ``AFTER``
+    (a stable topological order); a cycle is a programming error, raised before any claim
+    runs (the parallel scheduler would otherwise wait forever)."""
+    after, ordered = _after(names), []
+    while len(ordered) < len(names):
+        ready = [n for n in names if n not in ordered and all(a in ordered for a in after[n])]
+        if not ready:
+            stuck = [n for n in names if n not in ordered]
+            raise RuntimeError(f"claims {stuck} name each other in AFTER (a cycle)")
+        ordered.append(ready[0])
+    return ordered
 
 
 def _run_parallel(names: list[str], out: Path, mode: str, seeds: int, jobs: int,
@@ -55,8 +81,7 @@ def _run_parallel(names: list[str], out: Path, mode: str, seeds: int, jobs: int,
     memory) makes its claims ERROR results; the rest run in a new pool."""
     import multiprocessing as mp
 
-    after = {n: [a for a in getattr(experiments.CLAIMS[n], "AFTER", ()) if a in names]
-             for n in names}
+    after = _after(names)
     pending, done = list(names), {}
     running: dict[Future, str] = {}
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
@@ -67,8 +92,7 @@ def _run_parallel(names: list[str], out: Path, mode: str, seeds: int, jobs: int,
                     break
                 pending.remove(n)
                 running[pool.submit(run_one, n, out, mode, seeds)] = n
-                if progress:
-                    print(f"[{n}] running …", file=sys.stderr, flush=True)
+                _started(n, progress)
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             broken = False
             for fut in finished:
@@ -83,8 +107,7 @@ def _run_parallel(names: list[str], out: Path, mode: str, seeds: int, jobs: int,
                 except Exception:              # e.g. the result could not be sent back
                     done[n] = Result(experiments.CLAIMS[n].CLAIM,
                                      error=traceback.format_exc(limit=8))
-                if progress:
-                    print(_line(n, done[n]), file=sys.stderr, flush=True)
+                _finished(n, done[n], progress)
             if broken:
                 pool.shutdown(wait=False, cancel_futures=True)
                 pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
@@ -118,16 +141,15 @@ def reproduce(out: str | Path, mode: str = "quick", only: list[str] | None = Non
     out.mkdir(parents=True, exist_ok=True)
     n_seeds = seeds or {"smoke": 1, "quick": 2, "full": 5}[mode]
     jobs = min(jobs, len(names))
+    _in_order(names)  # an AFTER cycle stops here, before anything runs
     if jobs > 1:
         done = _run_parallel(names, out, mode, n_seeds, jobs, progress)
     else:
         done = {}
-        for name in names:
-            if progress:
-                print(f"[{name}] running …", file=sys.stderr, flush=True)
+        for name in _in_order(names):
+            _started(name, progress)
             done[name] = run_one(name, out, mode, n_seeds)
-            if progress:
-                print(_line(name, done[name]), file=sys.stderr, flush=True)
+            _finished(name, done[name], progress)
     results = [done[n] for n in names]
     meta = {"mode": mode, "seeds": n_seeds, "jobs": jobs,
             "date": datetime.date.today().isoformat(),
