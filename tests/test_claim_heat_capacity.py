@@ -1,5 +1,6 @@
 """Claim 2 (heat capacity, SPEC §4.2) at smoke budgets: structure, finite numbers, and the
-exact parts (predictions, optima) at their real tolerances."""
+exact parts (predictions, optima) at their real tolerances; judge() on hand-made numbers
+(PASS, FAIL, INCONCLUSIVE)."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def test_heat_capacity_claim_smoke(tmp_path):
 def test_diagonal_quadratic_prediction_is_exact():
     """The data are standardised so that σ_i² = h_i² v_i exactly: the probe's prediction
     tr Σ/(4B) equals the closed form's slope Σσ_i²/(4B) to rounding."""
-    x = hc._diag_data()
+    x = hc.diag_data()
     p = predict_heat_capacity(hc.diag_model(), hc.identity_loss, x,
                               torch.zeros(x.shape[0], dtype=torch.float64), hc.DIAG_B)
     s2 = hc.DIAG_H**2 * hc.DIAG_V
@@ -70,7 +71,7 @@ def test_diagonal_quadratic_prediction_is_exact():
 
 
 def test_fast_quadratic_form_equals_the_naive_loss():
-    model, lf, xin, y, extra = hc._problem("quadratic_deep")
+    model, lf, xin, y, extra = hc.problem("quadratic_deep")
     from sgdlab import data
 
     ds = data.load("quadratic_deep", seed=0)
@@ -87,7 +88,7 @@ def test_softmax_optimum_is_stationary():
     from sgdlab import data
 
     ds = data.load("digits", seed=0, flatten=True)
-    star, h_max = hc._softmax_optimum(ds.x_train, ds.y_train, 1e-2)
+    star, h_max = hc.softmax_optimum(ds.x_train, ds.y_train, 1e-2)
     model = torch.nn.Linear(64, 10).double()
     with torch.no_grad():
         model.weight.copy_(star["weight"])
@@ -98,3 +99,42 @@ def test_softmax_optimum_is_stationary():
     gnorm = math.sqrt(sum(float((p.grad**2).sum()) for p in model.parameters()))
     assert gnorm < 1e-10
     assert 1e-2 < h_max < 100 and np.isfinite(h_max)
+
+
+def _slope(ratio, half_width, converged=True):
+    """A hand-made slope result: the fit's ratio with a 95 % CI of ± ``half_width``."""
+    return {"predicted": 1.0, "measured": ratio, "measured_se": half_width / 2, "ratio": ratio,
+            "ratio_ci": [ratio - half_width, ratio + half_width], "in_fit": [True] * 4,
+            "etas": [0.1, 0.2, 0.4, 0.8], "fit_pvalue": 0.5, "converged": [converged] * 4}
+
+
+def _diag(ratio, ratio_se, converged=True):
+    return [{"eta": eta, "exact": 1.0, "excess": ratio, "se": ratio_se, "ratio": ratio,
+             "ratio_se": ratio_se, "converged": converged} for eta in hc.DIAG_ETAS]
+
+
+def _measured(ratio=1.0, half_width=0.01, diag_ratio=1.0, diag_se=0.002, converged=True):
+    return {"slopes": {n: _slope(ratio, half_width, converged) for n in hc.SLOPE_PROBLEMS},
+            "diag": _diag(diag_ratio, diag_se, converged), "t0": 0.0}
+
+
+def test_judge_pass():
+    checks = hc.judge(_measured())
+    assert [c.verdict for c in checks] == ["PASS"] * 4
+    assert [c.basis for c in checks] == ["notes"] * 3 + ["derived"]
+
+
+def test_judge_fail():
+    # 20 % above the prediction with a tight interval: outside every tolerance (5, 5, 15 %)
+    checks = hc.judge(_measured(ratio=1.2, diag_ratio=1.05))
+    assert [c.verdict for c in checks] == ["FAIL"] * 4
+    # within digits' 15 % but not the 5 % of the other two
+    mid = hc.judge(_measured(ratio=1.1))
+    assert [c.verdict for c in mid[:3]] == ["FAIL", "FAIL", "PASS"]
+
+
+def test_judge_inconclusive():
+    # a 95 % interval wider than the tolerance, or a run that is not stationary
+    wide = hc.judge(_measured(half_width=0.3, diag_se=0.05))
+    assert [c.verdict for c in wide] == ["INCONCLUSIVE"] * 4
+    assert [c.verdict for c in hc.judge(_measured(converged=False))] == ["INCONCLUSIVE"] * 4

@@ -29,11 +29,15 @@ the per-example gradients at Φ*, measures L(η) − L* with
 
 Verdict per check: INCONCLUSIVE when the 95 % interval of the ratio is wider than the
 tolerance on either side of the estimate, else PASS when |ratio − 1| ≤ tolerance, else FAIL.
+
+Budgets are data (:data:`BUDGETS`); :func:`measure` runs (and caches) every chain,
+:func:`judge` is a pure function of its output, :func:`figures` and :func:`notes` present it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +48,7 @@ from torch import nn
 
 from sgdlab import data
 from sgdlab.experiments.base import Check, Claim, Context, Result, worst_verdict
+from sgdlab.experiments.kit import run_claim
 from sgdlab.experiments.kit.problems import DiagonalQuadratic, identity_loss
 from sgdlab.experiments.kit.verdicts import interval
 
@@ -81,8 +86,11 @@ def _ce_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(out, y, reduction="none")
 
 
-def _problem(name: str) -> tuple[nn.Module, Callable, torch.Tensor, torch.Tensor, dict]:
-    """(model, per-example loss, x, y, extra) of one slope problem."""
+def problem(name: str) -> tuple[nn.Module, Callable, torch.Tensor, torch.Tensor, dict]:
+    """(model, per-example loss ℓ_b, x, y, extra) of one slope problem of SPEC §4.2 (a)–(c):
+    least squares on ``linreg`` (Φ* exact from the data set), ``quadratic_deep`` in its O(d)
+    form (:class:`_FastQuadratic`), softmax regression on ``digits`` (Φ* from
+    :func:`softmax_optimum`); ``extra`` holds Φ*, the exact L* or h_max where known."""
     if name == "least squares":
         ds = data.load("linreg", seed=0)
         torch.manual_seed(0)
@@ -112,12 +120,12 @@ def _problem(name: str) -> tuple[nn.Module, Callable, torch.Tensor, torch.Tensor
         except ImportError:  # pragma: no cover
             limit = contextlib.nullcontext()
         with limit:
-            star, h_max = _softmax_optimum(ds.x_train, ds.y_train, SLOPE_PROBLEMS[name][1])
+            star, h_max = softmax_optimum(ds.x_train, ds.y_train, SLOPE_PROBLEMS[name][1])
         return model, _ce_loss, ds.x_train, ds.y_train, {"phi_star": star, "h_max": h_max}
     raise KeyError(name)
 
 
-def _softmax_optimum(x: torch.Tensor, y: torch.Tensor, lam: float, classes: int = 10
+def softmax_optimum(x: torch.Tensor, y: torch.Tensor, lam: float, classes: int = 10
                      ) -> tuple[dict[str, torch.Tensor], float]:
     """Φ* of mean_b CE(Wx_b + c, y_b) + (λ/2)(‖W‖² + ‖c‖²) in float64 (scipy L-BFGS, then one
     Newton step with the exact Hessian) and the Hessian's top eigenvalue (λ included).
@@ -165,26 +173,36 @@ LADDERS = {"least squares": (0.005, 0.01, 0.02, 0.04, 0.08),
            "logistic (digits)": (0.01, 0.02, 0.04, 0.08)}
 
 
-def _slope_budget(ctx: Context, name: str) -> dict[str, Any]:
-    """Options for heat_capacity per mode and problem (quick: ≲ 40 s for the whole claim on
-    2 busy cores; full: a few minutes)."""
-    smoke = {"chains": 8, "rel_se": 0.2, "min_steps": 100, "max_steps": 200,
-             "fractions": (0.02, 0.04, 0.08), "adapt": False}
-    quick = {"least squares": (64, 0.03), "quadratic_deep": (32, 0.04),
-             "logistic (digits)": (16, 0.06)}[name]
-    full = {"least squares": (128, 0.01), "quadratic_deep": (64, 0.01),
-            "logistic (digits)": (16, 0.02)}[name]
-    chains, rel_se = ctx.budget(None, quick, full) or (0, 0.0)
-    # Chains start at Φ*, and a mode of curvature h relaxes as (1 − ηh)^{2t}; on digits h
-    # goes down to λ, and the stationarity tests pass long before those modes have risen
-    # (at η_min a 30 000-step run gave an excess 6% above the 4 200-step ladder run). Full mode
-    # therefore runs ≥ 4 e-folds of the slowest mode at η_min: 4/(2·η_min·λ) ≈ 16 500
-    # steps (h_max = 1.647, η_min = 0.01·2/h_max). Quick mode cannot afford it.
-    full_min = {"logistic (digits)": 16_500}.get(name, 500)
-    return ctx.budget(smoke, {"chains": chains, "rel_se": rel_se, "min_steps": 300,
-                              "max_steps": 60_000, "fractions": LADDERS[name], "adapt": True},
-                      {"chains": chains, "rel_se": rel_se, "min_steps": full_min,
-                       "max_steps": 200_000, "fractions": LADDERS[name], "adapt": True})
+# Chains start at Φ*, and a mode of curvature h relaxes as (1 − ηh)^{2t}; on digits h goes
+# down to λ, and the stationarity tests pass long before those modes have risen (at η_min a
+# 30 000-step run gave an excess 6% above the 4 200-step ladder run). Full mode therefore runs
+# ≥ 4 e-folds of the slowest mode at η_min: 4/(2·η_min·λ) ≈ 16 500 steps (h_max = 1.647,
+# η_min = 0.01·2/h_max). Quick mode cannot afford it.
+_SMOKE_SLOPE = {"chains": 8, "rel_se": 0.2, "min_steps": 100, "max_steps": 200,
+                "fractions": (0.02, 0.04, 0.08), "adapt": False}
+_QUICK_SLOPE = {"least squares": (64, 0.03), "quadratic_deep": (32, 0.04),
+                "logistic (digits)": (16, 0.06)}     # (chains, target relative se)
+_FULL_SLOPE = {"least squares": (128, 0.01), "quadratic_deep": (64, 0.01),
+               "logistic (digits)": (16, 0.02)}
+_FULL_MIN_STEPS = {"least squares": 500, "quadratic_deep": 500, "logistic (digits)": 16_500}
+
+#: Per mode: the options of :func:`~sgdlab.probes.stationary.heat_capacity` for each slope
+#: problem (quick: ≲ 40 s for the whole claim on 2 busy cores; full: a few minutes) and of
+#: :func:`~sgdlab.probes.stationary.stationary_loss` for the closed-form runs.
+BUDGETS: dict[str, dict[str, Any]] = {
+    "smoke": {"slope": {name: dict(_SMOKE_SLOPE) for name in LADDERS},
+              "diag": {"chains": 8, "rel_se": 0.2, "min_steps": 100, "max_steps": 200}},
+    "quick": {"slope": {name: {"chains": c, "rel_se": r, "min_steps": 300,
+                               "max_steps": 60_000, "fractions": LADDERS[name],
+                               "adapt": True}
+                        for name, (c, r) in _QUICK_SLOPE.items()},
+              "diag": {"chains": 32, "rel_se": 0.008, "max_steps": 60_000}},
+    "full": {"slope": {name: {"chains": c, "rel_se": r, "min_steps": _FULL_MIN_STEPS[name],
+                              "max_steps": 200_000, "fractions": LADDERS[name],
+                              "adapt": True}
+                       for name, (c, r) in _FULL_SLOPE.items()},
+             "diag": {"chains": 128, "rel_se": 0.003, "max_steps": 200_000}},
+}
 SLOPE_PROBLEMS = {
     # name: (batch size, weight decay, tolerance)
     "least squares": (10, 0.0, 0.05),
@@ -197,7 +215,7 @@ def _slope_run(name: str, budget: dict[str, Any], seed: int) -> dict[str, Any]:
     from sgdlab.probes.stationary import heat_capacity
 
     b, lam, _ = SLOPE_PROBLEMS[name]
-    model, lf, x, y, extra = _problem(name)
+    model, lf, x, y, extra = problem(name)
     star = extra.pop("phi_star", None)
     r = heat_capacity(model, lf, x, y, b, sampling="replacement", weight_decay=lam,
                       phi_star=star, h_max=extra.get("h_max"), seed=seed, **budget)
@@ -221,7 +239,9 @@ DIAG_B = 4
 DIAG_ETAS = (0.05, 0.2, 0.5)           # η·h_max = 0.1, 0.4, 1.0
 
 
-def _diag_data(n: int = 1000, seed: int = 0) -> torch.Tensor:
+def diag_data(n: int = 1000, seed: int = 0) -> torch.Tensor:
+    """The closed-form problem's data (SPEC §4.2 (d)): n points x_b ∈ R^4 standardised per
+    coordinate (mean 0, population variance v_i = DIAG_V) so that σ_i² = h_i² v_i exactly."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, DIAG_V.size, generator=g, dtype=torch.float64)
     x = x - x.mean(0)
@@ -236,7 +256,7 @@ def diag_model() -> DiagonalQuadratic:
 def _diag_run(eta: float, budget: dict[str, Any], seed: int) -> dict[str, Any]:
     from sgdlab.probes.stationary import quadratic_excess_loss, stationary_loss
 
-    x = _diag_data()
+    x = diag_data()
     y = torch.zeros(x.shape[0], dtype=torch.float64)
     l_star = float(0.5 * (DIAG_H * DIAG_V).sum())
     sigma2 = DIAG_H**2 * DIAG_V
@@ -260,23 +280,45 @@ def _judge(ratio: float, lo: float, hi: float, tol: float, stationary: bool = Tr
     return interval(ratio, lo, hi, 1.0, tol) if stationary else "INCONCLUSIVE"
 
 
-def run(ctx: Context) -> Result:
-    """Measure the claim; see the module docstring."""
+#: Tolerance of the closed-form check (d), at every η.
+DIAG_TOL = 0.02
+
+
+def measure(ctx: Context, budget: dict[str, Any]) -> dict[str, Any]:
+    """Every run of the claim, through ``ctx.cached`` (seed 0, sampling with replacement):
+    per slope problem (a)–(c) the heat_capacity ladder — L(η) − L* on η = f·2/h_max, the fit
+    c₁η + c₂η² and the prediction c₁ = tr Σ(Φ*)/(4B) (:func:`_slope_run`); for (d) the
+    stationary excess at each η of ``DIAG_ETAS`` with the exact Σ_i ησ_i²/(B(4 − 2ηh_i))
+    (:func:`_diag_run`). SPEC §4.2."""
     t0 = time.perf_counter()
-    res = Result(CLAIM)
     seed = 0
     slopes: dict[str, dict[str, Any]] = {}
-    budgets: dict[str, dict[str, Any]] = {}
-    for name, (b, lam, tol) in SLOPE_PROBLEMS.items():
-        budget = _slope_budget(ctx, name)
-        budgets[name] = budget
+    for name, (b, lam, _tol) in SLOPE_PROBLEMS.items():
+        sb = budget["slope"][name]
         key = {"claim": CLAIM.id, "part": "slope", "problem": name, "B": b, "lambda": lam,
-               "seed": seed, "sampling": "replacement", **budget}
-        r = ctx.cached(key, lambda name=name, budget=budget: _slope_run(name, budget, seed))
-        slopes[name] = r
+               "seed": seed, "sampling": "replacement", **sb}
+        slopes[name] = ctx.cached(key, lambda name=name, sb=sb: _slope_run(name, sb, seed))
+    dbudget = budget["diag"]
+    diag = []
+    for eta in DIAG_ETAS:
+        key = {"claim": CLAIM.id, "part": "closed form", "eta": eta, "B": DIAG_B,
+               "h": DIAG_H, "v": DIAG_V, "seed": seed, **dbudget}
+        diag.append(ctx.cached(key, lambda eta=eta: _diag_run(eta, dbudget, seed)))
+    return {"slopes": slopes, "diag": diag, "t0": t0}
+
+
+def judge(m: dict[str, Any]) -> list[Check]:
+    """Pure. Per slope problem: the ratio c₁(measured)/(tr Σ/(4B)) against 1 within its
+    tolerance (5 %, 5 %, 15 %) by the kit's interval rule on its 95 % CI, INCONCLUSIVE when a
+    fitted η's run is not stationary; the closed form (derived): every η's
+    excess/exact within 2 % (95 % interval ratio ± z₀.₉₇₅·se), the worst verdict over η.
+    SPEC §4.2."""
+    checks = []
+    for name, (b, lam, tol) in SLOPE_PROBLEMS.items():
+        r = m["slopes"][name]
         lo, hi = r["ratio_ci"]
         reg = f", λ = {lam:g}" if lam else ""
-        res.checks.append(Check(
+        checks.append(Check(
             f"slope: {name}",
             f"c₁ = tr Σ(Φ*)/(4B) = {r['predicted']:.5g} (B = {b}{reg})",
             f"c₁ = {r['measured']:.5g} ± {r['measured_se']:.2g}; ratio {r['ratio']:.3f} "
@@ -286,43 +328,44 @@ def run(ctx: Context) -> Result:
             _judge(r["ratio"], lo, hi, tol, stationary=all(
                 c for c, f in zip(r["converged"], r["in_fit"], strict=True) if f)),
             {**r, "tolerance": tol}))
-    # closed form on the diagonal quadratic
-    dbudget = ctx.budget({"chains": 8, "rel_se": 0.2, "min_steps": 100, "max_steps": 200},
-                         {"chains": 32, "rel_se": 0.008, "max_steps": 60_000},
-                         {"chains": 128, "rel_se": 0.003, "max_steps": 200_000})
-    diag = []
-    for eta in DIAG_ETAS:
-        key = {"claim": CLAIM.id, "part": "closed form", "eta": eta, "B": DIAG_B,
-               "h": DIAG_H, "v": DIAG_V, "seed": seed, **dbudget}
-        diag.append(ctx.cached(key, lambda eta=eta: _diag_run(eta, dbudget, seed)))
-    tol = 0.02
+    diag, tol = m["diag"], DIAG_TOL
     per = [_judge(d["ratio"], d["ratio"] - Z95 * d["ratio_se"],
                   d["ratio"] + Z95 * d["ratio_se"], tol, stationary=d["converged"])
            for d in diag]
-    overall = worst_verdict(per)
-    res.checks.append(Check(
+    checks.append(Check(
         "closed form: diagonal quadratic",
         "Σ_i ησ_i²/(B(4 − 2ηh_i)): " + ", ".join(
             f"{d['exact']:.4g} at η = {d['eta']:g}" for d in diag),
         "; ".join(f"η = {d['eta']:g}: {d['excess']:.4g} ± {d['se']:.2g} "
                   f"(ratio {d['ratio']:.4f} ± {d['ratio_se']:.4f})" for d in diag),
-        f"every η within {tol:.0%} (INCONCLUSIVE if a 95% CI is wider)", overall,
+        f"every η within {tol:.0%} (INCONCLUSIVE if a 95% CI is wider)", worst_verdict(per),
         {"points": diag, "verdicts": per, "h": DIAG_H, "v": DIAG_V, "B": DIAG_B,
          "tolerance": tol}, basis="derived"))
-    res.figures.append(_figure(ctx, slopes, diag))
-    res.notes.append(
+    return checks
+
+
+def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
+    """The ladders with their tangents and fits; the diagonal quadratic against its closed
+    form (:func:`_figure`)."""
+    return [_figure(ctx, m["slopes"], m["diag"])]
+
+
+def notes(ctx: Context, m: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    """The probe and its budgets, the problems, the digits relaxation caveat, the runs that
+    did not pass the stationarity tests, wall time."""
+    budgets, slopes, diag = budget["slope"], m["slopes"], m["diag"]
+    out = [
         "Slopes: heat_capacity from probes.stationary (float64, sampling with replacement, "
         "target relative se per η of the excess loss, refit without the largest η while the "
         "quadratic fit is rejected at p < 0.01); budgets: " + "; ".join(
             f"{n}: {bu['chains']} chains, rel. se {bu['rel_se']:g}, ladder "
-            f"{tuple(bu['fractions'])}·2/h_max" for n, bu in budgets.items()) + ".")
-    res.notes.append(
+            f"{tuple(bu['fractions'])}·2/h_max" for n, bu in budgets.items()) + ".",
         "quadratic_deep uses the O(d)-per-example form ½ΦᵀQΦ − Φᵀ(Qx_b) + ½x_bᵀQx_b of "
         "½(Φ − x_b)ᵀQ(Φ − x_b); digits uses a linear softmax model (650 parameters) with "
         "coupled L2 λ = 1e-2 on weights and bias, Φ* by scipy L-BFGS plus a Newton step and "
-        "h_max from the exact Hessian.")
+        "h_max from the exact Hessian."]
     dig = budgets["logistic (digits)"]
-    res.notes.append(
+    out.append(
         f"digits: chains start at Φ* and modes with h near λ = 1e-2 relax over ~1/(2ηλ) "
         f"steps; this run used ≥ {dig['min_steps']} steps per η"
         + (" (≈ 4 e-folds at the smallest η)." if dig["min_steps"] >= 10_000 else
@@ -332,11 +375,17 @@ def run(ctx: Context) -> Result:
     not_conv = [n for n, r in slopes.items() if not all(r["converged"])]
     not_conv += [f"diagonal η = {d['eta']:g}" for d in diag if not d["converged"]]
     if not_conv:
-        res.notes.append("Stationarity tests (burn-in, τ_int, Geweke, precision) not all "
-                         "passed within the step limit for: " + ", ".join(not_conv)
-                         + "; a check that uses such a run is INCONCLUSIVE.")
-    res.notes.append(f"wall time {time.perf_counter() - t0:.1f} s (mode {ctx.mode})")
-    return res
+        out.append("Stationarity tests (burn-in, τ_int, Geweke, precision) not all "
+                   "passed within the step limit for: " + ", ".join(not_conv)
+                   + "; a check that uses such a run is INCONCLUSIVE.")
+    out.append(f"wall time {time.perf_counter() - m['t0']:.1f} s (mode {ctx.mode})")
+    return out
+
+
+def run(ctx: Context) -> Result:
+    """Measure, judge, present (see the module docstring) through the kit's
+    :func:`~sgdlab.experiments.kit.run_claim`."""
+    return run_claim(sys.modules[__name__], ctx)
 
 
 def _figure(ctx: Context, slopes: dict[str, dict[str, Any]], diag: list[dict[str, Any]]
