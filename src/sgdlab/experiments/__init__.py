@@ -13,6 +13,7 @@ from sgdlab.experiments import (
     batch_size,
     best_lr_momentum,
     fast_equilibrium,
+    gd_weight_decay,
     gradient_flow,
     heat_capacity,
     intrinsic_lr,
@@ -39,7 +40,7 @@ CLAIMS: dict[str, ModuleType] = {
               adam_bias, robbins_monro, snr_sgd, swa, recipe_claim, leaves_optimum,
               small_steps, stationarity_identity, progress_per_example,
               adam_rmsprop, fast_equilibrium, last_decay, gradient_flow, small_lr_longer,
-              rise_after_decay, best_lr_momentum, sgd_vs_gd)
+              gd_weight_decay, rise_after_decay, best_lr_momentum, sgd_vs_gd)
 }
 
 
