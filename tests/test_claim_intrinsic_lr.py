@@ -214,13 +214,13 @@ def test_gamma_corrected_relaxation_and_decay_judges():
                          {"pooled_tau": {str(el): t for el, t in zip(ladder, taus, strict=True)},
                           "window_too_early": early}, basis="derived")
 
-    c = ilr._check_relaxation_gamma(relax(exact), gam, ladder)
+    c = ilr.check_relaxation_gamma(relax(exact), gam, ladder)
     assert c.verdict == "PASS" and np.allclose(c.numbers["ratio"], 1.0)
-    assert ilr._check_relaxation_gamma(relax([1.1 * t for t in exact]), gam,
-                                       ladder).verdict == "PASS"
-    assert ilr._check_relaxation_gamma(relax([1.3 * t for t in exact]), gam,
+    assert ilr.check_relaxation_gamma(relax([1.1 * t for t in exact]), gam,
+                                      ladder).verdict == "PASS"
+    assert ilr.check_relaxation_gamma(relax([1.3 * t for t in exact]), gam,
                                        ladder).verdict == "FAIL"
-    assert ilr._check_relaxation_gamma(relax(exact, early=True), gam,
+    assert ilr.check_relaxation_gamma(relax(exact, early=True), gam,
                                        ladder).verdict == "INCONCLUSIVE"
     # decay: η_e ∝ (ηλ)^0.6 here, so the ratio between ηλ = 1e-2 and 1e-3 is 10^0.6 (the
     # lower one extrapolated below the ladder)
@@ -232,9 +232,96 @@ def test_gamma_corrected_relaxation_and_decay_judges():
                                     {"layer": 1, "ratio": ratio, "ratio_se": se}],
                           "window_too_early": False})
 
-    d = ilr._check_decay_from_ladder(c4(pred, 0.01), gam, ladder)
+    d = ilr.check_decay_from_ladder(c4(pred, 0.01), gam, ladder)
     assert d.verdict == "PASS" and d.numbers["table"][0]["predicted"] == pytest.approx(pred)
     assert d.numbers["table"][0]["ηλ/10"] == "extrapolated"
-    assert ilr._check_decay_from_ladder(c4(1.3 * pred, 0.01), gam, ladder).verdict == "FAIL"
-    assert ilr._check_decay_from_ladder(c4(1.1 * pred, 0.2), gam,
+    assert ilr.check_decay_from_ladder(c4(1.3 * pred, 0.01), gam, ladder).verdict == "FAIL"
+    assert ilr.check_decay_from_ladder(c4(1.1 * pred, 0.2), gam,
                                         ladder).verdict == "INCONCLUSIVE"
+
+
+def _measured(t=(1500, 1250, 2500), u_factor=1.0, tau_power=1.0, decay_factor=1.0,
+              equal_shift=0.0, seeds=4, spread=0.01):
+    """What measure() returns, made by hand from the constant-G theory (G = 2 on both
+    layers): ‖w‖⁴ = u_factor·ηG/(λ(2 − ηλ)), kick τ = (1/(4ηλ))·(ηλ/4e-3)^(tau_power − 1) (so
+    the log-log slope is −tau_power), the decay's effective LR ratio decay_factor × the
+    theory's, train loss 0.5 + 10ηλ (+ equal_shift for the largest equal-ηλ η); seed spread
+    ``spread`` (relative). Window starts at 60 %, 70 %, 60 % of the phase lengths ``t``."""
+    rng = np.random.default_rng(0)
+    ladder, g = [2e-3, 4e-3, 1e-2, 2e-2], 2.0
+    cfgs = ilr._configs(tuple(ladder))
+    a1, a2, a3 = int(0.6 * t[0]), int(0.7 * t[1]), int(0.6 * t[2])
+
+    def noisy(v):
+        return float(v * (1 + spread * rng.standard_normal()))
+
+    rows, losses, fits, decay = [], [], [], []
+    for lr, wd in cfgs:
+        el = lr * wd
+        for s in range(seeds):
+            shift = equal_shift if math.isclose(el, 4e-3) and lr == 0.2 else 0.0
+            losses.append({"lr": lr, "weight_decay": wd, "seed": s, "diverged": False,
+                           "train_loss": noisy(0.5 + 10 * el) + shift, "test_acc": 0.6})
+            for li in range(2):
+                pred = ilr.equilibrium_u(lr, wd, g)
+                x = math.sqrt(pred)
+                rows.append({"phase": "from init", "lr": lr, "weight_decay": wd, "seed": s,
+                             "layer": li, "window_start": a1,
+                             "tau_pred": ilr.relaxation_time(lr, wd), "u": noisy(u_factor * pred),
+                             "G": g, "pred": pred, "eff_lr": lr / x,
+                             "angle_rms": math.sqrt(2 * el), "identity": 1.0, "cos_max": 1e-7})
+    for el in ladder:
+        for direction in ("up", "down"):
+            for li in range(2):
+                tau = 1 / (4 * el) * (el / 4e-3) ** (tau_power - 1)
+                fits.append({"el": el, "direction": direction, "layer": li,
+                             "tau_pred": ilr.relaxation_time(ilr.ETA, el / ilr.ETA),
+                             "window_start": a2, "G_first_tau_over_final": 1.0,
+                             "tau": noisy(tau), "n": 50.0, "t_hit": 2 * tau})
+    wd = ilr.DECAY_EL / ilr.ETA
+    for s in range(seeds):
+        for li in range(2):
+            pre = ilr.ETA / math.sqrt(ilr.equilibrium_u(ilr.ETA, wd, g))
+            ratio = decay_factor * ilr.decay_ratio(ilr.ETA, wd, 0.1, g, g)
+            post = noisy(pre / ratio)
+            rows.append({"phase": "after ×0.1 decay", "lr": ilr.ETA / 10, "weight_decay": wd,
+                         "seed": s, "layer": li, "window_start": a3,
+                         "tau_pred": ilr.relaxation_time(ilr.ETA / 10, wd), "u": 1.0,
+                         "G": g, "pred": 1.0, "eff_lr": post, "angle_rms": 0.01,
+                         "identity": 1.0, "cos_max": 1e-7})
+            decay.append({"seed": s, "layer": li, "eff_pre": pre, "eff_post": post,
+                          "eff_first": pre / 10, "G_pre": g, "G_post": g})
+    out = {"rows": rows, "losses": losses, "fits": fits, "decay": decay,
+           "windows": {"t1": a1, "t2": a2, "t3": a3}, "configs": cfgs, "diverged": False}
+    b = {**ilr.BUDGETS["quick"], "t1": t[0], "t2": t[1], "t3": t[2], "seeds": seeds}
+    return {"budget": b, "equiv_steps": 200, "out": out,
+            "max_dev_by_k": {0.1: 1e-14, 4.0: 1e-14, 100.0: 1e-13}}
+
+
+def test_judge_pass():
+    checks = ilr.judge(_measured())
+    assert [c.name for c in checks] == NAMES and [c.basis for c in checks] == BASES
+    assert [c.verdict for c in checks] == ["PASS"] * 9, [(c.name, c.measured) for c in checks]
+    assert not any(c.finding for c in checks)
+
+
+def test_judge_fail():
+    # ‖w‖⁴ 30 % off; τ ∝ (ηλ)^−0.2; the decay ratio 30 % off √10 and the theory; one equal-ηλ
+    # configuration's loss far from the others; the equivalence broken
+    m = _measured(u_factor=1.3, tau_power=0.2, decay_factor=1.3, equal_shift=0.05)
+    m["max_dev_by_k"][4.0] = 1e-3
+    v = {c.name: c.verdict for c in ilr.judge(m)}
+    assert set(v.values()) == {"FAIL"}, v
+    # with G constant the order check (−1 ± 0.5) holds while the constant-G slope fails
+    m = _measured(tau_power=0.7)
+    checks = ilr.judge(m)
+    assert [c.verdict for c in checks[2:4]] == ["PASS", "FAIL"]
+    assert "constant G" in checks[3].finding
+
+
+def test_judge_inconclusive():
+    # windows that start before 6 relaxation times cannot decide
+    v = [c.verdict for c in ilr.judge(_measured(t=(200, 200, 200)))]
+    assert v[0] == "PASS" and set(v[1:]) == {"INCONCLUSIVE"}, v
+    # seeds too noisy to resolve the ladder neighbours of ηλ = 4e-3: no power
+    assert ilr.judge(_measured(spread=0.3))[8].verdict == "INCONCLUSIVE"

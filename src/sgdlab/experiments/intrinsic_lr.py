@@ -86,11 +86,16 @@ a window that starts before 6 predicted relaxation times makes its check INCONCL
 Figures: the kick relaxation |d̄| against 4ηλ·t (all ηλ collapse onto e^{−x} if τ = 1/(4ηλ));
 the decay run's effective LR with the pre-decay level, /10 and /√10 marked; measured ‖w‖⁴
 against the prediction.
+
+Budgets are data (:data:`BUDGETS`); :func:`measure` runs everything (the training phases
+cached), :func:`judge` is a pure function of its output, :func:`figures` and :func:`notes`
+present it.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -103,10 +108,11 @@ from sgdlab.experiments.base import (
     Claim,
     Context,
     Result,
-    single_threaded,
     verdict,
     worst_verdict,
 )
+from sgdlab.experiments.kit import run_claim
+from sgdlab.experiments.kit.budgets import resolve_seeds
 from sgdlab.experiments.kit.verdicts import band
 
 CLAIM = Claim("5-intrinsic-lr", "Intrinsic learning rate",
@@ -289,15 +295,19 @@ def _window_stats(rec: dict[str, np.ndarray], a: int, lr: np.ndarray, wd: np.nda
 # ---------------------------------------------------------------------------------------------
 
 
-def _budget(ctx: Context) -> dict[str, Any]:
-    ladder = (2e-3, 4e-3, 1e-2, 2e-2)
-    return ctx.budget(
-        {"seeds": 2, "kick_seeds": 1, "ladder": ladder, "t1": 200, "t2": 200, "t3": 200,
-         "eval_every": 50, "equiv_steps": 20},
-        {"seeds": 4, "kick_seeds": 2, "ladder": ladder, "t1": 1500, "t2": 1250, "t3": 2500,
-         "eval_every": 50, "equiv_steps": 200},
-        {"seeds": max(8, ctx.seeds), "kick_seeds": max(8, ctx.seeds), "ladder": (1e-3, *ladder),
-         "t1": 3000, "t2": 2500, "t3": 5000, "eval_every": 50, "equiv_steps": 1000})
+_LADDER = (2e-3, 4e-3, 1e-2, 2e-2)
+#: Per mode: seeds (phases 1, 3), kick seeds (phase 2), the ηλ ladder at η = ETA, phase
+#: lengths t1–t3, the evaluation interval and the steps of the float64 equivalence test;
+#: full takes max(8, --seeds) seeds (``min_…``, :func:`~sgdlab.experiments.kit.budgets.
+#: resolve_seeds`).
+BUDGETS: dict[str, dict[str, Any]] = {
+    "smoke": {"seeds": 2, "kick_seeds": 1, "ladder": _LADDER, "t1": 200, "t2": 200,
+              "t3": 200, "eval_every": 50, "equiv_steps": 20},
+    "quick": {"seeds": 4, "kick_seeds": 2, "ladder": _LADDER, "t1": 1500, "t2": 1250,
+              "t3": 2500, "eval_every": 50, "equiv_steps": 200},
+    "full": {"min_seeds": 8, "min_kick_seeds": 8, "ladder": (1e-3, *_LADDER), "t1": 3000,
+             "t2": 2500, "t3": 5000, "eval_every": 50, "equiv_steps": 1000},
+}
 
 
 def _configs(ladder: tuple[float, ...]) -> list[tuple[float, float]]:
@@ -453,59 +463,92 @@ def _mean_se(vals: list[float]) -> tuple[float, float]:
 
 
 
-@single_threaded
-def run(ctx: Context) -> Result:
-    """Measure the claim (one torch thread); see the module docstring."""
-    res = Result(CLAIM)
-    b = _budget(ctx)
-
-    # 1. exact equivalence
-    steps = b["equiv_steps"]
+def equivalence(steps: int) -> dict[str, float]:
+    """Check 1's measurement (SPEC §4.5): the largest |Δ| between the per-layer unit
+    directions of (η, λ, Φ₀) = (0.1, 5e-4, Φ₀) and (kη, λ/k, √kΦ₀) over ``steps`` steps of
+    torch's SGD in float64 on the same batches, for k ∈ {0.1, 4, 100} (0 in exact
+    arithmetic)."""
     base = _directions(0.1, 5e-4, 1.0, steps, seed=0)
     worst = {}
     for k in (0.1, 4.0, 100.0):
         other = _directions(0.1 * k, 5e-4 / k, math.sqrt(k), steps, seed=0)
         worst[k] = float(np.max(np.abs(other - base)))
-    dev = max(worst.values())
-    res.checks.append(Check(
-        "exact equivalence", "identical per-layer directions at every step",
-        f"max |Δ direction| over {steps} steps, k ∈ {{0.1, 4, 100}}: {dev:.1e}",
-        "1e-10 (float64)", verdict(dev < 1e-10), {"max_dev_by_k": worst}))
+    return worst
 
+
+def measure(ctx: Context, budget: dict[str, Any]) -> dict[str, Any]:
+    """The float64 equivalence test (not cached: seconds) and the three training phases of
+    the module docstring (one cached entry, :func:`_train`): ``budget`` (resolved),
+    ``equiv_steps``, ``max_dev_by_k``, ``out``. SPEC §4.5."""
+    b = resolve_seeds(budget, ctx.seeds)
+    worst = equivalence(b["equiv_steps"])
     ds = data.load("mnist1d", seed=0)
     key = {"claim": CLAIM.id, "part": "runs", "eta": ETA, "equal": EQUAL, "decay_el": DECAY_EL,
            "kick": KICK, "width": WIDTH, "batch": BATCH, "v": 1, **b}
     out = ctx.cached(key, lambda: _train(ds, b))
-    res.checks.append(_check_equilibrium(out))
+    return {"budget": b, "equiv_steps": b["equiv_steps"], "max_dev_by_k": worst, "out": out}
+
+
+def judge(m: dict[str, Any]) -> list[Check]:
+    """The nine checks of the module docstring from :func:`measure`'s output; pure. Numbers
+    cleaned for the report (non-finite → None)."""
+    b, out, worst = m["budget"], m["out"], m["max_dev_by_k"]
+    dev = max(worst.values())
+    checks = [Check(
+        "exact equivalence", "identical per-layer directions at every step",
+        f"max |Δ direction| over {m['equiv_steps']} steps, k ∈ {{0.1, 4, 100}}: {dev:.1e}",
+        "1e-10 (float64)", verdict(dev < 1e-10), {"max_dev_by_k": dict(worst)})]
+    checks.append(_check_equilibrium(out))
     ladder = list(b["ladder"])
     gam = ladder_gamma(out["rows"], ladder)
     relax = _check_relaxation(out, b)
-    res.checks.append(_check_order(relax))
+    checks.append(_check_order(relax))
     if relax.verdict == "FAIL":
         relax.finding = (f"the slope −1 of τ against ηλ assumes a constant G (measured "
                          f"{relax.numbers['slope']:.2f}; G changes with the effective LR)")
-    res.checks += [relax, _check_relaxation_gamma(relax, gam, ladder)]
+    checks += [relax, check_relaxation_gamma(relax, gam, ladder)]
     c4, c5 = _check_decay(out)
     if c4.verdict == "FAIL":
         c4.finding = "the notes' √10 after a ×0.1 decay assumes a constant G" + (
             "; with the measured G the ratio agrees" if c5.verdict == "PASS" else "")
-    res.checks += [c4, c5, _check_decay_from_ladder(c4, gam, ladder)]
-    res.checks.append(_check_equal(out))
-    for c in res.checks:
+    checks += [c4, c5, check_decay_from_ladder(c4, gam, ladder)]
+    checks.append(_check_equal(out))
+    for c in checks:
         c.numbers = _clean(c.numbers)
-    res.notes.append(
+    return checks
+
+
+def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
+    """The kick relaxations, the decay run's effective LR, ‖w‖⁴ against the prediction
+    (:func:`_figures`); a figure that fails is named in the notes instead of taking the
+    verdicts down."""
+    try:
+        return _figures(ctx, m["out"], m["budget"])
+    except Exception as exc:  # a figure must not take the verdicts down
+        m["figure_error"] = repr(exc)
+        return []
+
+
+def notes(ctx: Context, m: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    """The workload, divergences, a failed figure."""
+    b, out = m["budget"], m["out"]
+    res = [
         f"Workload: MNIST-1D, scale-invariant MLP 2×{WIDTH} (normalised, fixed head), SGD with "
         f"coupled weight decay, B = {BATCH} with replacement, float32, {b['seeds']} seeds; "
         f"phase lengths {b['t1']} (from init), {b['t2']} (kick), {b['t3']} (after decay) "
-        f"steps; ηλ ladder {', '.join(f'{e:g}' for e in b['ladder'])} at η = {ETA:g}.")
+        f"steps; ηλ ladder {', '.join(f'{e:g}' for e in b['ladder'])} at η = {ETA:g}."]
     if out.get("diverged"):
-        res.notes.append("Some run diverged (non-finite loss); it is frozen and its numbers "
-                         "are NaN.")
-    try:
-        res.figures += _figures(ctx, out, b)
-    except Exception as exc:  # a figure must not take the verdicts down
-        res.notes.append(f"figures failed: {exc!r}")
+        res.append("Some run diverged (non-finite loss); it is frozen and its numbers "
+                   "are NaN.")
+    if "figure_error" in m:
+        res.append(f"figures failed: {m['figure_error']}")
     return res
+
+
+def run(ctx: Context) -> Result:
+    """Measure, judge, present (see the module docstring) through the kit's
+    :func:`~sgdlab.experiments.kit.run_claim`."""
+    return run_claim(sys.modules[__name__], ctx)
 
 
 def _check_equilibrium(out: dict[str, Any]) -> Check:
@@ -627,10 +670,12 @@ def ladder_gamma(rows: list[dict[str, Any]], ladder: list[float]) -> dict[int, d
     return out
 
 
-def _check_relaxation_gamma(relax: Check, gam: dict[int, dict[str, list]],
+def check_relaxation_gamma(relax: Check, gam: dict[int, dict[str, list]],
                             ladder: list[float]) -> Check:
-    """SPEC §4.5's corrected rate: τ = 1/(4ηλ(1 − γ/2)) per layer, pooled over layers as the
-    measurement is (geometric mean), against the pooled τ of the kicks."""
+    """SPEC §4.5's corrected rate: τ = 1/(4ηλ(1 − γ/2)) per layer (γ from
+    :func:`ladder_gamma`), pooled over layers as the measurement is (geometric mean), against
+    the pooled τ of the kicks in ``relax`` (check 3b's numbers): within 20 % at every ladder
+    point, INCONCLUSIVE when a τ is undefined or the kick windows start too early."""
     pooled = [relax.numbers["pooled_tau"][str(el)] for el in ladder]
     preds, ratios, verds = [], [], []
     for i, el in enumerate(ladder):
@@ -657,11 +702,12 @@ def _check_relaxation_gamma(relax: Check, gam: dict[int, dict[str, list]],
          "verdicts": verds}, basis="derived")
 
 
-def _check_decay_from_ladder(c4: Check, gam: dict[int, dict[str, list]],
+def check_decay_from_ladder(c4: Check, gam: dict[int, dict[str, list]],
                              ladder: list[float]) -> Check:
     """SPEC §4.5: the decay ratio η_e,eq(ηλ)/η_e,eq(ηλ/10) read from the from-init equilibria
     at the two ηλ (the lower one extrapolated in log-log from the two lowest ladder points
-    when it is below the ladder), against the measured ratio of the ×0.1 decay."""
+    when it is below the ladder), against the measured ratio of the ×0.1 decay in ``c4``
+    (check 4's numbers): kit band, seed mean ± 2 se within 10 % per layer."""
     lo, hi = DECAY_EL / 10, DECAY_EL
     table, verds = [], []
     x = np.log(ladder)
