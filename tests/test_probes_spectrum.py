@@ -137,6 +137,14 @@ def test_top_k_eigenvalues(problem, method):
     print(f"{name} {method}: top-{k} max rel err {float(rel):.2e}, {res.hvps} HVPs")
 
 
+@pytest.mark.parametrize("method", ["lanczos", "eigsh"])
+def test_largest_magnitude(problem, method):
+    _, model, x, y, h, eigs = problem
+    res = top_eigenvalues(model, ce, x, y, k=3, which="LM", method=method, seed=4)
+    want = eigs[eigs.abs().argsort(descending=True)[:3]]
+    torch.testing.assert_close(res.eigenvalues, want, rtol=1e-6, atol=0)
+
+
 def test_top_eigenvalue_matches_data_iterable(problem):
     _, model, x, y, h, eigs = problem
     batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, x.shape[0], 16)]
@@ -170,12 +178,18 @@ def test_hutchinson_within_three_se(problem):
     # the se is the real spread: Var vᵀHv = 2(‖H‖_F² − Σ H_jj²) for Rademacher v
     sd = math.sqrt(2 * (tr2 - float((torch.diagonal(h) ** 2).sum())))
     assert res.trace_se * math.sqrt(200) == pytest.approx(sd, rel=0.25)
+    # side by side in vmapped backwards: the same vectors, the same numbers
+    res7 = hessian_trace(model, ce, x, y, samples=200, seed=0, batch=7)
+    assert res7.trace == pytest.approx(res.trace, rel=1e-10)
+    assert res7.trace_sq == pytest.approx(res.trace_sq, rel=1e-10)
 
 
 def test_slq_moments(problem):
     name, model, x, y, h, eigs = problem
     n = h.shape[0]
     res = spectral_density(model, ce, x, y, iters=40, runs=16, seed=0)
+    side = spectral_density(model, ce, x, y, iters=40, runs=16, seed=0, batch=6)
+    torch.testing.assert_close(side.moments, res.moments, rtol=1e-9, atol=1e-12)
     want1, want2 = float(eigs.mean()), float((eigs ** 2).mean())
     assert res.hvps == 40 * 16 and res.ritz_values.shape == (16, 40)
     torch.testing.assert_close(res.weights.sum(1), torch.ones(16, dtype=torch.float64))
@@ -219,6 +233,8 @@ def test_bad_arguments():
     model, x, y = _problem("mlp")
     with pytest.raises(ValueError, match="k must be"):
         top_eigenvalues(model, ce, x, y, k=0)
+    with pytest.raises(ValueError, match="which must be"):
+        top_eigenvalues(model, ce, x, y, which="SA")
     with pytest.raises(ValueError, match="method must be"):
         top_eigenvalues(model, ce, x, y, method="power")
     with pytest.raises(ValueError, match="samples must be"):
