@@ -58,10 +58,12 @@ bench: setup
 	$(PY) benchmarks/monitor_overhead.py
 	$(PY) benchmarks/sweep.py
 
-# Optional baselines for benchmarks/probes_overhead.py. --no-deps: BackPACK declares
-# torchvision, which would replace the pinned torch; it imports fine without it.
+# Optional baselines for benchmarks/probes_overhead.py and benchmarks/curvature.py. --no-deps:
+# BackPACK declares torchvision, which would replace the pinned torch; it imports fine without
+# it. PyHessian (0.1) declares nothing it needs beyond torch and numpy.
 bench-extras: setup
 	$(PY) -m pip install -q --no-deps backpack-for-pytorch einops unfoldNd opacus opt_einsum
+	$(PY) -m pip install -q --no-deps pyhessian
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
