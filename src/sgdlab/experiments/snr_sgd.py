@@ -81,12 +81,16 @@ ends below tuned SGD; (4) on the rotated one it slows down: its final excess is 
 own on the axis-aligned problem (and the numbers say whether it still beats SGD there).
 Check 5 records who wins each workload (final metric, steps and seconds to target); it
 passes when every planned run of this budget produced a result (a divergence is a result).
+
+Budgets are data (:data:`BUDGETS`); :func:`measure` runs (and caches) everything,
+:func:`judge` is a pure function of its output, :func:`figures` and :func:`notes` present it.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -103,11 +107,12 @@ from sgdlab.experiments.base import (
     Claim,
     Context,
     Result,
-    single_threaded,
     verdict,
     worst_verdict,
 )
-from sgdlab.experiments.kit.verdicts import direction, near
+from sgdlab.experiments.kit import run_claim
+from sgdlab.experiments.kit.budgets import resolve_seeds
+from sgdlab.experiments.kit.verdicts import at_most, direction, near
 
 CLAIM = Claim("9-snr-sgd", "snr_sgd: the notes' per-coordinate algorithm",
               "snr_sgd's per-coordinate B* matches 16σ²/G² where σ and G are known, and it is "
@@ -293,30 +298,48 @@ def estimator_run(prob: dict[str, np.ndarray], replicas: int, steps: int, seed: 
             "snapshots": len(logs), "replicas": replicas, "steps": steps}
 
 
-def _part1(ctx: Context, res: Result) -> dict[str, Any]:
-    replicas = ctx.budget(64, 256, 512)
-    steps = ctx.budget(1500, 8000, 30000)
+def measure_part1(ctx: Context, budget: dict[str, Any]) -> dict[str, Any]:
+    """Part 1's run (cached): :func:`estimator_run` on :func:`stream_problem` with the
+    budget's replicas and steps; with the problem's true B* and the seconds it took."""
+    replicas, steps = budget["replicas"], budget["steps"]
     prob = stream_problem()
     key = {"claim": CLAIM.id, "part": 1, "replicas": replicas, "steps": steps, "v": VERSION,
            "rho": P1_RHO, "B": P1_BATCH, "N": P1_N, "seed": P1_SEED}
     t0 = time.perf_counter()
     out = ctx.cached(key, lambda: estimator_run(prob, replicas, steps))
-    seconds = time.perf_counter() - t0
-    rho = prob["bstar"] / P1_BATCH
-    log_ratio = np.asarray(out["log_bstar"]) - np.log(prob["bstar"])
-    se = np.asarray(out["log_bstar_se"])
-    inside = (rho >= 1 / W_MAX * (1 - 1e-9)) & (rho <= 1 / W_MIN * (1 + 1e-9))
+    return {"out": out, "bstar": prob["bstar"], "steps": steps,
+            "seconds": time.perf_counter() - t0}
+
+
+def part1_arrays(p1: dict[str, Any]) -> dict[str, np.ndarray]:
+    """From :func:`measure_part1`'s output: the true B*/B per coordinate (``rho``), snr_sgd's
+    log(B*_est/B*) and its se, the oracle window's log ratio (``fixed``) and the mask of the
+    coordinates inside the window range 1/w_max ≤ B*/B ≤ 1/w_min (SPEC §4.9 (i))."""
+    out, bstar = p1["out"], p1["bstar"]
+    rho = bstar / P1_BATCH
+    return {"rho": rho, "log_ratio": np.asarray(out["log_bstar"]) - np.log(bstar),
+            "se": np.asarray(out["log_bstar_se"]),
+            "fixed": np.asarray(out["log_bstar_fixed_window"]) - np.log(bstar),
+            "inside": (rho >= 1 / W_MAX * (1 - 1e-9)) & (rho <= 1 / W_MIN * (1 + 1e-9))}
+
+
+def judge_part1(p1: dict[str, Any]) -> list[Check]:
+    """Check 1 (notes): the median |log(B*_est/B*)| inside the window range ≤ 0.1 at ±2 se;
+    and the derived window-bias check (:func:`check_bias`). Pure."""
+    out, steps, seconds = p1["out"], p1["steps"], p1["seconds"]
+    arr = part1_arrays(p1)
+    rho, log_ratio, se, fixed, inside = (arr[k] for k in ("rho", "log_ratio", "se", "fixed",
+                                                         "inside"))
     dev = np.abs(log_ratio)
     med = float(np.median(dev[inside]))
     med_se = float(np.median(se[inside]))
-    v = "PASS" if med + 2 * med_se <= P1_TOL else verdict(False, med - 2 * med_se <= P1_TOL)
+    v = at_most(med, med_se, P1_TOL)
     bad = [float(x) for x, d in zip(rho, dev, strict=True) if d > P1_TOL]
     above = [x for x in bad if x > 1 / W_MIN]
     below = [x for x in bad if x < 1 / W_MAX]
     pred = np.log(1.0 / fixed_window_r(1.0 / rho)) - np.log(rho)
-    fixed = np.asarray(out["log_bstar_fixed_window"]) - np.log(prob["bstar"])
     fixed_med = float(np.median(np.abs(fixed[inside])))
-    mean_r = np.asarray(out["log_bstar_mean_r"]) - np.log(prob["bstar"])
+    mean_r = np.asarray(out["log_bstar_mean_r"]) - np.log(p1["bstar"])
     r_true = 1.0 / rho
     diag_pred = {"ratio_mean": float(np.minimum(1.0, r_true).mean()),
                  "frac_r_ge_1": float((r_true >= 1).mean()),
@@ -333,7 +356,7 @@ def _part1(ctx: Context, res: Result) -> dict[str, Any]:
     in_bad = [float(x) for x, d, i in zip(rho, dev, inside, strict=True) if i and d > P1_TOL]
     if in_bad:
         where.append("inside the range at B*/B = " + ", ".join(f"{x:.3g}" for x in in_bad))
-    res.checks.append(Check(
+    c1 = Check(
         "per-coordinate B* = 16σ²/G²",
         "snr_sgd's B/r estimates B* = 16σ²/G² per coordinate (G, σ known exactly; lr = 0)",
         f"median |log(B*_est/B*)| = {med:.3f} ± {med_se:.3f} over the {int(inside.sum())} "
@@ -360,16 +383,16 @@ def _part1(ctx: Context, res: Result) -> dict[str, Any]:
          "diagnostics_from_true_bstar": diag_pred,
          "phi_unchanged": out["phi_unchanged"], "replicas": out["replicas"],
          "steps": out["steps"], "snapshots": out["snapshots"], "batch": P1_BATCH,
-         "seconds": seconds}))
-    res.checks.append(_check_bias(log_ratio, se, fixed, np.asarray(
+         "seconds": seconds})
+    c2 = check_bias(log_ratio, se, fixed, np.asarray(
         out["log_bstar_fixed_window_se"]), np.asarray(out["snapshot_sd"]), inside,
-        stationary=steps // 2 >= BIAS_MIN_WINDOWS / W_MIN))
+        stationary=steps // 2 >= BIAS_MIN_WINDOWS / W_MIN)
     if v == "FAIL":
-        res.checks[-2].finding = (
+        c1.finding = (
             f"the notes' per-coordinate B* is biased (median log(B*_est/B*) "
             f"{np.median(log_ratio[inside]):+.3f}; with the window fixed at the true B*/B "
             f"{np.median(fixed[inside]):+.3f}): the window is set from the same noisy r")
-    return {"rho": rho, "log_ratio": log_ratio, "se": se, "fixed": fixed}
+    return [c1, c2]
 
 
 # ============================================================================= part 2
@@ -387,7 +410,7 @@ class QuadModel(nn.Module):
         return data.quadratic_loss(self.phi, x, self.Q)
 
 
-def _check_bias(log_ratio: np.ndarray, se: np.ndarray, fixed: np.ndarray,
+def check_bias(log_ratio: np.ndarray, se: np.ndarray, fixed: np.ndarray,
                 fixed_se: np.ndarray, scatter: np.ndarray, inside: np.ndarray,
                 stationary: bool = True) -> Check:
     """SPEC §4.9 (i) on the coordinates inside the window range: the mean signed log ratio
@@ -638,10 +661,11 @@ def _summary(w: Workload, runs: list[dict[str, Any]]) -> dict[str, Any]:
             if runs[0].get("snr_diagnostics") else None}
 
 
-def _workload(ctx: Context, w: Workload, seeds: list[int]) -> dict[str, Any]:
-    """Every run of one workload (cached per run), the tuned SGD lr and the row summaries."""
-    steps = ctx.budget(*w.steps)
-    grid = ctx.budget(*w.grid)
+def _workload(ctx: Context, w: Workload, seeds: list[int], stage: int) -> dict[str, Any]:
+    """Every run of one workload (cached per run) at its ``stage`` (0/1/2: smoke/quick/full)
+    steps and grid, the tuned SGD lr and the row summaries."""
+    steps = w.steps[stage]
+    grid = w.grid[stage]
     base = {"claim": CLAIM.id, "v": VERSION, "workload": w.key, "steps": steps,
             "batch": w.batch, "evals": w.evals}
 
@@ -679,8 +703,13 @@ def _workload(ctx: Context, w: Workload, seeds: list[int]) -> dict[str, Any]:
             "constant_runs": const_runs}
 
 
-def _paired(a: list[float | None], b: list[float | None]) -> tuple[float, float, int]:
-    """Mean and se of the per-seed differences a − b (None counts as +inf)."""
+def paired_diff(a: list[float | None], b: list[float | None]) -> tuple[float, float, int]:
+    """Mean and se (sd/√n, ddof 1) of the per-seed differences a_s − b_s, the n seeds in the
+    same order (checks 3–5, SPEC §4.9). A missing value (None: a diverged run) counts as
+    +inf: the mean is then +inf when only a's runs are missing where the two differ, else
+    −inf, with se 0 (:func:`~sgdlab.experiments.kit.verdicts.direction` decides by its
+    sign). Unlike :func:`~sgdlab.experiments.kit.verdicts.paired` (b − a, no missing
+    values)."""
     d = [(x if x is not None else math.inf) - (y if y is not None else math.inf)
          for x, y in zip(a, b, strict=True)]
     if any(not math.isfinite(v) for v in d):
@@ -765,44 +794,74 @@ def _winners(wres: dict[str, Any]) -> dict[str, Any]:
             if full else None}
 
 
-@single_threaded
-def run(ctx: Context) -> Result:
-    """Measure the claim (one torch thread); see the module docstring."""
-    res = Result(CLAIM)
-    p1 = _part1(ctx, res)
+#: Per mode: part 1's replicas and steps; the seeds of the quadratics and of the networks
+#: (``min_…``: at least that many, more with ``--seeds``; quick's networks take exactly
+#: --seeds, ≥ 1; full's 3 is the 8-minute budget); the workloads; ``stage`` indexes each
+#: :class:`Workload`'s steps and grid.
+BUDGETS: dict[str, dict[str, Any]] = {
+    "smoke": {"replicas": 64, "steps": 1500, "quad_seeds": 2, "net_seeds": 1,
+              "workloads": MODE_WORKLOADS["smoke"], "stage": 0},
+    "quick": {"replicas": 256, "steps": 8000, "min_quad_seeds": 3, "min_net_seeds": 1,
+              "workloads": MODE_WORKLOADS["quick"], "stage": 1},
+    "full": {"replicas": 512, "steps": 30000, "min_quad_seeds": 5, "net_seeds": 3,
+             "workloads": MODE_WORKLOADS["full"], "stage": 2},
+}
 
-    quad_seeds = list(range(ctx.budget(2, max(3, ctx.seeds), max(5, ctx.seeds))))
-    net_seeds = list(range(ctx.budget(1, ctx.seeds, 3)))     # full: 3 (the 8-minute budget)
+
+def measure(ctx: Context, budget: dict[str, Any]) -> dict[str, Any]:
+    """Part 1 (:func:`measure_part1`) and every training run of part 2 (:func:`_workload`,
+    each run cached) for the budget's workloads; a workload whose data are not installed is
+    recorded as skipped. SPEC §4.9, §2.6."""
+    b = resolve_seeds(budget, ctx.seeds)
+    p1 = measure_part1(ctx, b)
+    quad_seeds = list(range(b["quad_seeds"]))
+    net_seeds = list(range(b["net_seeds"]))
     results: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
     for w in WORKLOADS:
-        if w.key not in MODE_WORKLOADS[ctx.mode]:
+        if w.key not in b["workloads"]:
             continue
         t0 = time.perf_counter()
         try:
             results[w.key] = _workload(ctx, w, quad_seeds if w.kind == "quadratic"
-                                       else net_seeds)
+                                       else net_seeds, b["stage"])
         except data.DataError as err:      # e.g. MNIST's wheel not installed
             skipped[w.key] = str(err)
             continue
         results[w.key]["seconds"] = time.perf_counter() - t0
+    return {"part1": p1, "results": results, "skipped": skipped, "mode": ctx.mode,
+            "planned": tuple(b["workloads"])}
 
+
+def judge(m: dict[str, Any]) -> list[Check]:
+    """The checks of the module docstring from :func:`measure`'s output, pure: part 1's two
+    (:func:`judge_part1`), the frames control, the aligned and rotated quadratics (kit
+    :func:`~sgdlab.experiments.kit.verdicts.direction` on the paired log ratio), the table."""
+    results = m["results"]
     al, ro = results["quad_aligned"], results["quad_rotated"]
-    _check_frames(res, al, ro)
-    _check_aligned(res, al)
-    _check_rotated(res, al, ro)
-    _check_table(res, ctx, results, skipped)
+    return [*judge_part1(m["part1"]), _check_frames(al, ro), _check_aligned(al),
+            _check_rotated(al, ro),
+            _check_table(m["mode"], m["planned"], results, m["skipped"])]
 
-    res.figures.append(_figure_part1(ctx, p1))
-    res.figures.append(_figure_curves(ctx, results))
+
+def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
+    """Part 1's B*_est/B* against B*/B; the workloads' curves."""
+    return [_figure_part1(ctx, part1_arrays(m["part1"])), _figure_curves(ctx, m["results"])]
+
+
+def notes(ctx: Context, m: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    """Missing peers, one markdown table per workload, snr_sgd's lr, how time is counted,
+    skipped workloads."""
+    results, skipped = m["results"], m["skipped"]
+    out = []
     missing = [p for p in PEERS if not _peer_available(p)]
     if missing:
-        res.notes.append(", ".join(f"{p} ({PEERS[p]})" for p in missing)
-                         + ": not installed (pip install sgdlab[peers]); rows left out.")
+        out.append(", ".join(f"{p} ({PEERS[p]})" for p in missing)
+                   + ": not installed (pip install sgdlab[peers]); rows left out.")
     for wres in results.values():
-        res.notes.append(_table(wres))
+        out.append(_table(wres))
     hm = {k: {str(s): v for s, v in r["h_max"].items()} for k, r in results.items()}
-    res.notes.append(
+    out.append(
         "snr_sgd's lr: the optimizer requires one, so lr = η* = 1/(2h_max) (SPEC §2.6) with "
         "h_max = max eig Q for the quadratics and, for networks, from the HVP power-iteration "
         "probe on 1024 training examples at each seed's initialisation (h_max grows during "
@@ -810,7 +869,7 @@ def run(ctx: Context) -> Result:
         "η* from the start is the SPEC's recipe, not a tuned value): "
         + "; ".join(f"{k}: " + ", ".join(f"{float(v):.4g}" for v in h.values())
                     for k, h in hm.items()) + ".")
-    res.notes.append(
+    out.append(
         "Seconds are training time only (forward, backward, optimizer and schedule steps; "
         "evaluations excluded), single-threaded; steps/seconds to target are resolved at the "
         "evaluation interval (quadratics every 1/150 of the run, networks every 1/40, MNIST "
@@ -818,12 +877,18 @@ def run(ctx: Context) -> Result:
         "when not all did). The axis-aligned quadratic is the DeepOBS problem rotated into "
         "Q's eigenbasis, so SGD's rows are identical in both frames (check 2).")
     if skipped:
-        res.notes.append("Workloads skipped: " + "; ".join(f"{k}: {v}" for k, v in
-                                                            skipped.items()))
-    return res
+        out.append("Workloads skipped: " + "; ".join(f"{k}: {v}" for k, v in
+                                                     skipped.items()))
+    return out
 
 
-def _check_frames(res: Result, al: dict[str, Any], ro: dict[str, Any]) -> None:
+def run(ctx: Context) -> Result:
+    """Measure, judge, present (see the module docstring) through the kit's
+    :func:`~sgdlab.experiments.kit.run_claim`."""
+    return run_claim(sys.modules[__name__], ctx)
+
+
+def _check_frames(al: dict[str, Any], ro: dict[str, Any]) -> Check:
     """Check 2: SGD + momentum + cosine is rotation-equivariant, so its final excess is the
     same in both frames at every grid point and seed (float64 round-off only)."""
     rel = []
@@ -836,23 +901,23 @@ def _check_frames(res: Result, al: dict[str, Any], ro: dict[str, Any]) -> None:
             else:
                 rel.append(abs(a["final"] - b["final"]) / abs(b["final"]))
     worst = float(max(rel))
-    res.checks.append(Check(
+    return Check(
         "control: the two quadratic frames are one problem",
         "SGD (with momentum + cosine, and plain constant-lr) gives the same final L − L* on the "
         "axis-aligned and the rotated quadratic (same problem in another basis, same batches)",
         f"max relative difference over {len(rel)} runs (every grid lr and seed): {worst:.1e}",
         "≤ 1e-6 (float64)", verdict(worst <= 1e-6),
-        {"max_rel_diff": _fin(worst), "runs": len(rel)}, basis="derived"))
+        {"max_rel_diff": _fin(worst), "runs": len(rel)}, basis="derived")
 
 
-def _check_aligned(res: Result, al: dict[str, Any]) -> None:
+def _check_aligned(al: dict[str, Any]) -> Check:
     """Check 3: SPEC §2.6 — on the axis-aligned quadratic snr_sgd beats tuned SGD."""
     snr, sgd = al["rows"]["snr_sgd"], al["rows"]["sgd_cosine"]
-    mean, se, n = _paired(snr["log_final"], sgd["log_final"])
+    mean, se, n = paired_diff(snr["log_final"], sgd["log_final"])
     v = direction(mean, se, -1)
     const = al["rows"]["sgd_constant"]
-    mc, sec, _ = _paired(snr["log_final"], const["log_final"])
-    res.checks.append(Check(
+    mc, sec, _ = paired_diff(snr["log_final"], const["log_final"])
+    return Check(
         "axis-aligned quadratic: snr_sgd beats tuned SGD",
         "snr_sgd ends with a lower training excess loss than SGD + momentum + cosine "
         "(lr tuned on the grid) after the same steps",
@@ -871,17 +936,17 @@ def _check_aligned(res: Result, al: dict[str, Any]) -> None:
          "sgd_steps_to_target": sgd["steps_to_target"],
          "constant_sgd_lr": const["lr"], "constant_sgd_final": const["final"],
          "vs_constant_sgd_log_ratio_mean": _fin(mc), "vs_constant_sgd_log_ratio_se": _fin(sec)},
-         basis="derived"))
+         basis="derived")
 
 
-def _check_rotated(res: Result, al: dict[str, Any], ro: dict[str, Any]) -> None:
+def _check_rotated(al: dict[str, Any], ro: dict[str, Any]) -> Check:
     """Check 4: SPEC §2.6 — on the rotated quadratic snr_sgd slows down (stiff-direction noise
     leaks into every coordinate): its final excess is above its own on the aligned frame."""
     a, r, sgd = al["rows"]["snr_sgd"], ro["rows"]["snr_sgd"], ro["rows"]["sgd_cosine"]
-    mean, se, n = _paired(r["log_final"], a["log_final"])
+    mean, se, n = paired_diff(r["log_final"], a["log_final"])
     v = direction(mean, se, +1)
-    m2, se2, _ = _paired(r["log_final"], sgd["log_final"])
-    res.checks.append(Check(
+    m2, se2, _ = paired_diff(r["log_final"], sgd["log_final"])
+    return Check(
         "rotated quadratic: snr_sgd slows down",
         "snr_sgd's final L − L* on the rotated quadratic is above its own on the same "
         "problem axis-aligned (SGD's is identical in both, check 2)",
@@ -898,11 +963,11 @@ def _check_rotated(res: Result, al: dict[str, Any], ro: dict[str, Any]) -> None:
          "rotated_vs_sgd_log_ratio_mean": _fin(m2), "rotated_vs_sgd_log_ratio_se": _fin(se2),
          "rotated_steps_to_target": r["steps_to_target"],
          "aligned_steps_to_target": a["steps_to_target"],
-         "rotated_lr": r["lr"], "aligned_lr": a["lr"]}, basis="derived"))
+         "rotated_lr": r["lr"], "aligned_lr": a["lr"]}, basis="derived")
 
 
-def _check_table(res: Result, ctx: Context, results: dict[str, dict[str, Any]],
-                 skipped: dict[str, str]) -> None:
+def _check_table(mode: str, planned: tuple[str, ...], results: dict[str, dict[str, Any]],
+                 skipped: dict[str, str]) -> Check:
     """Check 5: the workload table — who wins where; complete when every workload ran."""
     table, parts = {}, []
     for key, wres in results.items():
@@ -916,10 +981,10 @@ def _check_table(res: Result, ctx: Context, results: dict[str, dict[str, Any]],
                 "val_acc_mean", "seconds_per_step", "snr_final_diagnostics")}
         snr, sgd = wres["rows"]["snr_sgd"], wres["rows"]["sgd_cosine"]
         if wres["workload"].kind == "quadratic":
-            d, se, _ = _paired(snr["log_final"], sgd["log_final"])
+            d, se, _ = paired_diff(snr["log_final"], sgd["log_final"])
             vs = {"log_final_snr_minus_sgd": _fin(d), "se": _fin(se)}
         else:
-            d, se, _ = _paired(snr["final"], sgd["final"])
+            d, se, _ = paired_diff(snr["final"], sgd["final"])
             vs = {"test_acc_snr_minus_sgd": _fin(d), "se": _fin(se)}
         table[key] = {"title": wres["workload"].title, "target": wres["workload"].target,
                       "steps": wres["steps"], "seeds": len(wres["seeds"]), "rows": rows,
@@ -932,18 +997,17 @@ def _check_table(res: Result, ctx: Context, results: dict[str, dict[str, Any]],
                       "seconds": wres["seconds"]}
         parts.append(f"{key}: final {win['final']}, steps {win['steps'] or 'none reached'}, "
                      f"seconds {win['seconds'] or 'none reached'}")
-    planned = MODE_WORKLOADS[ctx.mode]
-    res.checks.append(Check(
+    return Check(
         "workload table: who wins",
         "an honest comparison (SPEC §4.9): snr_sgd at its defaults against tuned SGD + momentum "
         "+ cosine, Adam and the installed learning-rate-free peers, steps/seconds to target "
         "and final metric, mean ± sd over seeds",
         "winners — " + "; ".join(parts),
-        f"complete: every planned run of the {ctx.mode} budget ({len(planned)} workloads) "
+        f"complete: every planned run of the {mode} budget ({len(planned)} workloads) "
         "produced a result (a divergence is a result)",
         "PASS" if not skipped else "INCONCLUSIVE",
         {"table": table, "skipped": skipped, "planned": list(planned),
-         "rows": {k: list(v["rows"]) for k, v in results.items()}}, basis="derived"))
+         "rows": {k: list(v["rows"]) for k, v in results.items()}}, basis="derived")
 
 
 def _figure_part1(ctx: Context, p1: dict[str, Any]) -> str:
