@@ -197,7 +197,7 @@ def _agreement(task: str, value: dict, ref: dict | None, exact: dict[str, list[f
             other = sorted(ref["eigenvalues"], key=abs, reverse=True)
             rel = max(abs(a - b) / abs(b) for a, b in zip(ev, other, strict=True))
             text += f"; to PyHessian {rel:.1e}"
-        return text + ")"
+        return text + (")" if value.get("converged", True) else "; NOT converged)")
     if task == "trace":
         if "samples" in value:
             s = value["samples"]
