@@ -37,11 +37,16 @@ probe's):
 
 Verdicts from intervals: PASS when the measured value ± 2 se lies inside the tolerance, FAIL
 when it lies outside by more than 2 se, INCONCLUSIVE otherwise.
+
+Budgets are data (:data:`BUDGETS`); :func:`measure` runs everything (the stationary runs
+cached), :func:`judge` is a pure function of its output, :func:`figures` draws it, and
+:func:`run` is the kit's :func:`~sgdlab.experiments.kit.run_claim` (one torch thread).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Any
 
@@ -58,6 +63,7 @@ from sgdlab.experiments.base import (
     verdict,
     worst_verdict,
 )
+from sgdlab.experiments.kit import run_claim
 from sgdlab.experiments.kit.problems import (
     DiagonalQuadratic,
     diagonal_noisy_quadratic,
@@ -78,6 +84,25 @@ DIVERGE_AT = 2.2            # Bη₀h_max of the run that must diverge
 DIVERGED_LOSS = 1e6          # chain-averaged L − L* at the end of a run counted as divergence
 FLAT_LIMIT = 0.2             # linear-scaling flatness is claimed while Bη₀h_max < 0.2
 SLOPE_TOL, FLAT_TOL, BLOWUP_TOL = 0.1, 0.10, 0.10
+
+# chains_flat: η = Bη₀ at small B relaxes slowly (∝ 1/(Bη₀h_min)) and a step costs about the
+# same for 64 or 256 chains there, so those runs use more chains (precision per second);
+# first: the first segment of every run (steps)
+BUDGETS: dict[str, dict[str, Any]] = {
+    "smoke": {"chains": 8, "chains_flat": 8, "rel_fixed": 0.08, "rel_flat": 0.08,
+              "rel_blow": 0.15, "max_steps": 2000, "fixed_bs": [1, 4, 32], "flat_bs": [1, 16],
+              "blow_fracs": [1.9], "rec_min": 5, "first": 500, "div_steps": 300,
+              "sum_steps": 50},
+    "quick": {"chains": 64, "chains_flat": 256, "rel_fixed": 0.015, "rel_flat": 0.007,
+              "rel_blow": 0.03, "max_steps": 60_000, "fixed_bs": [1, 2, 4, 8, 16, 32],
+              "flat_bs": [1, 2, 4, 8, 16], "blow_fracs": [0.4, 1.2, 1.9, 1.97], "rec_min": 5,
+              "first": 500, "div_steps": 500, "sum_steps": 500},
+    "full": {"chains": 128, "chains_flat": 256, "rel_fixed": 0.007, "rel_flat": 0.004,
+             "rel_blow": 0.015, "max_steps": 200_000, "fixed_bs": [1, 2, 4, 8, 16, 32],
+             "flat_bs": [1, 2, 4, 8, 16],
+             "blow_fracs": [0.4, 0.8, 1.2, 1.6, 1.8, 1.9, 1.95, 1.97], "rec_min": 10,
+             "first": 1000, "div_steps": 500, "sum_steps": 2000},
+}
 
 
 def problem() -> dict[str, Any]:
@@ -106,8 +131,10 @@ def _measure(prob: dict[str, Any], eta: float, batch: int, *, chains: int, rel_s
             "seconds": time.perf_counter() - t0}
 
 
-def _fit_slope(bs: np.ndarray, ex: np.ndarray, se: np.ndarray) -> dict[str, float]:
-    """Weighted least squares log ex = a + s log B; se of log ex = se/ex."""
+def fit_slope(bs: np.ndarray, ex: np.ndarray, se: np.ndarray) -> dict[str, float]:
+    """Weighted least squares log ex = a + s log B with se(log ex) = se/ex (weights 1/se²);
+    the slope's se from the fit's covariance, inflated by √(χ²/dof) when χ²/dof > 1 (SPEC
+    §4.3): slope, slope_se, intercept, chi2, dof."""
     lx, ly, sl = np.log(bs), np.log(ex), se / ex
     w = 1.0 / sl**2
     X = np.stack([np.ones_like(lx), lx], axis=1)
@@ -152,27 +179,18 @@ def _sum_identity_steps(x: torch.Tensor, m_sum: nn.Module, m_mean: nn.Module,
     return worst
 
 
-def run(ctx: Context) -> Result:
-    """Measure the claim; see the module docstring."""
+def measure(ctx: Context, budget: dict[str, Any]) -> dict[str, Any]:
+    """Everything the checks use: h_max by the sharpness probe at Φ* (which sets η and η₀),
+    the stationary runs (:func:`_measure`, each cached) at fixed η over ``fixed_bs``, at
+    η = Bη₀ over ``flat_bs`` and the blow-up B's, the run beyond Bη₀h_max = 2, and the
+    sum-of-gradients identity's largest |ΔΦ|; with h and σ² of :func:`problem`."""
     from sgdlab.probes.curvature import top_hessian_eigenvalue
 
-    res = Result(CLAIM)
     prob = problem()
-    h, s2 = prob["h"], prob["sigma2"]
-    chains = ctx.budget(8, 64, 128)
-    # η = Bη₀ at small B: relaxation ∝ 1/(Bη₀h_min) is slow and a step costs about the same
-    # for 64 or 256 chains there, so those runs use more chains (precision per second)
-    chains_flat = ctx.budget(8, 256, 256)
-    rel_fixed = ctx.budget(0.08, 0.015, 0.007)
-    rel_flat = ctx.budget(0.08, 0.007, 0.004)
-    rel_blow = ctx.budget(0.15, 0.03, 0.015)
-    max_steps = ctx.budget(2000, 60_000, 200_000)
-    fixed_bs = ctx.budget([1, 4, 32], [1, 2, 4, 8, 16, 32], [1, 2, 4, 8, 16, 32])
-    flat_bs = ctx.budget([1, 16], [1, 2, 4, 8, 16], [1, 2, 4, 8, 16])
-    blow_fracs = ctx.budget([1.9], [0.4, 1.2, 1.9, 1.97],
-                            [0.4, 0.8, 1.2, 1.6, 1.8, 1.9, 1.95, 1.97])
-    rec_min = ctx.budget(5, 5, 10)
-    first = ctx.budget(500, 500, 1000)        # first segment of every run (steps)
+    h = prob["h"]
+    chains, chains_flat = budget["chains"], budget["chains_flat"]
+    rec_min, first = budget["rec_min"], budget["first"]
+    max_steps = budget["max_steps"]
 
     # 1. sharpness at Φ*
     model = DiagonalQuadratic(h, prob["phi_star"])
@@ -184,8 +202,8 @@ def run(ctx: Context) -> Result:
     eta_fixed = FIXED_ETA_H / h_max
     eta0 = ETA0_H / h_max
 
-    def measure(eta: float, batch: int, rel_se: float, steps: int, tag: int,
-                min_steps: int = first, k: int = chains) -> dict[str, Any]:
+    def point(eta: float, batch: int, rel_se: float, steps: int, tag: int,
+              min_steps: int = first, k: int = chains) -> dict[str, Any]:
         # records ≈ 10 per relaxation time 1/(ηh_min) of the slowest mode: evaluating the full
         # loss of every chain is the expensive part when records are denser than needed
         record_every = int(min(50, max(rec_min, round(0.1 / (eta * float(h.min()))))))
@@ -197,15 +215,52 @@ def run(ctx: Context) -> Result:
                                                 record_every=record_every,
                                                 min_steps=min_steps))
 
+    fixed_bs, flat_bs = list(budget["fixed_bs"]), list(budget["flat_bs"])
+    fixed = [point(eta_fixed, b, budget["rel_fixed"], max_steps, 100 + i)
+             for i, b in enumerate(fixed_bs)]
+    flat = [point(b * eta0, b, budget["rel_flat"], max_steps, 200 + i, k=chains_flat)
+            for i, b in enumerate(flat_bs)]
+    blow_bs = sorted({max(1, round(f / ETA0_H)) for f in budget["blow_fracs"]})
+    blow = [point(b * eta0, b, budget["rel_blow"], max_steps, 300 + i)
+            for i, b in enumerate(blow_bs)]
+    # beyond 2: a run of fixed length (|1 − ηh_max| = 1.2, so the top mode grows ≈ 1.44× per
+    # step; the loss stays finite in float64 for these lengths and is judged by its size)
+    b_div = round(DIVERGE_AT / ETA0_H)
+    div_steps = budget["div_steps"]
+    div = point(b_div * eta0, b_div, budget["rel_blow"], div_steps, 399, min_steps=div_steps)
+    # 5. sum of gradients ≡ η = Bη₀
+    sum_b, sum_steps = 10, budget["sum_steps"]
+    worst = _sum_identity(prob, eta0, sum_b, sum_steps)
+    return {"h": h.tolist(), "sigma2": prob["sigma2"].tolist(), "h_max": h_max,
+            "eta_fixed": eta_fixed, "eta0": eta0, "chains": chains, "chains_flat": chains_flat,
+            "fixed_bs": fixed_bs, "fixed": fixed, "flat_bs": flat_bs, "flat": flat,
+            "blow_bs": blow_bs, "blow": blow, "b_div": b_div, "div": div,
+            "sum_b": sum_b, "sum_steps": sum_steps, "sum_max_abs_diff": worst}
+
+
+def _points(m: dict[str, Any], part: str) -> tuple[np.ndarray, np.ndarray]:
+    """(excess, se) of one part's runs ("fixed", "flat", "blow") as arrays."""
+    return (np.array([r["excess"] for r in m[part]]), np.array([r["se"] for r in m[part]]))
+
+
+def judge(m: dict[str, Any]) -> list[Check]:
+    """The four checks of the module docstring (2–5) from :func:`measure`'s output (pure):
+    the fixed-η slope (±2 se band of 0.1 around −1), the η = Bη₀ flatness (max/min ≤ 1.10 at
+    +2 se), the blow-up (every point within 10 % of the exact formula, ±2 se, and the run
+    beyond 2 diverged), the sum-of-gradients identity (1e-10)."""
+    h, s2 = np.asarray(m["h"]), np.asarray(m["sigma2"])
+    h_max, eta_fixed, eta0 = m["h_max"], m["eta_fixed"], m["eta0"]
+    fixed_bs, flat_bs, blow_bs = m["fixed_bs"], m["flat_bs"], m["blow_bs"]
+    fixed, flat, blow, div, b_div = m["fixed"], m["flat"], m["blow"], m["div"], m["b_div"]
+    checks = []
+
     # 2. fixed η
-    fixed = [measure(eta_fixed, b, rel_fixed, max_steps, 100 + i) for i, b in enumerate(fixed_bs)]
     fb = np.array(fixed_bs, dtype=float)
-    fex = np.array([r["excess"] for r in fixed])
-    fse = np.array([r["se"] for r in fixed])
+    fex, fse = _points(m, "fixed")
     ftheory = np.array([quadratic_excess_loss(eta_fixed, h, s2, b) for b in fixed_bs])
     ok_pts = np.isfinite(fex) & (fex > 0) & np.isfinite(fse) & (fse > 0)
     if ok_pts.sum() >= 3:
-        fit = _fit_slope(fb[ok_pts], fex[ok_pts], fse[ok_pts])
+        fit = fit_slope(fb[ok_pts], fex[ok_pts], fse[ok_pts])
         dev = abs(fit["slope"] + 1.0)
         v = band(dev, fit["slope_se"], SLOPE_TOL)
         meas = f"slope {fit['slope']:.3f} ± {fit['slope_se']:.3f} (χ² = {fit['chi2']:.1f}, " \
@@ -213,7 +268,7 @@ def run(ctx: Context) -> Result:
     else:
         fit, v, meas = {"slope": math.nan, "slope_se": math.nan}, "INCONCLUSIVE", \
             "fewer than 3 usable points"
-    res.checks.append(Check(
+    checks.append(Check(
         "fixed η: slope", f"log-log slope of L − L* against B is −1 (η h_max = {FIXED_ETA_H})",
         meas, "−1 ± 0.1 (±2 se inside: PASS; outside by > 2 se: FAIL)", v,
         {**fit, "eta": eta_fixed, "h_max": h_max, "B": fixed_bs, "excess": fex, "se": fse,
@@ -221,10 +276,7 @@ def run(ctx: Context) -> Result:
          "steps": [r["steps"] for r in fixed], "converged": [r["converged"] for r in fixed]}))
 
     # 3. η = Bη₀, Bη₀h_max < 0.2
-    flat = [measure(b * eta0, b, rel_flat, max_steps, 200 + i, k=chains_flat)
-            for i, b in enumerate(flat_bs)]
-    lex = np.array([r["excess"] for r in flat])
-    lse = np.array([r["se"] for r in flat])
+    lex, lse = _points(m, "flat")
     ltheory = np.array([quadratic_excess_loss(b * eta0, h, s2, b) for b in flat_bs])
     if np.all(np.isfinite(lex)) and np.all(lex > 0):
         imax, imin = int(np.argmax(lex)), int(np.argmin(lex))
@@ -236,7 +288,7 @@ def run(ctx: Context) -> Result:
     else:
         ratio, rse, v, meas = math.nan, math.nan, "INCONCLUSIVE", "a run did not give a value"
     theory_ratio = float(ltheory.max() / ltheory.min())
-    res.checks.append(Check(
+    checks.append(Check(
         "η = Bη₀: flat", "L − L* = η₀ tr Σ/4 independent of B to first order "
         f"(exact formula: max/min = {theory_ratio:.3f})", meas,
         "max/min ≤ 1.10 while Bη₀h_max < 0.2", v,
@@ -247,25 +299,17 @@ def run(ctx: Context) -> Result:
          "steps": [r["steps"] for r in flat], "converged": [r["converged"] for r in flat]}))
 
     # 4. blow-up as Bη₀h_max → 2, and divergence beyond
-    blow_bs = sorted({max(1, round(f / ETA0_H)) for f in blow_fracs})
-    blow = [measure(b * eta0, b, rel_blow, max_steps, 300 + i) for i, b in enumerate(blow_bs)]
-    bex = np.array([r["excess"] for r in blow])
-    bse = np.array([r["se"] for r in blow])
+    bex, bse = _points(m, "blow")
     btheory = np.array([quadratic_excess_loss(b * eta0, h, s2, b) if b * eta0 * h_max < 2
                         else math.inf for b in blow_bs])
     brat = bex / btheory
     bdev = np.abs(brat - 1)
     brse = bse / btheory
-    # beyond 2: a run of fixed length (|1 − ηh_max| = 1.2, so the top mode grows ≈ 1.44× per
-    # step; the loss stays finite in float64 for these lengths and is judged by its size)
-    b_div = round(DIVERGE_AT / ETA0_H)
-    div_steps = ctx.budget(300, 500, 500)
-    div = measure(b_div * eta0, b_div, rel_blow, div_steps, 399, min_steps=div_steps)
     finite = np.isfinite(bex)
     growth = float(bex[-1] / lex.min()) if finite[-1] and np.all(lex > 0) else math.nan
     v = ("FAIL" if np.any(~finite) or not div["diverged"] else
          worst_verdict(band(d, e, BLOWUP_TOL) for d, e in zip(bdev, brse, strict=True)))
-    res.checks.append(Check(
+    checks.append(Check(
         "η = Bη₀: blow-up near Bη₀h_max = 2",
         "exact Σ_i ησ_i²/(B(4 − 2ηh_i)), → ∞ as Bη₀h_max → 2; divergence beyond 2",
         f"measured/exact = {', '.join(f'{r:.3f}' for r in brat)} at Bη₀h_max = "
@@ -282,38 +326,57 @@ def run(ctx: Context) -> Result:
          "diverged": div["diverged"], "diverge_final_excess": div["final_excess"],
          "diverge_steps": div["steps"], "diverged_threshold": DIVERGED_LOSS,
          "steps": [r["steps"] for r in blow], "converged": [r["converged"] for r in blow]},
-         basis="derived"))
+        basis="derived"))
 
     # 5. sum of gradients ≡ η = Bη₀
-    sum_b, sum_steps = 10, ctx.budget(50, 500, 2000)
-    worst = _sum_identity(prob, eta0, sum_b, sum_steps)
-    res.checks.append(Check(
+    worst, sum_b, sum_steps = m["sum_max_abs_diff"], m["sum_b"], m["sum_steps"]
+    checks.append(Check(
         "sum of gradients", "Φ − η₀ Σ_b g_b equals Φ − (Bη₀) mean_b g_b at every step",
         f"max |ΔΦ| over {sum_steps} steps (B = {sum_b}): {worst:.1e}", "1e-10 (float64)",
         verdict(worst < 1e-10), {"max_abs_diff": worst, "B": sum_b, "steps": sum_steps}))
+    return checks
 
-    res.notes.append(
+
+def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
+    """Excess loss against B, log-log, measured and exact (:func:`_figure`)."""
+    fex, fse = _points(m, "fixed")
+    lex, lse = _points(m, "flat")
+    bex, bse = _points(m, "blow")
+    prob = {"h": np.asarray(m["h"]), "sigma2": np.asarray(m["sigma2"])}
+    return [_figure(ctx, prob, m["h_max"], m["eta_fixed"], m["eta0"],
+                    (m["fixed_bs"], fex, fse),
+                    (m["flat_bs"] + m["blow_bs"], np.concatenate([lex, bex]),
+                     np.concatenate([lse, bse])), m["b_div"])]
+
+
+def notes(ctx: Context, m: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    """The problem and the learning rates, why the formula is exact here, and the runs that
+    did not pass every stationarity test."""
+    h = np.asarray(m["h"])
+    out = [
         f"Problem: diagonal noisy quadratic, d = {DIM}, N = {N_TRAIN} points x_b ~ N(0, I) "
-        f"(seed {SEED}), h from 1 to 1/4; float64; {chains} chains per run ({chains_flat} "
-        f"for η = Bη₀ with Bη₀h_max < 0.2), started at Φ*; "
-        f"sharpness probe h_max = {h_max:.8f} (exact {h.max():.8f}); fixed η = "
-        f"{eta_fixed:.4g}, η₀ = {eta0:.4g}.")
-    res.notes.append(
+        f"(seed {SEED}), h from 1 to 1/4; float64; {m['chains']} chains per run "
+        f"({m['chains_flat']} for η = Bη₀ with Bη₀h_max < 0.2), started at Φ*; "
+        f"sharpness probe h_max = {m['h_max']:.8f} (exact {h.max():.8f}); fixed η = "
+        f"{m['eta_fixed']:.4g}, η₀ = {m['eta0']:.4g}.",
         "Every per-example Hessian equals H here, so the gradient noise is additive and the "
         "formula is exact at every η < 2/h_max; on least squares (data.load('linreg')) the "
         "noise also grows with Φ − Φ* (for Gaussian inputs by (1/B)(HSH + tr(HS)H), S the "
         "stationary covariance), which raises the excess by a relative ≈ η tr H/(2B) and bends "
-        "the fixed-η slope unless η tr H/B ≪ 1 (not measured here).")
-    not_conv = [f"B={r_b}" for r_b, r in zip(fixed_bs + flat_bs + blow_bs,
-                                             fixed + flat + blow, strict=True)
+        "the fixed-η slope unless η tr H/B ≪ 1 (not measured here)."]
+    not_conv = [f"B={r_b}" for r_b, r in zip(m["fixed_bs"] + m["flat_bs"] + m["blow_bs"],
+                                             m["fixed"] + m["flat"] + m["blow"], strict=True)
                 if not r["converged"]]
     if not_conv:
-        res.notes.append("Runs that did not pass every stationarity test (se still reported): "
-                         + ", ".join(not_conv))
-    res.figures.append(_figure(ctx, prob, h_max, eta_fixed, eta0, (fixed_bs, fex, fse),
-                               (flat_bs + blow_bs, np.concatenate([lex, bex]),
-                                np.concatenate([lse, bse])), b_div))
-    return res
+        out.append("Runs that did not pass every stationarity test (se still reported): "
+                   + ", ".join(not_conv))
+    return out
+
+
+def run(ctx: Context) -> Result:
+    """Measure, judge, present (see the module docstring) through the kit's
+    :func:`~sgdlab.experiments.kit.run_claim`."""
+    return run_claim(sys.modules[__name__], ctx)
 
 
 def _figure(ctx: Context, prob: dict[str, Any], h_max: float, eta_fixed: float, eta0: float,
