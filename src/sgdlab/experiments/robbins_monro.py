@@ -194,7 +194,8 @@ def judge(m: dict[str, Any]) -> list[Check]:
             f"{c**2 * SIGMA**2 / (2 * c * H - 1):.4g}/t",
             f"measured/predicted over t ∈ [{t_lo}, {T}]: {ratio[window].min():.3f}–"
             f"{ratio[window].max():.3f}; worst {ratio[j]:.3f} ± {rse[j]:.3f} at t = {ts[j]}",
-            f"within {REL_TOL:.0%} at every t in [{t_lo}, {T}] (FAIL beyond 15% + 3 se)",
+            f"within {REL_TOL:.0%} at every t in [{t_lo}, {T}] (the ±2 se band: PASS when the "
+            f"worst deviation + 2 se ≤ {REL_TOL:.0%}, FAIL when − 2 se > {REL_TOL:.0%})",
             band(float(dev[j]), float(rse[j]), REL_TOL),
             {"c": c, "two_ch": 2 * c * H, "t_lo": t_lo, "T": T, "worst_t": int(ts[j]),
              "worst_ratio": float(ratio[j]), "worst_ratio_se": float(rse[j]),
@@ -217,7 +218,8 @@ def judge(m: dict[str, Any]) -> list[Check]:
             f"1/t, 2ch = {2 * c * H:g}", f"slope of log E(Φ_t − Φ*)² vs log t = −2ch = "
             f"{-2 * c * H:g}",
             f"{slope:.4f} ± {se:.4f} over t ∈ [{t_lo}, {T}] (exact recursion: {ex_slope:.4f})",
-            f"|slope + 2ch| ≤ {SLOPE_TOL} (FAIL beyond {SLOPE_TOL} + 3 se)",
+            f"|slope + 2ch| ≤ {SLOPE_TOL} (the ±2 se band: PASS when |slope + 2ch| + 2 se ≤ "
+            f"{SLOPE_TOL}, FAIL when − 2 se > {SLOPE_TOL})",
             band(dev, se, SLOPE_TOL),
             {"c": c, "two_ch": 2 * c * H, "slope": slope, "slope_se": se,
              "predicted": -2 * c * H, "exact_recursion_slope": ex_slope, "t_lo": t_lo, "T": T,
