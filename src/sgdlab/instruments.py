@@ -47,6 +47,29 @@ def log_spaced_steps(total: int, per_decade: int = 10) -> set[int]:
     return steps
 
 
+def undefined_to_null(rec: dict[str, Any]) -> dict[str, Any]:
+    """Every non-finite float of ``rec`` (an undefined ratio: B_simple with ‖G‖² ≤ 0, a test
+    with ‖ĝ‖² = 0) becomes ``None`` and its key is listed in ``rec["undefined"]``: never inf or
+    nan in a file."""
+    undefined = [k for k, v in rec.items() if isinstance(v, float) and not math.isfinite(v)]
+    for k in undefined:
+        rec[k] = None
+    if undefined:
+        rec["undefined"] = undefined
+    return rec
+
+
+def _small_batch(inst: Instrument, monitor: Monitor, bsz: int) -> bool:
+    """True (and one line on stderr, once) for a batch of fewer than 2 examples."""
+    if bsz >= 2:
+        return False
+    if not getattr(inst, "_warned_small", False) and monitor.rank == 0:
+        print(f"sgdlab: {inst.name}: a batch of {bsz} example has no gradient variance; "
+              "such steps are skipped", file=sys.stderr)
+    inst._warned_small = True
+    return True
+
+
 class Instrument:
     """Base class: subclasses set ``name`` and ``tier`` and implement :meth:`measure`.
 
@@ -152,18 +175,33 @@ class NoiseScaleInstrument(Instrument):
     (:class:`~sgdlab.probes.noise.SmoothedNoiseScale`; in :meth:`state_dict`, so a resumed run
     continues them). A B_simple whose ‖G‖² estimate is ≤ 0 is undefined: ``None``, its key
     listed in the record's ``undefined``. A batch of one example is skipped with one line.
+
+    ``window=k`` (k ≥ 2): the noise scale over the k consecutive batches of steps t − k + 1 … t
+    (:class:`~sgdlab.probes.noise.WindowedNoiseScale`): the instrument is measured at every
+    step of the window before each step t its schedule names, and the record of step t adds
+    ``tr_sigma_window`` and ``g_norm_sq_window`` (the means of the k batches' unbiased
+    estimates, unbiased too), ``b_simple_window`` = their ratio and ``window_batches`` (the
+    batches that entered; fewer than k near the start, or where a batch of one was skipped).
+    A single batch's ‖G‖² estimate is ≤ 0 often where the signal is small; the mean over k
+    batches has k times less variance. The parameters move between the k batches (as for the
+    moving averages): the window mixes k consecutive points of the trajectory.
     """
 
     name, tier = "noise_scale", "medium"
 
     def __init__(self, schedule: Callable[[int], bool] | None = None,
-                 quantiles: bool = False, decay: float = 0.9) -> None:
+                 quantiles: bool = False, decay: float = 0.9, window: int = 1) -> None:
         super().__init__(schedule)
-        from sgdlab.probes.noise import SmoothedNoiseScale
+        from sgdlab.probes.noise import SmoothedNoiseScale, WindowedNoiseScale
 
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+            raise ValueError(f"window must be an integer >= 1, got {window!r}")
         self.quantiles = quantiles
         self.needs_stats = (not quantiles, quantiles)
         self.smoothed = SmoothedNoiseScale(decay)
+        self.window = window
+        self.windowed = WindowedNoiseScale(window) if window > 1 else None
+        self._base: Callable[[int], bool] | None = None
         self._warned_small = False
 
     def setup(self, monitor: Monitor) -> None:  # noqa: D102
@@ -172,6 +210,12 @@ class NoiseScaleInstrument(Instrument):
                              "examples too; use ddp_noise_scale")
         if monitor.loss_fn is None:
             raise ValueError("needs the Monitor's loss_fn (per-example losses)")
+        if self.windowed is not None and self._base is None:
+            # measured at the k − 1 steps before each scheduled step too
+            base = self.schedule if self.schedule is not None else monitor.schedule
+            k = self.window
+            self._base = base
+            self.schedule = lambda t: any(base(t + j) for j in range(k))
 
     def measure(self, monitor: Monitor) -> dict[str, Any]:  # noqa: D102
         from sgdlab.probes.noise import noise_scale_from_stats
@@ -188,8 +232,10 @@ class NoiseScaleInstrument(Instrument):
         else:
             sums = dict(st["sq_norms"])
             sums.update({n: 0.0 for n in st["grad_sq_norms"] if n not in sums})
+        # Σ_b g_b² may have been gathered for another instrument due at this step
+        # (mean_gsnr): the quantiles are this instrument's only with quantiles=True
         res = noise_scale_from_stats(sums, st.get("grads"), st["batch_size"], st["loss"],
-                                     monitor.lr, st.get("sum_sq"),
+                                     monitor.lr, st.get("sum_sq") if self.quantiles else None,
                                      grad_sq_norms=st["grad_sq_norms"])
         rec = res.as_record()
         rec["backward_scale"] = st["scale"]
@@ -199,25 +245,31 @@ class NoiseScaleInstrument(Instrument):
             rec[f"{layer}/b_simple"] = vals["b_simple"]
         sm = self.smoothed
         sm.add(res.tr_sigma, res.g_norm_sq)
+        t = monitor.step_count
+        if self.windowed is not None:
+            self.windowed.add(t, res.tr_sigma, res.g_norm_sq, res.batch_size)
+            if not self._base(t):
+                return None                   # a batch for the window of a later step
+            w = self.windowed.estimate(t)
+            rec.update({"tr_sigma_window": w.tr_sigma, "g_norm_sq_window": w.g_norm_sq,
+                        "b_simple_window": w.b_simple, "window_batches": w.batches})
         rec.update({"tr_sigma_smoothed": sm.tr_sigma, "g_norm_sq_smoothed": sm.g_norm_sq,
                     "b_simple_smoothed": sm.b_simple})
         # B_simple = tr Σ/‖G‖² is undefined where the unbiased ‖G‖² estimate is ≤ 0 (small
         # signal, one batch): null, and named in "undefined", never inf in a file
-        undefined = [k for k, v in rec.items() if k.endswith("b_simple")
-                     and isinstance(v, float) and not math.isfinite(v)]
-        undefined += ["b_simple_smoothed"] if not math.isfinite(sm.b_simple) else []
-        for k in undefined:
-            rec[k] = None
-        if undefined:
-            rec["undefined"] = undefined
-        return rec
+        return undefined_to_null(rec)
 
     def state_dict(self) -> dict[str, Any]:  # noqa: D102
-        return {"smoothed": self.smoothed.state_dict()}
+        state: dict[str, Any] = {"smoothed": self.smoothed.state_dict()}
+        if self.windowed is not None:
+            state["windowed"] = self.windowed.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
         if "smoothed" in state:               # absent in checkpoints before 2026-12-03
             self.smoothed.load_state_dict(state["smoothed"])
+        if self.windowed is not None and "windowed" in state:
+            self.windowed.load_state_dict(state["windowed"])
 
 
 class NoiseScaleBStar(NoiseScaleInstrument):
@@ -353,6 +405,278 @@ class SNRDiagnostics(Instrument):
         return {k: v for k, v in diag().items() if k != "step"}
 
 
+# ------------------------------------------------------------------ Cockpit's cheap set
+
+
+class Distance(Instrument):
+    """Distance of the parameters from initialisation, ‖θ_t − θ_0‖ per parameter tensor and
+    in total (Cockpit's ``Distance``; :func:`sgdlab.probes.gradient_stats.distance_from`).
+
+    θ_0: the parameters when the Monitor was built (in :meth:`state_dict`, so a resumed run
+    measures from the same θ_0). Taken at the weights the step's gradient was computed at.
+    Keys: ``distance`` (total), ``NAME/distance``."""
+
+    name, tier = "distance", "cheap"
+
+    def __init__(self, schedule: Callable[[int], bool] | None = None) -> None:
+        super().__init__(schedule)
+        self.init: dict[str, torch.Tensor] = {}
+
+    def setup(self, monitor: Monitor) -> None:  # noqa: D102
+        if not self.init:
+            self.init = {n: p.detach().clone() for n, p in monitor.model.named_parameters()
+                         if p.requires_grad}
+
+    def measure(self, monitor: Monitor) -> dict[str, Any]:  # noqa: D102
+        from sgdlab.probes.gradient_stats import distance_from
+
+        d = distance_from(monitor.model, self.init)
+        rec: dict[str, Any] = {"distance": d.pop("total")}
+        rec.update({f"{n}/distance": v for n, v in d.items()})
+        return rec
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        return {"init": {n: t.clone() for n, t in self.init.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
+        if state.get("init"):
+            self.init = {n: t.clone() for n, t in state["init"].items()}
+
+
+class UpdateSize(Instrument):
+    """Size of one optimizer step, ‖θ_(t+1) − θ_t‖ per parameter tensor and in total
+    (Cockpit's ``UpdateSize``; :func:`sgdlab.probes.gradient_stats.update_size`): the weights
+    are copied at the measurement and compared after ``optimizer.step()`` returns (no record
+    numbers without an optimizer step). Keys: ``update_size``, ``NAME/update_size``."""
+
+    name, tier = "update_size", "cheap"
+
+    def __init__(self, schedule: Callable[[int], bool] | None = None) -> None:
+        super().__init__(schedule)
+        self._before: dict[str, torch.Tensor] = {}
+
+    def measure(self, monitor: Monitor) -> dict[str, Any]:  # noqa: D102
+        self._before = {n: p.detach().clone() for n, p in monitor.model.named_parameters()
+                        if p.requires_grad}
+        return {}
+
+    def after_optimizer_step(self, monitor: Monitor) -> dict[str, Any]:  # noqa: D102
+        from sgdlab.probes.gradient_stats import update_size
+
+        after = dict(monitor.model.named_parameters())
+        u = update_size(self._before, after)
+        self._before = {}
+        rec: dict[str, Any] = {"update_size": u.pop("total")}
+        rec.update({f"{n}/update_size": v for n, v in u.items()})
+        return rec
+
+
+class GradNorm(Instrument):
+    """‖p.grad‖ per parameter tensor and in total (Cockpit's ``GradNorm``): the gradient the
+    optimizer is about to step with (for ``loss.mean().backward()`` the mini-batch gradient ĝ;
+    for ``.sum()`` B·ĝ; under accumulation the accumulated one). No hook, no per-example
+    statistics. Keys: ``grad_norm``, ``NAME/grad_norm``."""
+
+    name, tier = "grad_norm", "cheap"
+
+    def measure(self, monitor: Monitor) -> dict[str, Any]:  # noqa: D102
+        from sgdlab.probes.gradient_stats import grad_norms
+
+        g = grad_norms({n: p.grad for n, p in monitor.model.named_parameters()
+                        if p.requires_grad and p.grad is not None})
+        rec: dict[str, Any] = {"grad_norm": g.pop("total")}
+        rec.update({f"{n}/grad_norm": v for n, v in g.items()})
+        return rec
+
+
+class NormTest(Instrument):
+    """Norm test θ_max = √(tr Σ̂ / (B‖ĝ‖²)) (Byrd et al. 2012; Cockpit's ``NormTest``;
+    :func:`sgdlab.probes.gradient_stats.norm_test`) from the per-example squared norms of the
+    user's backward (the noise scale's statistics; works under gradient accumulation).
+    ``None`` (listed in ``undefined``) where ‖ĝ‖² = 0; a batch of one is skipped."""
+
+    name, tier = "norm_test", "medium"
+    needs_stats = (True, False)
+
+    def setup(self, monitor: Monitor) -> None:  # noqa: D102
+        _per_example_setup(monitor)
+
+    def measure(self, monitor: Monitor) -> dict[str, Any] | None:  # noqa: D102
+        from sgdlab.probes.gradient_stats import norm_test
+
+        st = monitor.example_stats(grads=False)
+        if _small_batch(self, monitor, st["batch_size"]):
+            return None
+        theta = norm_test(sum(float(v) for v in st["sq_norms"].values()),
+                          sum(st["grad_sq_norms"].values()), st["batch_size"])
+        return undefined_to_null({"norm_test": theta, "batch_size": st["batch_size"]})
+
+
+def _per_example_setup(monitor: Monitor) -> None:
+    if monitor.world > 1:
+        raise ValueError("under DDP p.grad is the all-reduced gradient of other ranks' "
+                         "examples too: per-example statistics of this rank's batch do not "
+                         "match it")
+    if monitor.loss_fn is None:
+        raise ValueError("needs the Monitor's loss_fn (per-example losses)")
+
+
+class _GramTest(Instrument):
+    """A test from the Gram matrix K[a, b] = ⟨g_a, g_b⟩ of the step's per-example gradients,
+    gathered in the user's backward (one backward per step: not under gradient
+    accumulation). Costs B² per 2-D Linear layer and one layer's per-example gradients at a
+    time elsewhere."""
+
+    tier = "medium"
+    needs_stats = (False, False, True)
+    key = ""
+
+    def setup(self, monitor: Monitor) -> None:  # noqa: D102
+        _per_example_setup(monitor)
+
+    def value(self, gram: torch.Tensor) -> float:
+        """The test's number from K."""
+        raise NotImplementedError
+
+    def measure(self, monitor: Monitor) -> dict[str, Any] | None:  # noqa: D102
+        st = monitor.example_stats(grads=False, gram=True)
+        if _small_batch(self, monitor, st["batch_size"]):
+            return None
+        return undefined_to_null({self.key: self.value(st["gram"]),
+                                  "batch_size": st["batch_size"]})
+
+
+class InnerTest(_GramTest):
+    """Inner-product test θ_max (Bollapragada et al. 2018; Cockpit's ``InnerTest``;
+    :func:`sgdlab.probes.gradient_stats.inner_test`). Key: ``inner_test``."""
+
+    name = key = "inner_test"
+
+    def value(self, gram: torch.Tensor) -> float:  # noqa: D102
+        from sgdlab.probes.gradient_stats import inner_test
+
+        return inner_test(gram)
+
+
+class OrthoTest(_GramTest):
+    """Orthogonality test ν_max (Bollapragada et al. 2018; Cockpit's ``OrthoTest``;
+    :func:`sgdlab.probes.gradient_stats.ortho_test`). Key: ``ortho_test``."""
+
+    name = key = "ortho_test"
+
+    def value(self, gram: torch.Tensor) -> float:  # noqa: D102
+        from sgdlab.probes.gradient_stats import ortho_test
+
+        return ortho_test(gram)
+
+
+class MeanGSNR(Instrument):
+    """Mean gradient signal-to-noise ratio, mean over coordinates of ĝ²/(σ̂² + ε) with the
+    biased per-coordinate variance σ̂² = Σ_b g_b²/B − ĝ² (Liu et al. 2020; Cockpit's
+    ``MeanGSNR``, ε = 1e-5; :func:`sgdlab.probes.gradient_stats.mean_gsnr`), from Σ_b g_b² of
+    the user's backward (as ``noise_scale_bstar``). Key: ``mean_gsnr``."""
+
+    name, tier = "mean_gsnr", "medium"
+    needs_stats = (False, True)
+
+    def __init__(self, schedule: Callable[[int], bool] | None = None,
+                 epsilon: float = 1e-5) -> None:
+        super().__init__(schedule)
+        self.epsilon = epsilon
+
+    def setup(self, monitor: Monitor) -> None:  # noqa: D102
+        _per_example_setup(monitor)
+
+    def measure(self, monitor: Monitor) -> dict[str, Any] | None:  # noqa: D102
+        from sgdlab.probes.gradient_stats import mean_gsnr
+
+        st = monitor.example_stats(grads=True)
+        if _small_batch(self, monitor, st["batch_size"]):
+            return None
+        value = mean_gsnr(st["sum_sq"], st["grads"], st["batch_size"], self.epsilon)
+        return undefined_to_null({"mean_gsnr": value, "batch_size": st["batch_size"]})
+
+
+class Histogram(Instrument):
+    """Histograms of the gradient (p.grad, all parameters) and of the parameter values
+    (Cockpit's ``GradHist1d`` shows per-example gradient elements; this one the step's
+    gradient, at no cost beyond one pass over the parameters).
+
+    Record: ``grad_counts`` / ``param_counts`` (``bins`` counts over
+    [``grad_low``, ``grad_high``] and [``param_low``, ``param_high``], the values' range at
+    that step). With the Monitor's TensorBoard sink on, also TensorBoard histograms
+    ``histogram/gradients`` and ``histogram/parameters``. At :meth:`Monitor.close` with
+    ``out``: ``plots/histograms.png`` (the densities of up to 6 measured steps)."""
+
+    name, tier = "histogram", "cheap"
+
+    def __init__(self, schedule: Callable[[int], bool] | None = None, bins: int = 64) -> None:
+        super().__init__(schedule)
+        if int(bins) < 1:
+            raise ValueError(f"bins must be >= 1, got {bins}")
+        self.bins = int(bins)
+        self.history: list[dict[str, Any]] = []
+
+    def measure(self, monitor: Monitor) -> dict[str, Any]:  # noqa: D102
+        from sgdlab.probes.gradient_stats import histogram
+
+        params = [p for _, p in monitor.model.named_parameters() if p.requires_grad]
+        grads = [p.grad for p in params if p.grad is not None]
+        gc, glo, ghi = histogram(grads, self.bins)
+        pc, plo, phi = histogram(params, self.bins)
+        rec = {"grad_counts": gc, "grad_low": glo, "grad_high": ghi,
+               "param_counts": pc, "param_low": plo, "param_high": phi}
+        tb = getattr(monitor, "_tb", None)
+        if tb is not None:
+            t = monitor.step_count
+            if grads:
+                tb.add_histogram("histogram/gradients",
+                                 torch.cat([g.detach().reshape(-1).float().cpu()
+                                            for g in grads]), t)
+            tb.add_histogram("histogram/parameters",
+                             torch.cat([p.detach().reshape(-1).float().cpu()
+                                        for p in params]), t)
+        self.history.append({"step": monitor.step_count, **rec})
+        return rec
+
+    def teardown(self, monitor: Monitor) -> None:  # noqa: D102
+        out = getattr(monitor, "_out", None)
+        if out is None or not self.history:
+            return
+        (out / "plots").mkdir(parents=True, exist_ok=True)
+        histogram_figure(self.history, out / "plots" / "histograms.png")
+
+
+def histogram_figure(history: list[dict[str, Any]], path: Any) -> Any:
+    """Gradient and parameter densities (count / bin width / total) of up to 6 of the
+    measured steps, evenly spaced, in two panels; written to ``path``."""
+    import numpy as np
+
+    from sgdlab.plots import new_figure, save_figure
+
+    pick = history if len(history) <= 6 else [
+        history[int(round(i))] for i in np.linspace(0, len(history) - 1, 6)]
+    fig, axes = new_figure(1, 2, figsize=(10.0, 3.6))
+    for ax, what, label in ((axes.flat[0], "grad", "gradient (p.grad)"),
+                            (axes.flat[1], "param", "parameter value")):
+        for h in pick:
+            counts = np.asarray(h[f"{what}_counts"], dtype=float)
+            lo, hi = h[f"{what}_low"], h[f"{what}_high"]
+            width = (hi - lo) / counts.size
+            centres = lo + width * (np.arange(counts.size) + 0.5)
+            total = counts.sum()
+            if total:
+                ax.plot(centres, counts / (total * width), linewidth=1.0,
+                        label=f"step {h['step']}")
+        ax.set_xlabel(label)
+        ax.set_ylabel("density")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("histograms")
+    return save_figure(fig, path)
+
+
+
 INSTRUMENTS: dict[str, type[Instrument]] = {
     "effective_lr": EffectiveLR,
     "noise_scale": NoiseScaleInstrument,
@@ -360,6 +684,14 @@ INSTRUMENTS: dict[str, type[Instrument]] = {
     "sharpness": Sharpness,
     "snr": SNRDiagnostics,
     "ddp_noise_scale": DDPNoiseScale,
+    "distance": Distance,
+    "update_size": UpdateSize,
+    "grad_norm": GradNorm,
+    "norm_test": NormTest,
+    "inner_test": InnerTest,
+    "ortho_test": OrthoTest,
+    "mean_gsnr": MeanGSNR,
+    "histogram": Histogram,
 }
 
 

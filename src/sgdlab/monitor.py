@@ -292,7 +292,7 @@ class Monitor:
                                      "(pip install 'sgdlab[tensorboard]')") from None
 
                 self._tb = SummaryWriter(log_dir=str(self._out / "tensorboard"))
-        self._stats: dict[tuple[bool, bool], _SafeStats] = {}
+        self._stats: dict[tuple[bool, bool, bool], _SafeStats] = {}
         self._in_step = False
         self._due: list = []
         self._pending: list[tuple[Any, dict[str, Any]]] = []
@@ -439,12 +439,15 @@ class Monitor:
             return 0.0
         return self.optimizer.param_groups[0].get("weight_decay", 0.0)
 
-    def example_stats(self, grads: bool = True) -> dict[str, Any]:
+    def example_stats(self, grads: bool = True, gram: bool = False) -> dict[str, Any]:
         """Per-example statistics of this step's batch from the user's backward, summed over
         micro-batches and divided by c² (SPEC §3): ``batch_size``, ``scale`` (c), ``loss``
         (mean ℓ_b), ``sq_norms`` ({name: Σ_b ‖g_b,p‖²}, when norms were gathered), ``sum_sq``
-        ({name: Σ_b g_b²}, when gathered) and ``grad_sq_norms`` ({name: ‖ĝ_p‖²}, floats);
-        ``grads=True`` also gives ``grads`` ({name: ĝ = p.grad/(c·B)}, tensors)."""
+        ({name: Σ_b g_b²}, when gathered), ``gram`` (with ``gram=True``: the (B, B) float64
+        Gram matrix K[a, b] = ⟨g_a, g_b⟩, when gathered; one micro-batch only, else
+        ValueError: the products between micro-batches are seen by no backward) and
+        ``grad_sq_norms`` ({name: ‖ĝ_p‖²}, floats); ``grads=True`` also gives ``grads``
+        ({name: ĝ = p.grad/(c·B)}, tensors)."""
         if not self._micro:
             raise ValueError("no per-example statistics were gathered for this step")
         micro = self._micro
@@ -463,6 +466,12 @@ class Monitor:
                     for n, v in m[key].items():
                         acc[n] = v if n not in acc else acc[n] + v
                 out[key] = acc
+        if gram and micro[0].get("gram") is not None:
+            if len(micro) > 1:
+                raise ValueError("the Gram matrix of per-example gradients needs the step's "
+                                 "batch in one backward (gradient accumulation hides the "
+                                 "products between micro-batches)")
+            out["gram"] = micro[0]["gram"]
         named = [(n, p) for n, p in self._named_params if p.requires_grad]
         before = self._grad_before
         # this step's Σ_b c·g_b in the parameters' own dtype (no float64 copies)
@@ -505,25 +514,27 @@ class Monitor:
         if self.rank == 0:
             print(f"sgdlab: instrument {inst.name} disabled: {reason}", file=sys.stderr)
 
-    def _needs(self) -> tuple[bool, bool]:
-        norms = sum_sq = False
+    def _needs(self) -> tuple[bool, bool, bool]:
+        """(norms, sum_sq, gram) wanted by the due instruments; ``needs_stats`` is
+        ``(norms, sum_sq)`` or ``(norms, sum_sq, gram)``."""
+        norms = sum_sq = gram = False
         for inst in self._due:
             if inst.disabled:
                 continue
-            n, s = inst.needs_stats
-            norms, sum_sq = norms or n, sum_sq or s
-        return norms, sum_sq
+            n, s, *g = inst.needs_stats
+            norms, sum_sq, gram = norms or n, sum_sq or s, gram or bool(g and g[0])
+        return norms, sum_sq, gram
 
     def _arm(self) -> None:
-        norms, sum_sq = self._needs()
-        if not (norms or sum_sq):
+        norms, sum_sq, gram = self._needs()
+        if not (norms or sum_sq or gram):
             return
-        key = (norms, sum_sq)
+        key = (norms, sum_sq, gram)
         try:
             stats = self._stats.get(key)
             if stats is None:
                 stats = self._stats[key] = _SafeStats(self.model, norms=norms, sum_sq=sum_sq,
-                                                      reduction="sum")
+                                                      reduction="sum", gram=gram)
             stats.failure = None
             stats.attach()
         except Exception as err:  # noqa: BLE001
@@ -612,6 +623,8 @@ class Monitor:
                 entry["sq_norms"] = {n: v * inv for n, v in zip(by_param, sums, strict=True)}
             if sum_sq_wanted:
                 entry["sum_sq"] = {n: v.double() * inv for n, v in stats.sum_sq().items()}
+            if stats.want_gram:
+                entry["gram"] = stats.gram().double() * inv
             self._micro.append(entry)
         except Exception as err:  # noqa: BLE001
             self._disarm(discard=True)

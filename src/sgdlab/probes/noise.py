@@ -239,3 +239,58 @@ class TwoBatchEstimator(SmoothedNoiseScale):
         """Add one measurement; returns the smoothed B_simple (bias-corrected EMA)."""
         g2, tr = two_batch_estimates(g_small_sq, g_big_sq, b_small, b_big)
         return self.add(tr, g2)
+
+
+@dataclass(frozen=True)
+class WindowEstimate:
+    """What :meth:`WindowedNoiseScale.estimate` returns."""
+
+    tr_sigma: float
+    g_norm_sq: float
+    b_simple: float
+    batches: int
+
+
+class WindowedNoiseScale:
+    """B_simple over a window of the last ``window`` consecutive batches (SPEC §3).
+
+    Each batch i of the window contributes its unbiased per-batch estimates (tr Σ_i, ‖G‖²_i)
+    (:func:`noise_scale_from_stats`); the window's are their means::
+
+        tr Σ_w = (1/n) Σ_i tr Σ_i,   ‖G‖²_w = (1/n) Σ_i ‖G‖²_i,   B_simple,w = tr Σ_w / ‖G‖²_w
+
+    over the n ≤ k batches of steps t − k + 1 … t that were measured. Each mean is unbiased
+    (a mean of unbiased estimates) with ~1/n of one batch's variance, so the denominator is
+    far less often ≤ 0 than a single batch's; where it still is, ``b_simple`` is inf
+    (undefined; the instrument writes ``None``). Equal weights: the batches of a run have one
+    size. State: the window's entries (:meth:`state_dict`)."""
+
+    def __init__(self, window: int) -> None:
+        if int(window) < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window = int(window)
+        self.entries: list[tuple[int, float, float, int]] = []
+
+    def add(self, step: int, tr_sigma: float, g_norm_sq: float, batch_size: int) -> None:
+        """One batch's unbiased estimates at ``step`` (entries older than the window go)."""
+        self.entries.append((int(step), float(tr_sigma), float(g_norm_sq), int(batch_size)))
+        self.entries = [e for e in self.entries if e[0] > step - self.window]
+
+    def estimate(self, step: int) -> WindowEstimate:
+        """The window ending at ``step``: means of the entries of steps step − k + 1 … step."""
+        inside = [e for e in self.entries if step - self.window < e[0] <= step]
+        if not inside:
+            return WindowEstimate(math.nan, math.nan, math.nan, 0)
+        n = len(inside)
+        tr = sum(e[1] for e in inside) / n
+        g2 = sum(e[2] for e in inside) / n
+        return WindowEstimate(tr, g2, _ratio(tr, g2), n)
+
+    def state_dict(self) -> dict[str, object]:
+        """The window's entries, for a resumed run."""
+        return {"window": self.window, "entries": [list(e) for e in self.entries]}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.window = int(state["window"])
+        self.entries = [(int(a), float(b), float(c), int(d)) for a, b, c, d in state["entries"]]

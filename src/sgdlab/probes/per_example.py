@@ -346,6 +346,17 @@ def _materialise(contribs, shape) -> torch.Tensor:
     return total
 
 
+def _gram_of(contribs: list, shape: torch.Size) -> torch.Tensor:
+    """K[a, b] = ⟨g_a, g_b⟩ of one parameter from its contributions (factor or dense), via
+    its per-example gradients G (B, P): G Gᵀ."""
+    total = None
+    for kind, c in contribs:
+        g = _materialise([c], shape) if kind == "factor" else c
+        g = g.reshape(g.shape[0], -1)
+        total = g if total is None else total + g
+    return total @ total.T
+
+
 # ---------------------------------------------------------------------------------------------
 # Where each parameter is used
 # ---------------------------------------------------------------------------------------------
@@ -500,7 +511,10 @@ class PerExampleStats:
     ``norms`` / ``sum_sq`` select what is computed: ‖g_b‖² (cheap: no per-example gradient of a
     2-D Linear layer, and the cheaper of the Gram form ⟨δδᵀ, xxᵀ⟩ and the per-layer
     materialisation for sequence and conv inputs) and Σ_b g_b² per coordinate (one layer's
-    per-example gradients at a time, except for 2-D Linear layers: (δ²)ᵀ(x²)).
+    per-example gradients at a time, except for 2-D Linear layers: (δ²)ᵀ(x²)). ``gram``
+    adds the B×B Gram matrix K[a, b] = ⟨g_a, g_b⟩ of the per-example gradients (Cockpit's
+    ``BatchDotGrad``; :meth:`gram`): (δδᵀ)∘(xxᵀ) for a 2-D Linear weight, and G Gᵀ of the
+    layer's per-example gradients G (B, P), formed one parameter at a time, otherwise.
 
     Refuses, with a ``ValueError`` naming the module, what it cannot compute exactly: a
     forward through BatchNorm in training mode (the examples of a batch are coupled), a
@@ -511,14 +525,15 @@ class PerExampleStats:
     """
 
     def __init__(self, model: nn.Module, *, norms: bool = True, sum_sq: bool = True,
-                 reduction: str = "sum") -> None:
+                 reduction: str = "sum", gram: bool = False) -> None:
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-        if not (norms or sum_sq):
-            raise ValueError("nothing to compute: norms and sum_sq are both False")
+        if not (norms or sum_sq or gram):
+            raise ValueError("nothing to compute: norms, sum_sq and gram are all False")
         self.model = model
         self.want_norms = bool(norms)
         self.want_sum_sq = bool(sum_sq)
+        self.want_gram = bool(gram)
         self.reduction = reduction
         self._handles: list = []
         self._recording = True
@@ -648,6 +663,26 @@ class PerExampleStats:
             out[self._names[k]] = v * scale if scale != 1 else v
         return out
 
+    def gram_by_param(self) -> dict[str, torch.Tensor]:
+        """K_p[a, b] = ⟨∇_p ℓ_a, ∇_p ℓ_b⟩ per parameter name, each (B, B); parameters that did
+        not take part in the forward are absent. Its diagonal is :meth:`sq_norms_by_param`."""
+        if not self.want_gram:
+            raise RuntimeError("constructed with gram=False")
+        self._finalize()
+        scale = self._scale()
+        return {self._names[k]: (v * scale if scale != 1 else v) for k, v in self._gram.items()}
+
+    def gram(self) -> torch.Tensor:
+        """K[a, b] = ⟨g_a, g_b⟩ = Σ_p K_p[a, b] over all parameters, shape (B, B)."""
+        by_param = self.gram_by_param()
+        if not by_param:
+            raise RuntimeError("no parameter received per-example statistics: call the model "
+                               "and backpropagate inside the PerExampleStats context first")
+        total = None
+        for v in by_param.values():
+            total = v if total is None else total + v
+        return total
+
     def sum_sq(self) -> dict[str, torch.Tensor]:
         """Σ_b (∇_p ℓ_b)² per coordinate, one tensor of p's shape per parameter name that
         requires grad (zeros for parameters not used by the forward) (SPEC §3)."""
@@ -683,6 +718,7 @@ class PerExampleStats:
         self._done_owners: dict[int, int] = {}
         self._norms: dict[int, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
         self._sum_sq: dict[int, torch.Tensor] = {}
+        self._gram: dict[int, torch.Tensor] = {}
         self._finalized = False
         # use tracking: common prefix of the module stacks of each parameter's uses, the
         # parameters used outside their owners, calls of modules without own parameters
@@ -1079,6 +1115,12 @@ class PerExampleStats:
                 self._sum_sq[id(w)] = d2.T @ x.square()
             if b is not None:
                 self._sum_sq[id(b)] = d2.sum(0)
+        if self.want_gram:
+            kd = d @ d.T                    # ⟨g_a(c), g_b(c)⟩ = ⟨δ_a, δ_b⟩
+            if w is not None:               # ⟨δ_a x_aᵀ, δ_b x_bᵀ⟩ = ⟨δ_a, δ_b⟩⟨x_a, x_b⟩
+                self._gram[id(w)] = kd * (x @ x.T)
+            if b is not None:
+                self._gram[id(b)] = kd
 
     def _modified(self, layer: _Layer) -> None:
         raise RuntimeError(f"the input of {layer.name!r} was modified in place after the "
@@ -1118,6 +1160,10 @@ class PerExampleStats:
         if not contribs:
             return
         p = self._params[k]
+        if self.want_gram:
+            self._gram[k] = _gram_of(contribs, p.shape)
+            if not (self.want_norms or self.want_sum_sq):
+                return
         if (all(c[0] == "factor" for c in contribs)
                 and len({_layout(c[1][0]) for c in contribs}) == 1):
             norms, sq = _weight_stats([c[1] for c in contribs], p.shape,
