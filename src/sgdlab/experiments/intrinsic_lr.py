@@ -844,17 +844,24 @@ def _check_equal(out: dict[str, Any]) -> Check:
 # ---------------------------------------------------------------------------------------------
 
 
-def _figures(ctx: Context, out: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    import matplotlib
+def _save(ctx: Context, fig: Any, what: str) -> str:
+    from sgdlab.plots import save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    path, rel = ctx.figure(CLAIM, what)
+    save_figure(fig, path)
+    return rel
+
+
+def _figures(ctx: Context, out: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    from matplotlib import colormaps
+
+    from sgdlab.plots import new_figure
 
     paths = []
     ser = out["kick_series"]
     layers = sorted({f["layer"] for f in out["fits"]})
-    fig, axes = plt.subplots(1, len(layers), figsize=(4.6 * len(layers), 3.6), squeeze=False)
-    colors = plt.cm.viridis(np.linspace(0, 0.9, len(b["ladder"])))
+    fig, axes = new_figure(1, len(layers), figsize=(4.6 * len(layers), 3.6))
+    colors = colormaps["viridis"](np.linspace(0, 0.9, len(b["ladder"])))
     for ax, layer in zip(axes[0], layers, strict=True):
         for c, el in zip(colors, b["ladder"], strict=True):
             for direction, ls in ((1, "-"), (-1, "--")):
@@ -875,15 +882,13 @@ def _figures(ctx: Context, out: dict[str, Any], b: dict[str, Any]) -> list[str]:
         ax.set_title(f"layer {layer}: ‖w‖⁴ ×{KICK:g} (solid), ×{1 / KICK:g} (dashed)")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path, rel = ctx.figure(CLAIM, "relaxation")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    paths.append(rel)
+    paths.append(_save(ctx, fig, "relaxation"))
 
     ds = out["decay_series"]
     sub = int(ds["sub"])
     t1 = b["t1"]
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, axes = new_figure(figsize=(6, 3.8))
+    ax = axes[0, 0]
     for layer, (pre, post) in enumerate(zip(ds["pre"], ds["post"], strict=True)):
         pre, post = np.array(pre, dtype=float), np.array(post, dtype=float)
         rows = [r for r in out["decay"] if r["layer"] == layer]
@@ -905,12 +910,10 @@ def _figures(ctx: Context, out: dict[str, Any], b: dict[str, Any]) -> list[str]:
                  "levels /10 (-.), /√10 (--), theory with G (:)", fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path, rel = ctx.figure(CLAIM, "decay")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    paths.append(rel)
+    paths.append(_save(ctx, fig, "decay"))
 
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    fig, axes = new_figure(figsize=(4.6, 4.2))
+    ax = axes[0, 0]
     rows = out["rows"]
     for phase, m in (("from init", "o"), ("after ×0.1 decay", "s")):
         p = np.array([_f(r["pred"]) for r in rows if r["phase"] == phase])
@@ -929,8 +932,5 @@ def _figures(ctx: Context, out: dict[str, Any], b: dict[str, Any]) -> list[str]:
     ax.set_title("equilibrium norm per layer and run (±10 %)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path, rel = ctx.figure(CLAIM, "equilibrium")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    paths.append(rel)
+    paths.append(_save(ctx, fig, "equilibrium"))
     return paths
