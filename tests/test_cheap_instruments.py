@@ -306,3 +306,24 @@ def test_probe_functions_guard_degenerate_input():
     assert math.isnan(gradient_stats.norm_test(1.0, 0.0, 4))
     counts, lo, hi = gradient_stats.histogram([torch.full((5,), 2.0)], bins=4)
     assert sum(counts) == 5 and lo < 2.0 < hi
+
+
+def test_instrument_options_in_names_and_configs():
+    from sgdlab.config import ConfigError, from_dict
+
+    (inst,) = instruments.create(["noise_scale:window=8"])
+    assert isinstance(inst, NoiseScaleInstrument) and inst.window == 8
+    assert instruments.parse("mean_gsnr:epsilon=1e-8").epsilon == 1e-8
+    assert instruments.parse("histogram:bins=16").bins == 16
+    for bad, match in (("noise_scale:window=0", "window must be an integer >= 1"),
+                       ("noise_scale:windw=3", "unexpected keyword"),
+                       ("noise_scale:window", "options are KEY=VALUE"),
+                       ("hessian:k=2", "probe must be one of")):
+        with pytest.raises(ConfigError, match=match):
+            instruments.parse(bad)
+    cfg = from_dict({"dataset": "mnist1d", "model": "mlp", "steps": 5,
+                     "probes": ["noise_scale:window=4"]})
+    assert cfg.probes == ["noise_scale:window=4"]
+    with pytest.raises(ConfigError, match="window must be"):
+        from_dict({"dataset": "mnist1d", "model": "mlp", "steps": 5,
+                   "probes": ["noise_scale:window=-1"]})

@@ -359,7 +359,10 @@ def validate(cfg: TrainConfig) -> None:
     if not isinstance(cfg.probes, list):
         raise ConfigError(f"probes must be a list of names, got {cfg.probes!r}")
     for name in cfg.probes:
-        _choice("probe", name, instruments.available())
+        if not isinstance(name, str):
+            raise ConfigError(f"probe must be one of {', '.join(instruments.available())}, "
+                              f"got {name!r}")
+        instruments.parse(name)          # NAME or NAME:KEY=VALUE…; unknown ones raise
     _int("probe_every", cfg.probe_every, 1)
     _choice("probe_schedule", cfg.probe_schedule, PROBE_SCHEDULES)
     for name in ("dataset_options", "model_options", "optimizer_options", "schedule_options"):

@@ -700,17 +700,48 @@ def available() -> list[str]:
     return list(INSTRUMENTS)
 
 
+def _option_value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse(spec: str) -> Instrument:
+    """An instrument from ``NAME`` or ``NAME:KEY=VALUE[:KEY=VALUE…]`` (e.g.
+    ``noise_scale:window=8``: the constructor's keyword options, numbers and true/false
+    parsed); a :class:`ConfigError` for an unknown name or option."""
+    name, *opts = spec.split(":")
+    if name not in INSTRUMENTS:
+        raise ConfigError(f"probe must be one of {', '.join(INSTRUMENTS)}, got {spec!r}")
+    kwargs: dict[str, Any] = {}
+    for opt in opts:
+        key, eq, value = opt.partition("=")
+        if not eq or not key.isidentifier() or key == "schedule":
+            raise ConfigError(f"probe {spec!r}: options are KEY=VALUE, got {opt!r}")
+        kwargs[key] = _option_value(value)
+    try:
+        return INSTRUMENTS[name](**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"probe {spec!r}: {err}") from None
+
+
 def create(items: Sequence[str | Instrument]) -> list[Instrument]:
-    """Instruments from names or Instrument objects; an unknown name is a
-    :class:`ConfigError` listing the known ones."""
+    """Instruments from names (``NAME`` or ``NAME:KEY=VALUE…``, see :func:`parse`) or
+    Instrument objects; an unknown name is a :class:`ConfigError` listing the known ones."""
     if isinstance(items, str):
         items = [items]
     out: list[Instrument] = []
     for item in items:
         if isinstance(item, Instrument):
             out.append(item)
-        elif item in INSTRUMENTS:
-            out.append(INSTRUMENTS[item]())
+        elif isinstance(item, str):
+            out.append(parse(item))
         else:
             raise ConfigError(f"probe must be one of {', '.join(INSTRUMENTS)}, got {item!r}")
     return out

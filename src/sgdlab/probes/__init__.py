@@ -9,6 +9,9 @@ Instruments (when and how often a quantity is computed, logged and plotted) live
 ``curvature``             top Hessian eigenvalue by HVP power iteration, 2/λ_max; top-k by
                           Lanczos, Hutchinson tr H and tr H², SLQ spectral density
 ``norms``                 weight norms, effective and intrinsic LR (SPEC §4.5)
+``gradient_stats``        Cockpit's cheap set: distance from init, update size, gradient
+                          norms, norm / inner-product / orthogonality tests, mean GSNR,
+                          histograms
 ``stationary``            stationary loss at fixed η, heat capacity dL/dη (SPEC §4.1, §4.2)
 ========================  ==================================================================
 """
