@@ -116,6 +116,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    f"schedule, an integer >= 0 (default: {d('warmup_steps')})")
     p.add_argument("--batch-size", type=int, help="examples per step, an integer >= 1 "
                    f"(default: {d('batch_size')})")
+    p.add_argument("--accumulate", type=int, help="gradient accumulation: each step's "
+                   "gradient from this many micro-batches of batch-size/N examples (the same "
+                   f"gradient up to float summation order) (default: {d('accumulate')})")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="length of the run in optimizer steps, an "
                         "integer >= 1; give this or --epochs, here or in the config "
@@ -254,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("dataset", "model", "optimizer", "lr", "schedule", "warmup_steps", "batch_size",
+            "accumulate",
             "steps", "epochs", "sampling", "seed", "device", "eval_every", "log_every",
             "full_train_loss", "checkpoint_every", "average", "average_start", "ema_decay",
             "tensorboard", "out", "probe_every", "probe_schedule")

@@ -42,7 +42,12 @@ class TrainConfig:
     ``eval_every``/``log_every``/``checkpoint_every`` are in steps (0: automatic for eval and
     log; for checkpoints only at the end and on SIGINT/SIGTERM). ``probes`` names
     instruments (:mod:`sgdlab.instruments`) measured every ``probe_every`` steps, or at
-    log-spaced steps with ``probe_schedule: log``.
+    log-spaced steps with ``probe_schedule: log``. ``accumulate`` N > 1 computes each step's
+    gradient as the sum of N backwards of micro-batches of batch_size/N examples, each of
+    (1/batch_size)·Σ_(b∈micro) ℓ_b: the same gradient as one batch up to the order of float
+    summation (not under BatchNorm in training mode, which normalises per micro-batch, nor
+    with dropout, whose masks are drawn per micro-batch). It is left out of :meth:`to_dict`
+    at its default 1, so configs and cache keys of runs without it are unchanged.
     """
 
     dataset: str = "mnist1d"
@@ -50,6 +55,7 @@ class TrainConfig:
     optimizer: str = "sgd"
     lr: float | None = None
     batch_size: int = 128
+    accumulate: int = 1
     steps: int | None = None
     epochs: float | None = None
     schedule: str = "constant"
@@ -75,8 +81,11 @@ class TrainConfig:
     schedule_options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-data form (what config.yaml holds)."""
-        return dataclasses.asdict(self)
+        """Plain-data form (what config.yaml holds); ``accumulate`` only when not 1."""
+        d = dataclasses.asdict(self)
+        if d["accumulate"] == 1:
+            del d["accumulate"]
+        return d
 
     def to_yaml(self) -> str:
         """YAML text of :meth:`to_dict`, keys in field order."""
@@ -335,6 +344,10 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.lr is not None:
         _num("lr", cfg.lr, 0.0)
     _int("batch_size", cfg.batch_size, 1)
+    _int("accumulate", cfg.accumulate, 1)
+    if cfg.batch_size % cfg.accumulate:
+        raise ConfigError(f"batch_size ({cfg.batch_size}) must be divisible by accumulate "
+                          f"({cfg.accumulate}): micro-batches of equal size")
     if (cfg.steps is None) == (cfg.epochs is None):
         raise ConfigError("give exactly one of steps and epochs, got "
                           f"steps={cfg.steps!r}, epochs={cfg.epochs!r}")

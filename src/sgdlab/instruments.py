@@ -10,9 +10,10 @@ becomes ``{"kind": "probe", "name": NAME, "step": t, ...numbers}`` in the Monito
 metrics.jsonl and ``plots/probe_NAME.png``.
 
 The Monitor drives an instrument through ``setup`` (once), ``begin`` (first micro-batch of a
-due step), ``measure`` (gradients final, before the optimizer step: returns the numbers),
-``after_optimizer_step`` (extra numbers that need the updated parameters) and ``teardown``;
-``needs_stats = (norms, sum_sq)`` asks for per-example statistics of the step's backward.
+due step), ``micro_batch_done`` (after each micro-batch's backward), ``measure`` (gradients
+final, before the optimizer step: returns the numbers), ``after_optimizer_step`` (extra
+numbers that need the updated parameters) and ``teardown``; ``needs_stats = (norms, sum_sq)``
+or ``(norms, sum_sq, gram)`` asks for per-example statistics of the step's backward.
 Instruments never touch the global RNG, so a monitored run resumes bit for bit.
 """
 
@@ -99,6 +100,11 @@ class Instrument:
     def after_optimizer_step(self, monitor: Monitor) -> dict[str, Any] | None:
         """Numbers added to the record once ``optimizer.step()`` has returned."""
         return None
+
+    def micro_batch_done(self, monitor: Monitor) -> None:
+        """After each micro-batch's backward of a due step (at the next ``begin`` of the step
+        and at ``gradients_ready``, before :meth:`measure`); ``monitor.micro_sizes`` holds the
+        micro-batches' sizes so far."""
 
     def teardown(self, monitor: Monitor) -> None:
         """At :meth:`Monitor.close`."""
@@ -337,7 +343,9 @@ class DDPNoiseScale(Instrument):
         from sgdlab.monitor import _batch_len
         from sgdlab.probes.noise import two_batch_estimates
 
-        b_small = _batch_len(monitor.batch[0])
+        sizes = monitor.micro_sizes
+        b_small = (sum(sizes) if sizes and None not in sizes
+                   else _batch_len(monitor.batch[0]))     # this rank's examples in the step
         b_big = b_small * world
         g2, tr = two_batch_estimates(g_small, g_big, b_small, b_big)
         self.estimator.update(g_small, g_big, b_small, b_big)
@@ -403,6 +411,88 @@ class SNRDiagnostics(Instrument):
         if diag is None:
             raise ValueError("the snr probe needs the snr_sgd optimizer")
         return {k: v for k, v in diag().items() if k != "step"}
+
+
+class MicrobatchNoiseScale(Instrument):
+    """Two-batch-size noise scale from gradient accumulation at no extra backward (SPEC §3;
+    McCandlish et al. 2018, appendix A; the estimator of ``ddp_noise_scale``, with the
+    micro-batches of one step in place of the ranks).
+
+    A step of N ≥ 2 micro-batches m of b_m examples (B = Σ_m b_m): after each micro-batch's
+    backward the increment Δ_m of p.grad is read (one copy of the gradients, on measured
+    steps only). With p.grad the mean gradient of the step's B examples at the end (each
+    micro-batch backpropagating (1/B) Σ_(b∈m) ℓ_b — ``(loss_m.mean() · b_m/B).backward()``,
+    as the Trainer's ``accumulate`` does), ĝ_m = Δ_m · B/b_m and ĝ_B = Σ_m Δ_m, and::
+
+        small = mean_m ‖ĝ_m‖²   (E = ‖G‖² + tr Σ / b_s,  1/b_s = mean_m 1/b_m)
+        big   = ‖ĝ_B‖²          (E = ‖G‖² + tr Σ / B)
+
+    give the unbiased ‖G‖² and tr Σ of
+    :func:`~sgdlab.probes.noise.two_batch_estimates`, their ratio ``b_simple`` and
+    ``b_simple_smoothed`` (:class:`~sgdlab.probes.noise.TwoBatchEstimator`: numerator and
+    denominator averaged separately, in :meth:`state_dict`). Another scale of the backward
+    (``.sum()`` per micro-batch) scales ‖G‖² and tr Σ alike and leaves B_simple unchanged.
+    p.grad must hold this step's gradients only (zero_grad before the first backward).
+    Undefined values (‖G‖² ≤ 0) are ``None`` and listed in ``undefined``. One micro-batch per
+    step: disabled with one line. Under DDP use ``ddp_noise_scale``."""
+
+    name, tier = "microbatch_noise_scale", "cheap"
+
+    def __init__(self, schedule: Callable[[int], bool] | None = None,
+                 decay: float = 0.95) -> None:
+        super().__init__(schedule)
+        from sgdlab.probes.noise import TwoBatchEstimator
+
+        self.estimator = TwoBatchEstimator(decay)
+        self._prev: list[torch.Tensor] | None = None
+        self._sq: list[float] = []
+
+    def setup(self, monitor: Monitor) -> None:  # noqa: D102
+        if monitor.world > 1:
+            raise ValueError("under DDP p.grad is the all-reduced gradient; use "
+                             "ddp_noise_scale")
+
+    def begin(self, monitor: Monitor) -> None:  # noqa: D102
+        self._prev, self._sq = None, []
+
+    def micro_batch_done(self, monitor: Monitor) -> None:  # noqa: D102
+        params = [p for _, p in monitor._named_params if p.requires_grad]
+        cur = [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params]
+        delta = cur if self._prev is None else torch._foreach_sub(cur, self._prev)
+        norms = torch.stack(torch._foreach_norm(delta)).double() if delta else None
+        self._sq.append(float(norms.square().sum()) if norms is not None else 0.0)
+        # p.grad is accumulated in place by the next backward: keep a copy
+        self._prev = [c.clone() for c in cur]
+
+    def measure(self, monitor: Monitor) -> dict[str, Any] | None:  # noqa: D102
+        from sgdlab.probes.noise import two_batch_estimates
+
+        sizes, sq = monitor.micro_sizes, self._sq
+        total = self._prev
+        self._prev, self._sq = None, []
+        if len(sq) < 2 or len(sizes) != len(sq) or None in sizes:
+            raise ValueError("needs gradient accumulation: at least 2 micro-batches (begin() "
+                             "calls) per optimizer step")
+        bsz = sum(sizes)
+        g_small = sum(s * (bsz / b) ** 2 for s, b in zip(sq, sizes, strict=True)) / len(sq)
+        g_big = sum(float(t.double().square().sum()) for t in total) if total else 0.0
+        b_small = len(sizes) / sum(1.0 / b for b in sizes)
+        g2, tr = two_batch_estimates(g_small, g_big, b_small, bsz)
+        self.estimator.update(g_small, g_big, b_small, bsz)
+        rec = {"micro_batches": len(sizes), "b_small": b_small, "b_big": bsz,
+               "g_small_norm_sq": g_small, "g_big_norm_sq": g_big, "g_norm_sq": g2,
+               "tr_sigma": tr, "b_simple": tr / g2 if g2 > 0 else math.inf,
+               "tr_sigma_smoothed": self.estimator.tr_sigma,
+               "g_norm_sq_smoothed": self.estimator.g_norm_sq,
+               "b_simple_smoothed": self.estimator.b_simple}
+        return undefined_to_null(rec)
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        return self.estimator.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
+        if state:
+            self.estimator.load_state_dict(state)
 
 
 # ------------------------------------------------------------------ Cockpit's cheap set
@@ -692,6 +782,7 @@ INSTRUMENTS: dict[str, type[Instrument]] = {
     "ortho_test": OrthoTest,
     "mean_gsnr": MeanGSNR,
     "histogram": Histogram,
+    "microbatch_noise_scale": MicrobatchNoiseScale,
 }
 
 

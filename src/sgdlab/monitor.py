@@ -276,6 +276,8 @@ class Monitor:
         self.records: list[dict[str, Any]] = []
         self.step_count = 0
         self.batch: tuple[Any, Any] | None = None
+        #: examples in each micro-batch of the step in progress (due steps only)
+        self.micro_sizes: list[int | None] = []
         self._log = log
         self._out = Path(out) if out is not None else None
         self._writer = None
@@ -325,6 +327,9 @@ class Monitor:
         if self._pending:
             self._flush()
         if self._in_step:
+            if self._due:
+                self._micro_done()
+                self.micro_sizes.append(_batch_len(x))
             if self._armed is not None:
                 self._harvest()     # the previous micro-batch's backward is done
                 self.batch = (x, y)
@@ -337,6 +342,7 @@ class Monitor:
         self._due = due
         if not due:
             return
+        self.micro_sizes = [_batch_len(x)]
         for inst in due:
             self._guarded(inst, inst.begin, self)
         self._micro = []
@@ -349,6 +355,8 @@ class Monitor:
         if not self._in_step:
             raise RuntimeError("gradients_ready() without begin(x, y) for this step")
         self._in_step = False
+        if self._due:
+            self._micro_done()
         if self._armed is not None:
             self._harvest()
         t = self.step_count + 1
@@ -489,6 +497,13 @@ class Monitor:
         return out
 
     # ------------------------------------------------------------------ internals
+
+    def _micro_done(self) -> None:
+        """A micro-batch's backward is done (the next ``begin`` of the step, or
+        ``gradients_ready``): tell the due instruments."""
+        for inst in self._due:
+            if not inst.disabled and (self.rank == 0 or inst.all_ranks):
+                self._guarded(inst, inst.micro_batch_done, self)
 
     def _due_at(self, t: int) -> list:
         sched = self.schedule

@@ -416,6 +416,9 @@ class Trainer:
         if self.world > 1 and config.batch_size % self.world:
             raise ConfigError(f"batch_size must be divisible by the {self.world} processes, "
                               f"got {config.batch_size}")
+        if (config.batch_size // self.world) % config.accumulate:
+            raise ConfigError(f"each process's batch of {config.batch_size // self.world} "
+                              f"must be divisible by accumulate ({config.accumulate})")
         self.run = build(config, model=model, data=data, loss_fn=loss_fn)
         self.model = self.run.model
         self.optimizer = self.run.optimizer
@@ -667,8 +670,11 @@ class Trainer:
             while self.step < self.total_steps:
                 x, y = self.batches.next()  # this rank's slice of the global batch
                 self.batch = (x, y)
-                self.monitor.begin(x, y)
-                loss = self.run.loss_fn(self.train_model(x), y)
+                if cfg.accumulate > 1:
+                    loss = self._accumulated_backward(x, y)
+                else:
+                    self.monitor.begin(x, y)
+                    loss = self.run.loss_fn(self.train_model(x), y)
                 self.loss = loss
                 if self.world > 1:
                     mean_loss = loss.detach().clone()
@@ -681,8 +687,9 @@ class Trainer:
                     message = (f"diverged at step {self.step}: loss is {loss_value} "
                                f"(lr {self.optimizer.param_groups[0]['lr']:.3g})")
                     break
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if cfg.accumulate == 1:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
                 self.monitor.gradients_ready()
                 for cb in self.callbacks:
                     cb.after_backward(self)
@@ -738,6 +745,43 @@ class Trainer:
         return summary
 
     # ----------------------------------------------------------------- pieces
+
+    def _accumulated_backward(self, x: Any, y: Any) -> torch.Tensor:
+        """Gradient accumulation (``accumulate`` N > 1): p.grad = Σ_m ∇(loss_m/N) over N
+        micro-batches of b = B/N examples, loss_m their mean loss — (1/B) Σ_b ∇ℓ_b, the
+        one-batch gradient up to the order of float summation. Each micro-batch is a
+        ``monitor.begin`` (the instruments see the step's micro-batches); under DDP all but
+        the last backward run in ``no_sync``. Returns the step's mean loss (detached)."""
+        import contextlib
+
+        from torch.utils import _pytree as pytree
+
+        from sgdlab.monitor import _batch_len
+
+        n = self.config.accumulate
+        size = _batch_len(x)
+        if size is None or size % n:
+            raise ConfigError(f"accumulate: a batch of {size} examples does not split into "
+                              f"{n} equal micro-batches")
+        b = size // n
+
+        def part(tree: Any, lo: int) -> Any:
+            return pytree.tree_map(lambda t: t[lo:lo + b] if isinstance(t, torch.Tensor)
+                                   and t.dim() > 0 else t, tree)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        total = None
+        for m in range(n):
+            xm, ym = part(x, m * b), part(y, m * b)
+            self.monitor.begin(xm, ym)
+            sync = (self.train_model.no_sync() if self.world > 1 and m < n - 1
+                    else contextlib.nullcontext())
+            with sync:
+                loss = self.run.loss_fn(self.train_model(xm), ym)
+                (loss / n).backward()
+            loss = loss.detach()
+            total = loss if total is None else total + loss
+        return total / n
 
     @torch.no_grad()
     def evaluate(self, now: float | None = None) -> dict[str, float]:
