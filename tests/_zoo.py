@@ -258,3 +258,27 @@ def per_example_reference(model: nn.Module, loss_fn: Callable, x: torch.Tensor,
     norms = torch.stack([sum(g.pow(2).sum() for g in gb.values()) for gb in grads])
     sum_sq = {n: sum(gb[n].pow(2) for gb in grads) for n, _ in named}
     return norms, sum_sq, grads
+
+
+def train_watched(model_fn: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor,
+                  steps: int, monitor_kw: dict | None = None, seed: int = 0):
+    """``steps`` of SGD (momentum 0.9, weight decay 1e-3) on four interleaved slices of
+    (x, y), with a :class:`sgdlab.Monitor` built from ``monitor_kw`` (None: no monitor, the
+    bare loop); returns (model, monitor). Comparing the two is the "monitoring never changes
+    training" test."""
+    import sgdlab
+
+    torch.manual_seed(seed)
+    model = model_fn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    mon = (sgdlab.Monitor(model, opt, per_example_ce, **monitor_kw)
+           if monitor_kw is not None else None)
+    for t in range(steps):
+        xb, yb = x[t % 4::4], y[t % 4::4]
+        opt.zero_grad()
+        with mon.step(xb, yb) if mon else torch.enable_grad():
+            per_example_ce(model(xb), yb).mean().backward()
+        opt.step()
+    if mon:
+        mon.close()
+    return model, mon

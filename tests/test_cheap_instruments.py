@@ -22,7 +22,14 @@ from sgdlab.instruments import NoiseScaleInstrument
 from sgdlab.probes import gradient_stats
 from sgdlab.probes.per_example import PerExampleStats
 
-from _zoo import TinyGRU, TinyTransformer, cases, per_example_ce, per_example_reference
+from _zoo import (
+    TinyGRU,
+    TinyTransformer,
+    cases,
+    per_example_ce,
+    per_example_reference,
+    train_watched,
+)
 
 REL = 1e-8
 CHEAP = ["distance", "update_size", "grad_norm", "norm_test", "inner_test", "ortho_test",
@@ -261,24 +268,6 @@ def test_window_skips_a_batch_of_one():
         NoiseScaleInstrument(window=0)
 
 
-def _train(model_fn, x, y, steps, instruments=None, out=None, **kw):
-    torch.manual_seed(0)
-    model = model_fn()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
-    mon = (sgdlab.Monitor(model, opt, per_example_ce, instruments=instruments, every=2,
-                          out=out, **kw) if instruments is not None else None)
-    for t in range(steps):
-        xb, yb = x[t % 4::4], y[t % 4::4]
-        opt.zero_grad()
-        ctx = mon.step(xb, yb) if mon else torch.enable_grad()
-        with ctx:
-            per_example_ce(model(xb), yb).mean().backward()
-        opt.step()
-    if mon:
-        mon.close()
-    return model, mon
-
-
 @pytest.mark.parametrize("arch", ["transformer", "gru"])
 def test_cheap_instruments_never_change_training(arch, tmp_path):
     gen = torch.Generator().manual_seed(1)
@@ -287,9 +276,10 @@ def test_cheap_instruments_never_change_training(arch, tmp_path):
     else:
         fn, x = TinyGRU, torch.randn(32, 4, 3, generator=gen)
     y = torch.randint(0, 5, (32,), generator=gen)
-    bare, _ = _train(fn, x, y, 6)
+    bare, _ = train_watched(fn, x, y, 6)
     insts = CHEAP + [NoiseScaleInstrument(window=2)]
-    watched, mon = _train(fn, x, y, 6, insts, out=tmp_path / "run", tensorboard=True)
+    watched, mon = train_watched(fn, x, y, 6, {"instruments": insts, "every": 2,
+                                                "out": tmp_path / "run", "tensorboard": True})
     for (n, a), b in zip(bare.state_dict().items(), watched.state_dict().values(), strict=True):
         assert torch.equal(a, b), n
     assert {r["name"] for r in mon.records} == set(CHEAP) | {"noise_scale"}

@@ -23,7 +23,14 @@ from sgdlab import instruments
 from sgdlab.instruments import Instrument, NoiseScaleInstrument, Sharpness
 from sgdlab.train import Callback, Trainer
 
-from _zoo import TinyGRU, TinyTransformer, cases, per_example_ce, per_example_reference
+from _zoo import (
+    TinyGRU,
+    TinyTransformer,
+    cases,
+    per_example_ce,
+    per_example_reference,
+    train_watched,
+)
 
 REL = 1e-8
 
@@ -142,24 +149,6 @@ def test_weighted_loss_is_refused_with_one_line(capsys):
     assert [r["name"] for r in mon.records] == ["effective_lr"]
 
 
-def _train(model_fn, x, y, steps, monitor_kw=None, seed=0):
-    torch.manual_seed(seed)
-    model = model_fn()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
-    mon = (sgdlab.Monitor(model, opt, per_example_ce, **monitor_kw)
-           if monitor_kw is not None else None)
-    for t in range(steps):
-        xb, yb = x[t % 4::4], y[t % 4::4]
-        opt.zero_grad()
-        ctx = mon.step(xb, yb) if mon else torch.enable_grad()
-        with ctx:
-            per_example_ce(model(xb), yb).mean().backward()
-        opt.step()
-    if mon:
-        mon.close()
-    return model, mon
-
-
 @pytest.mark.parametrize("arch", ["transformer", "gru", "dropout_mlp"])
 def test_monitoring_never_changes_training(arch):
     gen = torch.Generator().manual_seed(1)
@@ -172,9 +161,9 @@ def test_monitoring_never_changes_training(arch):
             return nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Dropout(0.2), nn.Linear(16, 5))
         x = torch.randn(32, 3, generator=gen)
     y = torch.randint(0, 5, (32,), generator=gen)
-    bare, _ = _train(fn, x, y, 6)
+    bare, _ = train_watched(fn, x, y, 6)
     kw = {"instruments": ["noise_scale", "sharpness", "effective_lr"], "every": 2}
-    watched, mon = _train(fn, x, y, 6, kw)
+    watched, mon = train_watched(fn, x, y, 6, kw)
     for (n, a), b in zip(bare.state_dict().items(), watched.state_dict().values(), strict=True):
         assert torch.equal(a, b), n
     # dropout between Linear layers: still per-example (the masks are drawn by the user's
@@ -281,8 +270,8 @@ def test_batchnorm_in_training_mode_disables_noise_scale_without_changing_traini
         return nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 5))
     gen = torch.Generator().manual_seed(2)
     x, y = torch.randn(32, 3, generator=gen), torch.randint(0, 5, (32,), generator=gen)
-    bare, _ = _train(fn, x, y, 4)
-    watched, mon = _train(fn, x, y, 4, {"instruments": ["noise_scale"], "every": 1})
+    bare, _ = train_watched(fn, x, y, 4)
+    watched, mon = train_watched(fn, x, y, 4, {"instruments": ["noise_scale"], "every": 1})
     for a, b in zip(bare.state_dict().values(), watched.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     err = capsys.readouterr().err.splitlines()

@@ -631,13 +631,7 @@ class PerExampleStats:
     def sq_norms(self) -> torch.Tensor:
         """‖g_b‖² = Σ_params ‖∇_p ℓ_b‖² for each example of the last batch, shape (B,) (SPEC §3)."""
         by_param = self.sq_norms_by_param()
-        if not by_param:
-            raise RuntimeError("no parameter received per-example statistics: call the model "
-                               "and backpropagate inside the PerExampleStats context first")
-        total = None
-        for v in by_param.values():
-            total = v if total is None else total + v
-        return total
+        return _sum_over_params(by_param)
 
     def sq_norms_by_param(self) -> dict[str, torch.Tensor]:
         """‖∇_p ℓ_b‖² per parameter name, each of shape (B,) (SPEC §3); parameters that did not
@@ -675,13 +669,7 @@ class PerExampleStats:
     def gram(self) -> torch.Tensor:
         """K[a, b] = ⟨g_a, g_b⟩ = Σ_p K_p[a, b] over all parameters, shape (B, B)."""
         by_param = self.gram_by_param()
-        if not by_param:
-            raise RuntimeError("no parameter received per-example statistics: call the model "
-                               "and backpropagate inside the PerExampleStats context first")
-        total = None
-        for v in by_param.values():
-            total = v if total is None else total + v
-        return total
+        return _sum_over_params(by_param)
 
     def sum_sq(self) -> dict[str, torch.Tensor]:
         """Σ_b (∇_p ℓ_b)² per coordinate, one tensor of p's shape per parameter name that
@@ -1387,3 +1375,15 @@ def per_example_sum_sq(model: nn.Module, loss_fn: Callable, x: torch.Tensor,
     zeros. One forward and one backward; ``p.grad`` is left untouched.
     """
     return per_example_stats(model, loss_fn, x, y, norms=False, sum_sq=True).sum_sq
+
+
+def _sum_over_params(by_param: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Σ_p of per-parameter statistics (‖∇_p ℓ_b‖² or K_p): the whole-model value; an empty
+    dict (no parameter took part) is refused with one line."""
+    if not by_param:
+        raise RuntimeError("no parameter received per-example statistics: call the model "
+                           "and backpropagate inside the PerExampleStats context first")
+    total = None
+    for v in by_param.values():
+        total = v if total is None else total + v
+    return total
