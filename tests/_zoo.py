@@ -282,3 +282,24 @@ def train_watched(model_fn: Callable[[], nn.Module], x: torch.Tensor, y: torch.T
     if mon:
         mon.close()
     return model, mon
+
+
+def dense_hessian(model: nn.Module, loss_fn: Callable, x: torch.Tensor,
+                  y: torch.Tensor) -> torch.Tensor:
+    """The full Hessian of the mean loss (1/B) Σ_b loss_fn(model(x), y)_b in the model's
+    parameters (flattened in ``named_parameters`` order), by ``torch.func.hessian`` under the
+    math SDPA backend: the reference for every curvature probe."""
+    from sgdlab.probes.curvature import math_sdpa
+
+    params = dict(model.named_parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in params.values()])
+
+    def loss_of(vec):
+        chunks, i = {}, 0
+        for n, p in params.items():
+            chunks[n] = vec[i:i + p.numel()].view_as(p)
+            i += p.numel()
+        return loss_fn(torch.func.functional_call(model, chunks, (x,)), y).mean()
+
+    with math_sdpa():
+        return torch.func.hessian(loss_of)(flat)

@@ -15,11 +15,12 @@ from sgdlab import models
 from sgdlab.probes.curvature import (
     HessianOperator,
     hessian_trace,
-    math_sdpa,
     spectral_density,
     top_eigenvalues,
     top_hessian_eigenvalue,
 )
+
+from _zoo import dense_hessian
 
 
 def ce(out, t):
@@ -70,23 +71,6 @@ def _problem(name: str):
     return model, x.double() if x.is_floating_point() else x, y
 
 
-def dense_hessian(model, x, y):
-    params = dict(model.named_parameters())
-    names = list(params)
-    flat = torch.cat([p.detach().reshape(-1) for p in params.values()])
-
-    def loss_of(vec):
-        chunks, i = {}, 0
-        for n in names:
-            k = params[n].numel()
-            chunks[n] = vec[i:i + k].view_as(params[n])
-            i += k
-        return ce(torch.func.functional_call(model, chunks, (x,)), y).mean()
-
-    with math_sdpa():
-        return torch.func.hessian(loss_of)(flat)
-
-
 PROBLEMS = ["mlp", "attention", "tied"]
 
 
@@ -95,7 +79,7 @@ def problem(request):
     model, x, y = _problem(request.param)
     n = sum(p.numel() for p in model.parameters())
     assert n <= 2000
-    h = dense_hessian(model, x, y)
+    h = dense_hessian(model, ce, x, y)
     return request.param, model, x, y, h, torch.linalg.eigvalsh(h)
 
 
@@ -217,7 +201,7 @@ def test_slq_full_dimension_is_exact():
     """With m = n Lanczos steps one run's Ritz values are the spectrum (distinct eigenvalues)
     and its weights the squared overlaps of the start with the eigenvectors."""
     model, x, y = _problem("mlp")
-    h = dense_hessian(model, x, y)
+    h = dense_hessian(model, ce, x, y)
     n = h.shape[0]
     eigs = torch.linalg.eigvalsh(h)
     res = spectral_density(model, ce, x, y, iters=n, runs=1, seed=5, grid_size=100)
