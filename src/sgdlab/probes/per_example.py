@@ -379,6 +379,9 @@ _NOT_USES = frozenset(
 
 _NO_TORCH_FUNCTION = torch._C.DisableTorchFunction
 
+#: The class of autograd's AccumulateGrad nodes (a leaf's node; ``.variable`` is the leaf).
+_ACCUMULATE = type(torch.empty(1, requires_grad=True).view(1).grad_fn.next_functions[0][0])
+
 
 class _UseTracker(TorchFunctionMode):
     """Active during a recorded forward: every torch call that receives a parameter is a *use*
@@ -584,7 +587,7 @@ class PerExampleStats:
         # autograd graph at the end of the forward (no TorchFunctionMode, hooks on the root
         # and the layers only); see _graph_attribution
         self._graph_mode = all(not layer.fallback for layer in self._layers.values())
-        self._graph_nodes: list[tuple[_Layer, object]] = []
+        self._graph_nodes: list[tuple[_Layer, object, object]] = []
         self._active = False
         self._stack: list[int] = []         # module calls active now (ids), innermost last
         self._batched: list[bool] = []      # whether each of them received the batch
@@ -630,8 +633,20 @@ class PerExampleStats:
 
     def sq_norms(self) -> torch.Tensor:
         """‖g_b‖² = Σ_params ‖∇_p ℓ_b‖² for each example of the last batch, shape (B,) (SPEC §3)."""
-        by_param = self.sq_norms_by_param()
-        return _sum_over_params(by_param)
+        self._check_norms()
+        if not self._norms:
+            return _sum_over_params({})
+        # Σ_p in _norms' order, each 2-D Linear weight as one multiply-add of its factors
+        # ‖δ_b‖²·‖x_b‖², one scale at the end: a third of the small kernels of summing
+        # sq_norms_by_param (its value up to rounding)
+        total = None
+        for v in self._norms.values():
+            if isinstance(v, tuple):
+                total = v[0] * v[1] if total is None else total.addcmul_(v[0], v[1])
+            else:
+                total = v.clone() if total is None else total.add_(v)
+        scale = self._scale()
+        return total.mul_(scale) if scale != 1 else total
 
     def sq_norms_by_param(self) -> dict[str, torch.Tensor]:
         """‖∇_p ℓ_b‖² per parameter name, each of shape (B,) (SPEC §3); parameters that did not
@@ -821,7 +836,7 @@ class PerExampleStats:
         if not self._stack:
             self._stop_tracking()
             if output is not None:
-                if self._graph_mode:
+                if self._graph_mode and not self._chain_attribution(output):
                     self._graph_attribution(output)
                 self._forward_done()
             self._graph_nodes.clear()
@@ -880,6 +895,75 @@ class PerExampleStats:
         for p in unused:
             self._grad_watch.append(p.register_post_accumulate_grad_hook(self._unseen_grad))
 
+    def _chain_attribution(self, output) -> bool:
+        """The proof of :meth:`_graph_attribution` for a graph that is one chain (SPEC §3):
+        True when it holds, False when the graph is not a chain (then the full walk decides).
+
+        From the model's one output, follow the path of nodes: a node that is a recorded
+        layer call's output node must have, besides the edge to the node of the layer's
+        input (where the path goes on), exactly one edge — directly or through one-edge
+        nodes such as ``W.t()`` — to each of the layer's own parameters that require grad,
+        and none elsewhere; any other node must have at most one edge that carries a
+        gradient, and it must not lead to a leaf (a parameter, or an input that requires
+        grad). Then every node that reaches the outputs was visited (each has one
+        predecessor on the path) and every edge into a parameter is a use inside a call of
+        a layer that owns it: each use is local, exactly as the full walk would find. No
+        verdict is kept from one forward to the next; a forward that uses a parameter
+        anywhere else, on any call, branches or reaches a leaf and goes to the full walk.
+        """
+        if not isinstance(output, torch.Tensor) or output.grad_fn is None:
+            return False
+        layer_of: dict[object, tuple[_Layer, object]] = {}
+        for layer, node, x_node in self._graph_nodes:
+            if x_node is False or node is None or node in layer_of:
+                return False
+            layer_of[node] = (layer, x_node)
+        params = self._params
+        counts: dict[int, int] = {}
+        node = output.grad_fn
+        while node is not None:
+            entry = layer_of.pop(node, None)
+            if entry is None:                       # between layers: one edge at most
+                nxt = None
+                for t, _ in node.next_functions:
+                    if t is not None:
+                        if nxt is not None:
+                            return False
+                        nxt = t
+                if nxt is not None and type(nxt) is _ACCUMULATE:
+                    return False                    # a leaf used outside the layers
+                node = nxt
+                continue
+            layer, x_node = entry
+            m = layer.module
+            own = [id(p) for p in (m.weight, m.bias) if p is not None and id(p) in params]
+            hit: list[int] = []
+            nxt = None
+            for t, _ in node.next_functions:
+                if t is None:
+                    continue
+                if t is x_node and nxt is None:
+                    nxt = t
+                    continue
+                while type(t) is not _ACCUMULATE:   # a view or cast of the parameter
+                    tn = t.next_functions
+                    if len(tn) != 1 or tn[0][0] is None:
+                        return False
+                    t = tn[0][0]
+                k = id(t.variable)
+                if k not in own or k in hit:
+                    return False
+                hit.append(k)
+            if len(hit) != len(own) or (x_node is not None and nxt is None):
+                return False
+            for k in own:
+                counts[k] = counts.get(k, 0) + 1
+            node = nxt
+        root = (id(self.model),)
+        for k in counts:
+            self._use_prefix[k] = root
+        return True
+
     def _graph_attribution(self, output) -> None:
         """Attribution from the autograd graph of the forward (models whose layers are all
         torch Linear/Conv modules; SPEC §3).
@@ -936,7 +1020,7 @@ class PerExampleStats:
                 uses[id(var)] = uses.get(id(var), 0) + _count_uses(node, roots, consumers,
                                                                    unary, memo)
         local: dict[int, int] = {}
-        for layer, node in self._graph_nodes:
+        for layer, node, _ in self._graph_nodes:
             if node in seen:
                 m = layer.module
                 for p in (m.weight, m.bias):
@@ -999,7 +1083,10 @@ class PerExampleStats:
         use = _Use(x.detach(), [output])
         layer.uses.append(use)
         if self._graph_mode:
-            self._graph_nodes.append((layer, output.grad_fn))
+            # the node that the layer's output edge to its input leads to (False: an input
+            # that is a leaf requiring grad, which the chain walk leaves to the full walk)
+            x_node = x.grad_fn if x.grad_fn is not None or not x.requires_grad else False
+            self._graph_nodes.append((layer, output.grad_fn, x_node))
         output.register_hook(self._grad_hook(layer, use, 0))
         if self._collect is not None:
             self._collect.append((output, output._version, layer))
