@@ -576,13 +576,6 @@ class PerExampleStats:
                 self._layers[id(m)] = _Layer(m, mname, not _fast(m), own)
         for layer in self._layers.values():
             layer.shared = any(self._owners[id(p)] > 1 for p in layer.params)
-        # the module calls that are tracked: modules with a trainable parameter in their
-        # subtree (any other module can neither own a parameter nor be an attribution site;
-        # a use inside it counts as a use inside its innermost tracked ancestor)
-        self._tracked = [m for _, m in self._modules.values()
-                         if any(p.requires_grad for p in m.parameters())]
-        if model not in self._tracked:
-            self._tracked.insert(0, model)
         # models made of torch's own Linear/Conv layers only: uses are attributed from the
         # autograd graph at the end of the forward (no TorchFunctionMode, hooks on the root
         # and the layers only); see _graph_attribution
@@ -600,7 +593,7 @@ class PerExampleStats:
         """Register the hooks (once; :meth:`detach` removes them)."""
         if self._handles:
             raise RuntimeError("PerExampleStats is already attached")
-        tracked = [self.model] if self._graph_mode else self._tracked
+        tracked = [self.model] if self._graph_mode else self._tracked()
         for m in tracked:
             self._handles.append(m.register_forward_pre_hook(self._push, prepend=True,
                                                              with_kwargs=True))
@@ -613,6 +606,18 @@ class PerExampleStats:
             self._handles.append(m.register_forward_hook(self._pop, with_kwargs=True,
                                                          always_call=True))
         return self
+
+    def _tracked(self) -> list[nn.Module]:
+        """The module calls that the use tracker follows: the model and the modules with a
+        trainable parameter in their subtree (any other module can neither own a parameter
+        nor be an attribution site; a use inside it counts as a use inside its innermost
+        tracked ancestor). Found at attach time, and only without the graph mode (a walk of
+        every subtree: half the constructor's time on a small MLP)."""
+        tracked = [m for _, m in self._modules.values()
+                   if any(p.requires_grad for p in m.parameters())]
+        if self.model not in tracked:
+            tracked.insert(0, self.model)
+        return tracked
 
     def detach(self) -> None:
         """Remove the hooks; results already computed stay readable."""
@@ -918,7 +923,6 @@ class PerExampleStats:
             if x_node is False or node is None or node in layer_of:
                 return False
             layer_of[node] = (layer, x_node)
-        params = self._params
         counts: dict[int, int] = {}
         node = output.grad_fn
         while node is not None:
@@ -935,8 +939,9 @@ class PerExampleStats:
                 node = nxt
                 continue
             layer, x_node = entry
-            m = layer.module
-            own = [id(p) for p in (m.weight, m.bias) if p is not None and id(p) in params]
+            # its weight and bias that require grad (a weight replaced since the constructor
+            # is not among them: its edge fails the test below, and the full walk decides)
+            own = [id(p) for p in layer.params if p.requires_grad]
             hit: list[int] = []
             nxt = None
             for t, _ in node.next_functions:
