@@ -64,6 +64,7 @@ bench: setup
 bench-extras: setup
 	$(PY) -m pip install -q --no-deps backpack-for-pytorch einops unfoldNd opacus opt_einsum
 	$(PY) -m pip install -q --no-deps pyhessian
+	$(PY) -m pip install -q --no-deps torch-lr-finder
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -209,6 +209,47 @@ def test_lr_find_on_an_sgdlab_dataset_and_tensors_agree(tmp_path):
     assert (tmp_path / "lr_find.png").is_file()
 
 
+class _LoaderSubclass(DataLoader):
+    """Read through DataLoader's own iterator (lr_find's gather shortcut takes only the
+    plain class)."""
+
+
+@pytest.mark.parametrize("seeded", [True, False])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_lr_find_reads_a_tensor_dataloader_as_iterating_it_would(seeded, drop_last):
+    """On a shuffling DataLoader over a TensorDataset lr_find gathers x[idx], y[idx] itself:
+    the batches, pass after pass, and the random stream (its generator, or the global one)
+    equal those of iterating the loader; the losses equal those read through the loader."""
+    x, y = tokens(52)
+
+    def loader(cls=DataLoader):
+        g = torch.Generator().manual_seed(5) if seeded else None
+        return cls(TensorDataset(x, y), batch_size=8, shuffle=True, drop_last=drop_last,
+                   generator=g)
+
+    passes = 3
+    torch.manual_seed(1)
+    ref = loader()
+    want = [b for _ in range(passes) for b in ref]
+    want.append(next(iter(ref)))  # into the next pass: drop_last ends a pass on a last draw
+    ref_rng = (ref.generator or torch.default_generator).get_state()
+    torch.manual_seed(1)
+    fast = loader()
+    stream = recipe._train_stream(fast, 8, 0)
+    got = [next(stream) for _ in range(len(want))]
+    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in
+               zip(got, want, strict=True))
+    assert torch.equal((fast.generator or torch.default_generator).get_state(), ref_rng)
+    results = []
+    for cls in (DataLoader, _LoaderSubclass):
+        torch.manual_seed(2)
+        model = transformer()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        results.append(recipe.lr_find(model, opt, per_example_ce, loader(cls), num_steps=20,
+                                      start_lr=1e-3, end_lr=1.0, diverge_factor=1e9))
+    assert results[0].losses == results[1].losses
+
+
 @pytest.mark.parametrize(("kwargs", "field"), [
     ({"step_mode": "cosine"}, "step_mode"), ({"accumulation_steps": 0}, "accumulation_steps"),
     ({"batch_size": 1000}, "batch_size"), ({"data": "nope"}, "data"),

@@ -149,14 +149,43 @@ def _train_stream(data: Any, batch_size: int, seed: int, name: str = "data"
     if not isinstance(data, Iterable):
         raise ConfigError(f"{name}: expected tensors (x, y), an sgdlab Dataset or an iterable "
                           f"of (x, y) batches (a DataLoader), got {type(data).__name__}")
+    tensors = _tensor_loader(data)
     while True:
         empty = True
-        for batch in data:
-            empty = False
-            yield _pair(batch, name)
+        if tensors is not None:
+            # the batches of ``iter(data)``, read without its per-example fetch and collation
+            # (which cost more than the step itself on small models): the same index lists,
+            # then one gather per tensor. iter(DataLoader) draws its workers' base seed
+            # after starting the sampler and before the first index; the same draw here
+            # keeps a shuffling sampler on the random stream it would have seen.
+            x, y = tensors
+            indices = iter(data.batch_sampler)
+            torch.empty((), dtype=torch.int64).random_(generator=data.generator)
+            for idx in indices:
+                empty = False
+                i = torch.as_tensor(idx, dtype=torch.long)
+                yield x[i], y[i]
+        else:
+            for batch in data:
+                empty = False
+                yield _pair(batch, name)
         if empty:
             raise ConfigError(f"{name}: ran out of batches (a generator can be read once; "
                               "give a DataLoader or more steps' worth of batches)")
+
+
+def _tensor_loader(data: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The tensors (x, y) behind a plain ``DataLoader`` whose batches are exactly
+    ``(x[idx], y[idx])`` for the index lists of its batch sampler: a ``TensorDataset`` of two
+    tensors, read in the main process, default collation, no pinning. Else None."""
+    from torch.utils.data import DataLoader, TensorDataset, default_collate
+
+    if (type(data) is DataLoader and type(data.dataset) is TensorDataset
+            and len(data.dataset.tensors) == 2 and data.num_workers == 0
+            and data.batch_sampler is not None and data.collate_fn is default_collate
+            and not data.pin_memory):
+        return data.dataset.tensors
+    return None
 
 
 def _eval_batches(data: Any, name: str, split: str = "train"
