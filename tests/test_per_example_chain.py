@@ -248,3 +248,19 @@ def test_forward_that_counts_its_calls(schedule):
 
 def test_accumulate_class():
     assert pe._ACCUMULATE.__name__ == "AccumulateGrad"
+
+
+def test_frozen_after_construction_is_left_to_the_full_walk(monkeypatch):
+    """A weight frozen after the constructor: no edge where the chain walk expects one, so
+    the full walk decides (whatever it decides, the chain walk does not)."""
+    counts = count_walks(monkeypatch)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    x, y = batches(1, seed=7)[0]
+    with PerExampleStats(model):
+        model[0].weight.requires_grad_(False)
+        try:
+            ce(model(x), y).sum().backward()
+        except RuntimeError:
+            pass
+    model[0].weight.requires_grad_(True)
+    assert counts == {"chain": 0, "full": 1}

@@ -51,7 +51,13 @@ Per layer type (SPEC §3):
   uses of every parameter that reach the outputs (edges into its AccumulateGrad node,
   through views and casts) and compares them with the calls of its owner layers; where they
   differ — a weight read elsewhere, e.g. ``F.linear(h, self.emb.weight)`` — the parameter is
-  attributed to the model call itself (see ``PerExampleStats._graph_attribution``).
+  attributed to the model call itself (see ``PerExampleStats._graph_attribution``). Where the
+  graph is one path — an MLP, a plain CNN — a cheaper walk proves the same
+  (``PerExampleStats._chain_attribution``: along the path, every edge into a parameter must
+  come from a call of a layer that owns it); it is redone on every forward, and nothing of
+  one forward's verdict is kept for the next, so a forward that reads a weight elsewhere on
+  its 3rd call is caught on that call. Anything that is not a single path goes to the full
+  walk.
 * BatchNorm in training mode (or without running statistics) couples the examples of a batch:
   per-example gradients are not defined, and a ``ValueError`` is raised (SPEC §3).
 
@@ -939,9 +945,9 @@ class PerExampleStats:
                 node = nxt
                 continue
             layer, x_node = entry
-            # its weight and bias that require grad (a weight replaced since the constructor
-            # is not among them: its edge fails the test below, and the full walk decides)
-            own = [id(p) for p in layer.params if p.requires_grad]
+            # its weight and bias as the constructor found them (requiring grad): a weight
+            # replaced or frozen since then fails the test below, and the full walk decides
+            own = [id(p) for p in layer.params]
             hit: list[int] = []
             nxt = None
             for t, _ in node.next_functions:
