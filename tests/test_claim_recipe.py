@@ -51,6 +51,13 @@ def test_initial_loss_float64(model):
     lse = z.max(1).values + torch.log(torch.exp(z - z.max(1, keepdim=True).values).sum(1))
     ref = float((lse - z[torch.arange(len(ds.y_train)), ds.y_train]).mean())
     assert got["loss"] == pytest.approx(ref, rel=1e-5)
+    eps = z - z.mean(1, keepdim=True)
+    assert got["half_within_var"] == pytest.approx(float(0.5 * (eps ** 2).mean()), rel=1e-4)
+    assert got["label_term"] == pytest.approx(
+        float(eps[torch.arange(len(ds.y_train)), ds.y_train].mean()), rel=1e-3, abs=1e-7)
+    # the expansion: L₀ = ln C + ½v̄ − label term up to third order in the logits
+    assert abs(ref - (math.log(10) + got["half_within_var"] - got["label_term"])) \
+        < 10 * got["half_within_var"] ** 1.5
     assert abs(got["loss"] - math.log(10)) < 0.1 * math.log(10)
 
 
@@ -132,7 +139,8 @@ def _measured(deltas=(0.05, 0.06), slope=0.01, init_loss=2.30, overfit=True, dro
              for n in rc.SCHEDULES for s in range(seeds)}
     long = {f"{n}/{s}": _run(0.6 + 0.01 * s, slope, deltas[s]) for n in rc.SCHEDULES
             for s in range(seeds)}
-    init = {k: [{"loss": init_loss, "logit_sd": 0.1}] * 2 for k in rc.RECIPES}
+    init = {k: [{"loss": init_loss + d, "logit_sd": 0.1, "half_within_var": 0.004,
+                 "label_term": 0.0} for d in (0.0, 0.0002)] for k in rc.RECIPES}
     checks = {f"{k}/0": {"init": {"loss": init_loss}, "init_passed": True,
                          "overfit": {"final_loss": 1e-3 if overfit else 0.5,
                                      "accuracy": 1.0 if overfit else 0.6,
@@ -150,15 +158,16 @@ def _measured(deltas=(0.05, 0.06), slope=0.01, init_loss=2.30, overfit=True, dro
 
 
 def test_judge_pass():
-    checks = rc.judge(_measured())
-    assert [c.verdict for c in checks] == ["PASS"] * 5, [c.measured for c in checks]
+    checks = rc.judge(_measured(init_loss=math.log(10) + 0.004))
+    assert [c.verdict for c in checks] == ["PASS"] * 6, [c.measured for c in checks]
     assert checks[4].numbers["n_rising"] == 6
+    assert [c.basis for c in checks] == ["notes"] * 5 + ["derived"]
 
 
 def test_judge_fail():
     checks = rc.judge(_measured(deltas=(-0.05, -0.06), init_loss=3.0, overfit=False,
                                 drops=(2.2, 2.25), diverged=True))
-    assert [c.verdict for c in checks] == ["FAIL"] * 5, [c.measured for c in checks]
+    assert [c.verdict for c in checks] == ["FAIL"] * 6, [c.measured for c in checks]
 
 
 def test_judge_inconclusive():
@@ -169,3 +178,18 @@ def test_judge_inconclusive():
     # no run still rising at the end: nothing to judge for (5)
     flat = rc.judge(_measured(slope=-0.01))
     assert flat[4].verdict == "INCONCLUSIVE" and flat[4].numbers["n_rising"] == 0
+
+
+def test_excess_check_on_hand_made_numbers():
+    """(1′): residual L₀ − ln C − ½v̄ against 0.3·½v̄ with the ±2 se band over seeds."""
+    ln_c = math.log(10)
+
+    def rows(excesses, half=0.004):
+        return {"cnn": [{"loss": ln_c + e, "half_within_var": half, "label_term": 0.0}
+                        for e in excesses]}
+
+    assert rc.excess_check(rows([0.0040, 0.0041, 0.0039]), ln_c).verdict == "PASS"
+    assert rc.excess_check(rows([0.0100, 0.0101, 0.0099]), ln_c).verdict == "FAIL"
+    assert rc.excess_check(rows([0.002, 0.008, 0.003]), ln_c).verdict == "INCONCLUSIVE"
+    one = rc.excess_check(rows([0.004]), ln_c)          # one seed: no se, no verdict
+    assert one.verdict == "INCONCLUSIVE" and one.basis == "derived"

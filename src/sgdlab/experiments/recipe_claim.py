@@ -18,6 +18,9 @@ AdamW lr 3e-3, decoupled weight decay 0.1, B = 100).
    initialisation of both recipes' models for every seed (:func:`initial_loss`; the same
    number :func:`sgdlab.recipe.check` reports, which the tests verify). Tolerance (the
    default of ``sgdlab check``): |L₀ − ln C| ≤ 0.1·ln C for every (model, seed): PASS, else FAIL.
+   (1′), derived (added 2026-12-04, tolerance fixed before its first measurement; the earlier
+   full runs' L₀ and logit sd were known): the excess is the second-order term,
+   E[L₀] − ln C = ½·mean_b var_k(z_bk) (:func:`initial_loss`, :func:`excess_check`).
 2. Overfit a small sample: :func:`sgdlab.recipe.check` with the first 128 training examples,
    full batch, S steps of the recipe's own optimizer at its own lr (S = 150/300/500 for
    smoke/quick/full). Near zero: final loss ≤ 0.01 and 100 % accuracy on the sample, for every
@@ -67,9 +70,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sgdlab.experiments.base import Check, Claim, Context, Result
+from sgdlab.experiments.base import Check, Claim, Context, Result, worst_verdict
 from sgdlab.experiments.kit import run_claim
-from sgdlab.experiments.kit.verdicts import direction
+from sgdlab.experiments.kit.verdicts import band, direction
 
 CLAIM = Claim("11-recipe", "Choosing hyper-parameters (the recipe)",
               "Initial loss ≈ ln C; the model overfits a small sample; a range test finds an η "
@@ -108,7 +111,13 @@ def config(recipe: str, seed: int, **changes: Any):
 
 def initial_loss(cfg) -> dict[str, float]:
     """Mean cross-entropy of the freshly built model on the whole training set (train mode,
-    as the first step sees it; SPEC §4.11 (1)), with the sd of its logits and ln C."""
+    as the first step sees it; SPEC §4.11 (1)), with the sd of its logits, ln C, and the two
+    terms of its expansion (the derived check (1′)): with ε_bk = z_bk − z̄_b the logits
+    centred per example, L_b = ln C + ln((1/C)Σ_k e^{ε_bk}) − ε_{b,y_b}, so
+    L₀ = ln C + ½·mean_b v_b − mean_b ε_{b,y_b} + O(ε³) (v_b = (1/C)Σ_k ε_bk²; the ε⁴ terms
+    cancel for Gaussian ε). ``half_within_var`` = ½·mean_b v_b, ``label_term`` =
+    mean_b ε_{b,y_b} (zero in expectation over initialisations: the output units are
+    exchangeable at init)."""
     from sgdlab import train
 
     run = train.build(cfg)
@@ -116,7 +125,11 @@ def initial_loss(cfg) -> dict[str, float]:
     with torch.no_grad():
         out = run.model(run.data.x_train)
         loss = float(F.cross_entropy(out, run.data.y_train))
-    return {"loss": loss, "logit_sd": float(out.std()), "ln_c": math.log(run.data.num_classes)}
+        centred = (out - out.mean(1, keepdim=True)).double()
+        half_var = 0.5 * float((centred ** 2).mean(1).mean())
+        label_term = float(centred[torch.arange(len(out)), run.data.y_train].mean())
+    return {"loss": loss, "logit_sd": float(out.std()), "ln_c": math.log(run.data.num_classes),
+            "half_within_var": half_var, "label_term": label_term}
 
 
 # =========================================================================== Trainer runs
@@ -207,6 +220,10 @@ def diff_se(a: list[float], b: list[float], n_test: int) -> float | None:
 
 
 # =========================================================================== the claim
+
+#: (1′): |mean over seeds of (L₀ − ln C − ½ v̄)| within this fraction of the predicted excess
+#: ½ v̄ (third-order terms and the finite training set), fixed before measuring.
+EXCESS_TOL = 0.3
 
 #: Sizes per mode: seeds for (1) initial loss, (2)–(3) overfit and range test, (4)–(5)
 #: schedules; overfit and range-test steps; schedule epochs E and evaluations K per run; seeds
@@ -310,8 +327,9 @@ def _fmt_delta(m: float | None, se: float | None) -> str:
 
 
 def judge(m: dict[str, Any]) -> list[Check]:
-    """The five checks of the module docstring (SPEC §4.11) from :func:`measure`'s output;
-    pure. (1) every |L₀ − ln C| ≤ 0.1 ln C; (2) every recipe check overfits; (3) the loss
+    """The five checks of the module docstring (SPEC §4.11) and the derived (1′)
+    (:func:`excess_check`) from :func:`measure`'s output; pure. (1) every
+    |L₀ − ln C| ≤ 0.1 ln C; (2) every recipe check overfits; (3) the loss
     drop (L₀ − L₁₀₀)/L₀ ≥ 10 % at η̂ for every seed (PASS), none (FAIL), else INCONCLUSIVE;
     (4) every schedule run trains; (5) mean Δ = acc(2E) − acc(E) over the rising runs, kit
     :func:`~sgdlab.experiments.kit.verdicts.direction` at ±2 se (se from :func:`sd_floor`)."""
@@ -470,7 +488,37 @@ def judge(m: dict[str, Any]) -> list[Check]:
          "n_rising": len(rising), "flat_delta_mean": fm, "flat_delta_se": fse,
          "n_flat": len(flat), "epochs_short": epochs, "epochs_long": 2 * epochs,
          "slope_evals": slope_last, "evals": n_evals})
-    return [c1, c2, c3, c4, c5]
+    return [c1, c2, c3, c4, c5, excess_check(init, ln_c)]
+
+
+def excess_check(init: dict[str, list[dict[str, float]]], ln_c: float) -> Check:
+    """(1′), derived: the initial loss's excess over ln C is the second-order term of small
+    label-independent logits, E[L₀] − ln C = ½ E[v̄] (:func:`initial_loss`). Per model, the
+    residual r_s = L₀ − ln C − ½ v̄ over seeds s (its spread is the label term's): kit
+    :func:`~sgdlab.experiments.kit.verdicts.band` on |mean r| with se = sd/√n against
+    :data:`EXCESS_TOL`·mean ½ v̄; the worse of the two models. Pure."""
+    per, verdicts = {}, []
+    for k, rows in init.items():
+        r = np.array([x["loss"] - ln_c - x["half_within_var"] for x in rows])
+        half = float(np.mean([x["half_within_var"] for x in rows]))
+        se = float(np.std(r, ddof=1) / math.sqrt(len(r))) if len(r) > 1 else math.nan
+        per[k] = {"excess": float(np.mean([x["loss"] for x in rows]) - ln_c),
+                  "predicted": half, "residual": float(r.mean()), "se": se,
+                  "label_term": float(np.mean([x["label_term"] for x in rows])),
+                  "seeds": len(r)}
+        verdicts.append(band(float(r.mean()), se, EXCESS_TOL * half))
+    v = worst_verdict(verdicts)
+    return Check(
+        "(1′) the initial loss's excess over ln C",
+        "E[L₀] − ln C = ½·mean_b v_b (v_b the variance of example b's logits over the "
+        "classes: the second order of small logits that do not depend on the label)",
+        "; ".join(f"{k}: L₀ − ln C = {p['excess']:.5f}, ½v̄ = {p['predicted']:.5f}, residual "
+                  f"{p['residual']:+.5f} ± {p['se']:.5f} over {p['seeds']} seeds"
+                  for k, p in per.items()),
+        f"|residual| ≤ {EXCESS_TOL:g}·½v̄ per model (±2 se band)",
+        v, {"models": per, "tolerance": EXCESS_TOL}, basis="derived",
+        finding=("the excess of L₀ over ln C is not the ½·var(logits) of small "
+                 "label-independent logits" if v == "FAIL" else ""))
 
 
 def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
