@@ -17,7 +17,7 @@ def test_recipe_claim_smoke(tmp_path):
     res = rc.run(Context(tmp_path, mode="smoke"))
     assert res.claim.id == "11-recipe"
     assert res.verdict in VERDICTS
-    assert len(res.checks) == 5
+    assert len(res.checks) == 6 and res.derived_verdict in VERDICTS
     for c in res.checks:
         assert c.verdict in ("PASS", "FAIL", "INCONCLUSIVE")
         assert c.prediction and c.measured and c.tolerance and c.numbers
