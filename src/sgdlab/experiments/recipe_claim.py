@@ -517,8 +517,19 @@ def excess_check(init: dict[str, list[dict[str, float]]], ln_c: float) -> Check:
                   for k, p in per.items()),
         f"|residual| ≤ {EXCESS_TOL:g}·½v̄ per model (±2 se band)",
         v, {"models": per, "tolerance": EXCESS_TOL}, basis="derived",
-        finding=("the excess of L₀ over ln C is not the ½·var(logits) of small "
-                 "label-independent logits" if v == "FAIL" else ""))
+        finding=_excess_finding(per, verdicts))
+
+
+def _excess_finding(per: dict[str, dict[str, float]], verdicts: list[str]) -> str:
+    """(1′)'s line for the report when a model FAILs: its label term (the residual is
+    −mean_b ε_{b,y_b} up to third order), i.e. logits that already depend on the label."""
+    failed = [k for k, v in zip(per, verdicts, strict=True) if v == "FAIL"]
+    return "; ".join(
+        f"{k}: L₀ − ln C = {per[k]['excess']:.5f} is not the ½·var(logits) = "
+        f"{per[k]['predicted']:.5f} of label-independent logits — at initialisation the "
+        f"logits already lean {'towards' if per[k]['label_term'] > 0 else 'away from'} the "
+        f"true class (mean ε_y = {per[k]['label_term']:+.5f} over {per[k]['seeds']} seeds)"
+        for k in failed)
 
 
 def figures(ctx: Context, m: dict[str, Any]) -> list[str]:
