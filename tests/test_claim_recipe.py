@@ -153,7 +153,8 @@ def _measured(deltas=(0.05, 0.06), slope=0.01, init_loss=2.30, overfit=True, dro
     return {"n_train": 4000, "n_test": 1000, "num_classes": 10, "ln_c": math.log(10),
             "label_entropy": 2.30, "n_init": 2, "n_sched": seeds, "overfit_steps": 150,
             "find_steps": 100, "epochs": 3, "evals": 8, "init": init, "checks": checks,
-            "finds": finds, "found": found, "grid": {}, "base_lr": 0.05, "short": short,
+            "excess": init, "finds": finds, "found": found, "grid": {}, "base_lr": 0.05,
+            "short": short,
             "long": long, "sched_seconds": 1.0, "t_start": 0.0}
 
 
