@@ -262,13 +262,16 @@ def measure(ctx: Context, budget: dict[str, int]) -> dict[str, Any]:
     t_start = time.perf_counter()
 
     # (1) initial loss
-    init = {m: [initial_loss(config(m, s)) for s in range(n_init)] for m in RECIPES}
-    # (1′) its own, larger seed count (the label term is heavy-tailed over initialisations)
+    # (1′) has its own, larger seed count (the label term is heavy-tailed over
+    # initialisations); (1) reads its first n_init seeds
     n_excess = budget["n_excess"]
+    if n_excess < n_init:
+        raise ValueError(f"budget: n_excess ({n_excess}) must be >= n_init ({n_init})")
     excess = ctx.cached({"claim": CLAIM.id, "v": CACHE_VERSION, "part": "excess",
                          "seeds": n_excess},
                         lambda: {m: [initial_loss(config(m, s)) for s in range(n_excess)]
                                  for m in RECIPES})
+    init = {m: rows[:n_init] for m, rows in excess.items()}
 
     # (2) overfit
     def do_check(m: str, s: int) -> dict[str, Any]:
@@ -300,7 +303,8 @@ def measure(ctx: Context, budget: dict[str, int]) -> dict[str, Any]:
         cfg = drop_config(s, lr)
         key = {"claim": CLAIM.id, "v": CACHE_VERSION, "part": "drop", "config": cfg.to_dict()}
         r = ctx.cached(key, lambda: train_run(cfg))
-        l0 = init["cnn"][s]["loss"] if s < n_init else initial_loss(config("cnn", s))["loss"]
+        l0 = (excess["cnn"][s]["loss"] if s < n_excess
+              else initial_loss(config("cnn", s))["loss"])
         rel = (l0 - r["train_loss"]) / l0 if r["train_loss"] is not None else None
         return {"lr": float(lr), "L0": l0, "L100": r["train_loss"], "rel_drop": rel,
                 "diverged": r["diverged"],
