@@ -303,3 +303,63 @@ def dense_hessian(model: nn.Module, loss_fn: Callable, x: torch.Tensor,
 
     with math_sdpa():
         return torch.func.hessian(loss_of)(flat)
+
+
+def _flat_call(model: nn.Module, names: list[str] | None = None):
+    """(flat parameter vector of ``names`` — default all, ``named_parameters`` order —, a
+    function vec → the model with those parameters replaced, called on x)."""
+    params = dict(model.named_parameters())
+    names = list(params) if names is None else names
+    flat = torch.cat([params[n].detach().reshape(-1) for n in names])
+
+    def call(vec, x):
+        chunks, i = {}, 0
+        for n in names:
+            chunks[n] = vec[i:i + params[n].numel()].view_as(params[n])
+            i += params[n].numel()
+        return torch.func.functional_call(model, chunks, (x,))
+
+    return flat, call
+
+
+def dense_ggn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce",
+              names: list[str] | None = None) -> torch.Tensor:
+    """The generalised Gauss–Newton matrix G = Jᵀ H_ℓ J of the mean loss, formed densely (the
+    reference for ``curvature="ggn"``): J = ∂f/∂Φ by ``torch.func.jacrev`` of the flattened
+    output f = model(x) (under the math SDPA backend), H_ℓ in closed form —
+    ``loss="ce"``: mean cross-entropy over the rows of f.reshape(-1, C) (R rows),
+    H_ℓ = blockdiag_r (diag p_r − p_r p_rᵀ)/R with p_r = softmax of row r;
+    ``loss="mse"``: mean over the rows of ½‖f_r − t_r‖², H_ℓ = I/R. ``names`` restricts Φ to
+    those parameters (in the order given)."""
+    from sgdlab.probes.curvature import math_sdpa
+
+    flat, call = _flat_call(model, names)
+    with math_sdpa():
+        out = call(flat, x).detach()
+        jac = torch.func.jacrev(lambda v: call(v, x).reshape(-1))(flat)
+    c = out.shape[-1]
+    rows = out.reshape(-1, c)
+    r = rows.shape[0]
+    if loss == "ce":
+        p = torch.softmax(rows, dim=-1)
+        blocks = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+        h_out = torch.block_diag(*blocks) / r
+    elif loss == "mse":
+        h_out = torch.eye(r * c, dtype=rows.dtype) / r
+    else:
+        raise ValueError(f"loss must be 'ce' or 'mse', got {loss!r}")
+    return (jac.T @ h_out @ jac).detach()
+
+
+def dense_hessian_block(model: nn.Module, loss_fn: Callable, x: torch.Tensor,
+                        y: torch.Tensor, names: list[str]) -> torch.Tensor:
+    """The rows and columns of :func:`dense_hessian` that belong to the parameters ``names``
+    (in ``named_parameters`` order): the diagonal block H_SS, cut out of the full matrix."""
+    h = dense_hessian(model, loss_fn, x, y)
+    idx, i = [], 0
+    for n, p in model.named_parameters():
+        if n in names:
+            idx.append(torch.arange(i, i + p.numel()))
+        i += p.numel()
+    idx = torch.cat(idx)
+    return h[idx][:, idx]

@@ -7,7 +7,8 @@ Instruments (when and how often a quantity is computed, logged and plotted) live
 ``per_example``           ‖g_b‖² and Σ_b g_b² per coordinate from one backward (SPEC §3)
 ``noise``                 tr Σ, ‖G‖², B_simple, per-layer/per-coordinate B*, CABS, two-batch
 ``curvature``             top Hessian eigenvalue by HVP power iteration, 2/λ_max; top-k by
-                          Lanczos, Hutchinson tr H and tr H², SLQ spectral density
+                          Lanczos, Hutchinson tr H and tr H², SLQ spectral density; of H or
+                          the Gauss–Newton G, whole or per layer (blocks)
 ``norms``                 weight norms, effective and intrinsic LR (SPEC §4.5)
 ``gradient_stats``        Cockpit's cheap set: distance from init, update size, gradient
                           norms, norm / inner-product / orthogonality tests, mean GSNR,
@@ -24,6 +25,9 @@ from sgdlab.probes.curvature import (
     TopEigenvalue,
     hessian_trace,
     hessian_vector_product,
+    layerwise,
+    parameter_blocks,
+    resolve_params,
     spectral_density,
     top_eigenvalues,
     top_hessian_eigenvalue,
@@ -55,9 +59,10 @@ __all__ = [
     "Eigenpairs", "HeatCapacity", "HessianOperator", "HessianTrace", "NoiseScale",
     "PerExampleStats", "SpectralDensity", "StationaryLoss", "TopEigenvalue",
     "TwoBatchEstimator", "analyse_records", "angular_update", "effective_lr", "equilibrium_norm4",
-    "heat_capacity", "hessian_trace", "hessian_vector_product", "noise_scale",
+    "heat_capacity", "hessian_trace", "hessian_vector_product", "layerwise", "noise_scale",
+    "parameter_blocks",
     "per_example_sq_norms",
-    "per_example_stats", "per_example_sum_sq", "quadratic_excess_loss",
+    "per_example_stats", "per_example_sum_sq", "quadratic_excess_loss", "resolve_params",
     "scale_invariant_report", "spectral_density", "stationary_loss", "top_eigenvalues",
     "top_hessian_eigenvalue", "two_batch_estimates",
     "weight_norms",

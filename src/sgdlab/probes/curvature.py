@@ -1,5 +1,6 @@
-"""Curvature of the loss: Hessian-vector products, the top Hessian eigenvalues, the trace and
-the spectral density (SPEC §1, §4.3).
+"""Curvature of the loss: Hessian- (and Gauss–Newton-) vector products, the top
+eigenvalues, the trace and the spectral density (SPEC §1 for H = ∇²L and h_max, §4.3–§4.4
+for where λ_max enters).
 
 H = ∇²L is never formed. A Hessian-vector product is a double backward,
 Hv = ∇(⟨∇L, v⟩) = Jᵀ_{∇L} v: the gradient graph of each batch is built once with
@@ -15,6 +16,16 @@ Hv = ∇(⟨∇L, v⟩) = Jᵀ_{∇L} v: the gradient graph of each batch is bui
 * :func:`hessian_trace` — Hutchinson's estimator of tr H and tr H² with standard errors.
 * :func:`spectral_density` — stochastic Lanczos quadrature (SLQ) of the spectral density
   φ(t) = (1/n) Σᵢ δ(t − λᵢ), Gaussian-broadened on a grid, and its moments ∫ tᵖ φ(t) dt.
+* :func:`layerwise` — any of these per layer: on the diagonal blocks H_SS of the parameter
+  groups S (:func:`parameter_blocks`).
+
+Each takes ``curvature="hessian"`` (default) or ``"ggn"``: the generalised Gauss–Newton
+matrix G = Σ_b w_b J_bᵀ H_ℓ,b J_b (J the Jacobian of the model output in the parameters,
+H_ℓ the Hessian of the mean loss in the output), H without the term of the model's own
+second derivatives, positive semi-definite for a loss convex in the output (cross-entropy,
+squared error); products Gv = Jᵀ(H_ℓ(Jv)) by three backwards through graphs kept per batch.
+And ``params=`` (a submodule, names, parameters; :func:`resolve_params`): the operator on
+the diagonal block C_SS of those parameters, the others held fixed.
 
 The loss is the mean over the data, L = (1/N) Σ_b ℓ_b. Data are given as tensors ``x, y``
 (split into chunks of ``chunk_size`` examples) or, with ``y=None``, as an iterable of
@@ -93,28 +104,118 @@ def _batches(x: Any, y: Any, chunk_size: int) -> list[tuple[Any, Any]]:
     return [(x[s:s + chunk_size], y[s:s + chunk_size]) for s in range(0, n, chunk_size)]
 
 
-class HessianOperator:
-    """The Hessian of the mean loss over the data as a linear map on flat vectors.
+CURVATURES = ("hessian", "ggn")
 
-    Vectors are flat, of length n = Σ_p numel(p) over the trainable parameters in
-    ``model.parameters()`` order. For each batch the gradient g = ∇L_batch is computed once
-    with ``create_graph=True`` and kept (``retain_graphs=True``, the default); a product is
-    then one backward through it, Hv = Σ_batches w_batch · Jᵀ_g v with w_batch = N_batch/N
-    (``torch.autograd.grad(g, params, grad_outputs=v, retain_graph=True)``, which is
-    ∇⟨g, v⟩ without building the dot product). :meth:`matmat` does B products in one
-    vmapped backward (``is_grads_batched``). ``retain_graphs=False`` rebuilds the gradient
-    graph of every batch for every product: the memory of one batch's graph instead of all
-    of them, at ~1.5× the time. ``hvps`` counts the products (a B-column ``matmat``: B).
-    The model's parameters and ``.grad`` are untouched; the model's mode is left as it is
-    (BatchNorm in training mode uses each batch's statistics).
+
+def _check_curvature(curvature: str) -> str:
+    if curvature not in CURVATURES:
+        raise ValueError(f"curvature must be 'hessian' or 'ggn', got {curvature!r}")
+    return curvature
+
+
+def resolve_params(model: nn.Module, params: Any = None) -> list[tuple[str, nn.Parameter]]:
+    """The trainable parameters a curvature block S is restricted to, as (name, parameter)
+    pairs in ``model.named_parameters()`` order (a tied weight under its first name).
+
+    ``params`` is None (every trainable parameter), a submodule of ``model`` (its trainable
+    parameters), a string (a parameter name — any alias of a tied weight too — or a module
+    name: the trainable parameters under it; ``""`` is the whole model), a parameter of the
+    model, or an iterable of these. A name or tensor that is not in the model, a frozen
+    parameter named explicitly, or a selection with no trainable parameter raises one
+    ``ValueError`` naming ``params`` and what it may be.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if params is None:
+        if not named:
+            raise ValueError("the model has no trainable parameters")
+        return named
+    trainable = {id(p) for _, p in named}
+    alias = dict(model.named_parameters(remove_duplicate=False))
+    modules = dict(model.named_modules(remove_duplicate=False))
+    items = [params] if isinstance(params, (str, nn.Module, torch.Tensor)) else list(params)
+
+    def allowed() -> str:
+        names = [n for n, _ in named]
+        shown = ", ".join(names[:12]) + (", …" if len(names) > 12 else "")
+        return ("allowed: None, a submodule of the model, a module name, trainable parameter "
+                f"names or parameters of the model, or a list of these (names: {shown})")
+
+    chosen: set[int] = set()
+    for item in items:
+        if isinstance(item, str) and item in alias:
+            explicit = [alias[item]]
+        elif isinstance(item, str) and item in modules:
+            chosen.update(id(p) for p in modules[item].parameters() if id(p) in trainable)
+            continue
+        elif isinstance(item, str):
+            raise ValueError(f"params: {item!r} is neither a parameter nor a module of the "
+                             f"model; {allowed()}")
+        elif isinstance(item, nn.Module):
+            if not any(m is item for m in modules.values()):
+                raise ValueError(f"params: the {type(item).__name__} given is not a submodule "
+                                 f"of the model; {allowed()}")
+            chosen.update(id(p) for p in item.parameters() if id(p) in trainable)
+            continue
+        elif isinstance(item, torch.Tensor):
+            explicit = [item]
+        else:
+            raise ValueError(f"params: cannot use a {type(item).__name__}; {allowed()}")
+        for p in explicit:
+            if id(p) not in trainable:
+                what = ("does not require grad" if any(p is q for q in alias.values())
+                        else "is not a parameter of the model")
+                raise ValueError(f"params: the tensor of shape {tuple(p.shape)} {what}; "
+                                 f"{allowed()}")
+            chosen.add(id(p))
+    out = [(n, p) for n, p in named if id(p) in chosen]
+    if not out:
+        raise ValueError(f"params: the selection has no trainable parameter; {allowed()}")
+    return out
+
+
+class HessianOperator:
+    """The curvature of the mean loss over the data — the Hessian H or the generalised
+    Gauss–Newton matrix G — as a linear map on flat vectors (SPEC §1: H = ∇²L).
+
+    Vectors are flat, of length n = Σ_p numel(p) over the parameters of the block S
+    (``params``; default every trainable parameter, :func:`resolve_params`) in
+    ``model.named_parameters()`` order (``names``). For a block the map is the diagonal
+    block C_SS of the full matrix: the curvature in the parameters of S with the others held
+    fixed. The data term is L = Σ_batches w_b L_b with w_b = N_b/N and L_b the batch's mean
+    loss.
+
+    ``curvature="hessian"`` (default): for each batch the gradient g = ∇_S L_b is computed
+    once with ``create_graph=True`` and kept (``retain_graphs=True``); a product is one
+    backward through it, Hv = Σ_b w_b Jᵀ_g v (``torch.autograd.grad(g, params,
+    grad_outputs=v)`` = ∇⟨g, v⟩ without building the dot product).
+
+    ``curvature="ggn"``: G = Σ_b w_b J_bᵀ H_ℓ,b J_b with f = model(x_b) the batch's output,
+    J_b = ∂f/∂Φ_S its Jacobian and H_ℓ,b = ∂²L_b/∂f² the Hessian of the batch's mean loss in
+    the output (for cross-entropy over logits z: blockdiag_i (diag pᵢ − pᵢpᵢᵀ)/N_b with
+    pᵢ = softmax zᵢ; for ½‖f − t‖²: I/N_b) — H without the term Σ_i ∂L/∂fᵢ ∇²fᵢ, and
+    G ⪰ 0 whenever the loss is convex in the output. A product is three backwards through
+    graphs kept per batch: Jv by the double-backward trick (with a dummy u, Jᵀu =
+    ``grad(f, Φ_S, u, create_graph=True)`` is linear in u and J v = ∂⟨Jᵀu, v⟩/∂u), then
+    H_ℓ(Jv) by a double backward of the loss in the (detached) output, then Jᵀ(·) by a
+    vector–Jacobian product through the forward graph. The loss must depend on the
+    parameters only through the model output, and twice differentiably (else ValueError).
+
+    :meth:`matmat` does B products in one vmapped backward each (``is_grads_batched``).
+    ``retain_graphs=False`` rebuilds the graphs of every batch for every product: the
+    memory of one batch's graphs instead of all of them, at ~1.5× the time. ``hvps`` counts
+    the products (a B-column ``matmat``: B). The model's parameters and ``.grad`` are
+    untouched; the model's mode is left as it is (BatchNorm in training mode uses each
+    batch's statistics).
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, x: Any, y: Any = None,
-                 chunk_size: int = 4096, retain_graphs: bool = True) -> None:
+                 chunk_size: int = 4096, retain_graphs: bool = True, *,
+                 curvature: str = "hessian", params: Any = None) -> None:
         self.model, self.loss_fn, self.retain = model, loss_fn, retain_graphs
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        if not self.params:
-            raise ValueError("the model has no trainable parameters")
+        self.curvature = _check_curvature(curvature)
+        named = resolve_params(model, params)
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
         self.shapes = [p.shape for p in self.params]
         self.numels = [p.numel() for p in self.params]
         self.n = sum(self.numels)
@@ -124,10 +225,12 @@ class HessianOperator:
         total = sum(sizes)
         self.weights = [s / total for s in sizes]
         self.hvps = 0
-        self._graphs = [self._graph(b) for b in self.batches] if retain_graphs else None
+        build = self._graph if curvature == "hessian" else self._ggn_graph
+        self._build = build
+        self._graphs = [build(b) for b in self.batches] if retain_graphs else None
 
     def _graph(self, batch: tuple[Any, Any]) -> tuple[list[torch.Tensor], list[int]]:
-        """g = ∇L_batch with its graph, restricted to the entries that depend on Φ."""
+        """g = ∇_S L_batch with its graph, restricted to the entries that depend on Φ_S."""
         xb, yb = batch
         with math_sdpa():
             loss = _mean_loss(self.loss_fn, self.model(xb), yb)
@@ -136,22 +239,72 @@ class HessianOperator:
         keep = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
         return [grads[i] for i in keep], keep
 
+    def _ggn_graph(self, batch: tuple[Any, Any]) -> tuple[Any, list[int]]:
+        """The graphs of one batch for G: the output f, Jᵀu (linear in the dummy u, built
+        with ``create_graph``), and ∂L_b/∂f with its graph in the detached output."""
+        xb, yb = batch
+        bad = 'curvature="ggn" needs '
+        with math_sdpa():
+            out = self.model(xb)
+            if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+                raise ValueError(bad + "a model whose output is one floating-point tensor, "
+                                 f"got {type(out).__name__}")
+            f = out.detach().requires_grad_(True)
+            loss = _mean_loss(self.loss_fn, f, yb)
+            if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+                raise ValueError(bad + "a loss_fn(output, y) differentiable in the model "
+                                 "output (its value has no gradient in the output)")
+            direct = torch.autograd.grad(loss, self.params, retain_graph=True,
+                                         allow_unused=True)
+            if any(d is not None for d in direct):
+                raise ValueError(bad + "a loss_fn(output, y) that depends on the parameters "
+                                 "only through the model output (it uses them directly, "
+                                 "e.g. a penalty); use curvature='hessian'")
+            (g_out,) = torch.autograd.grad(loss, f, create_graph=True)
+            if not out.requires_grad:
+                return None, []
+            u = torch.zeros_like(out, requires_grad=True)
+            jtu = torch.autograd.grad(out, self.params, grad_outputs=u, create_graph=True,
+                                      allow_unused=True)
+        keep = [i for i, t in enumerate(jtu) if t is not None and t.requires_grad]
+        return (out, f, g_out, u, [jtu[i] for i in keep]), keep
+
     def _split(self, v: torch.Tensor, keep: list[int]) -> list[torch.Tensor]:
         parts = torch.split(v, self.numels, dim=-1)
         lead = v.shape[:-1]
         return [parts[i].reshape(*lead, *self.shapes[i]) for i in keep]
 
+    def _ggn_product(self, graph: Any, keep: list[int], v: torch.Tensor, batched: bool
+                     ) -> tuple[torch.Tensor | None, ...]:
+        out, f, g_out, u, jtu = graph
+        with math_sdpa():
+            (jv,) = torch.autograd.grad(jtu, u, grad_outputs=self._split(v, keep),
+                                        retain_graph=True, is_grads_batched=batched)
+            if not g_out.requires_grad:       # the loss is linear in the output: H_ℓ = 0
+                return (None,) * len(self.params)
+            (hjv,) = torch.autograd.grad(g_out, f, grad_outputs=jv, retain_graph=True,
+                                         is_grads_batched=batched, allow_unused=True)
+            if hjv is None:
+                return (None,) * len(self.params)
+            return torch.autograd.grad(out, self.params, grad_outputs=hjv.to(out.dtype),
+                                       retain_graph=True, allow_unused=True,
+                                       is_grads_batched=batched)
+
     def _apply(self, v: torch.Tensor, batched: bool) -> torch.Tensor:
         v = v.to(self.dtype)
         out = torch.zeros(v.shape, dtype=torch.float64, device=self.device)
         for j, batch in enumerate(self.batches):
-            grads, keep = self._graphs[j] if self.retain else self._graph(batch)
-            if not grads:
+            graph, keep = self._graphs[j] if self.retain else self._build(batch)
+            if not keep:
                 continue
-            with math_sdpa():
-                hv = torch.autograd.grad(grads, self.params, grad_outputs=self._split(v, keep),
-                                         retain_graph=self.retain, allow_unused=True,
-                                         is_grads_batched=batched)
+            if self.curvature == "ggn":
+                hv = self._ggn_product(graph, keep, v, batched)
+            else:
+                with math_sdpa():
+                    hv = torch.autograd.grad(graph, self.params,
+                                             grad_outputs=self._split(v, keep),
+                                             retain_graph=self.retain, allow_unused=True,
+                                             is_grads_batched=batched)
             flat = [h.reshape(*v.shape[:-1], -1) if h is not None else
                     torch.zeros(*v.shape[:-1], k, dtype=self.dtype, device=self.device)
                     for h, k in zip(hv, self.numels, strict=True)]
@@ -160,18 +313,23 @@ class HessianOperator:
         return out
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """Hv for a flat v of length n (float64 result)."""
+        """Cv (C = H or G) for a flat v of length n (float64 result)."""
         return self._apply(v.to(self.device), batched=False)
 
     def matmat(self, vs: torch.Tensor) -> torch.Tensor:
-        """H vᵢ for the B rows of vs (B, n), in one vmapped backward per batch (float64)."""
+        """C vᵢ for the B rows of vs (B, n), in one vmapped backward per batch (float64)."""
         if vs.shape[0] == 1:
             return self.matvec(vs[0])[None]
         return self._apply(vs.to(self.device), batched=True)
 
     def unflatten(self, v: torch.Tensor) -> list[torch.Tensor]:
-        """A flat vector as one tensor per trainable parameter."""
+        """A flat vector as one tensor per parameter of the block (``names`` order)."""
         return self._split(v, list(range(len(self.params))))
+
+    def dense(self) -> torch.Tensor:
+        """The n × n matrix itself (n products, as one ``matmat`` of the identity; small
+        blocks only)."""
+        return self.matmat(torch.eye(self.n, dtype=torch.float64, device=self.device))
 
 
 def hessian_vector_product(model: nn.Module, loss_fn: Callable, x: Any, y: Any,
@@ -204,7 +362,8 @@ def _unit_start(n: int, seed: int, rademacher: bool = False, rows: int | None = 
 def top_hessian_eigenvalue(model: nn.Module, loss_fn: Callable, x: Any, y: Any,
                            iters: int = 100, tol: float = 1e-4,
                            seed: int = 0, chunk_size: int = 4096,
-                           retain_graphs: bool = True) -> TopEigenvalue:
+                           retain_graphs: bool = True, *, curvature: str = "hessian",
+                           params: Any = None) -> TopEigenvalue:
     """Largest-magnitude eigenvalue of the Hessian of the mean loss over (x, y).
 
     Power iteration v ← Hv/‖Hv‖ from a seeded Gaussian start, stopping when
@@ -213,13 +372,15 @@ def top_hessian_eigenvalue(model: nn.Module, loss_fn: Callable, x: Any, y: Any,
     for the same accuracy. The gradient graph is built once per chunk and re-used by every
     product (:class:`HessianOperator`). Models in training mode with BatchNorm use batch
     statistics of each chunk; put the model in eval mode for the Hessian of the deployed
-    function. The model's parameters and gradients are untouched.
+    function. The model's parameters and gradients are untouched. ``curvature`` and
+    ``params`` as in :class:`HessianOperator` (the GGN, a block of the parameters).
     """
     if iters < 1:
         raise ValueError(f"iters must be an integer >= 1, got {iters}")
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}")
-    op = HessianOperator(model, loss_fn, x, y, chunk_size, retain_graphs)
+    op = HessianOperator(model, loss_fn, x, y, chunk_size, retain_graphs,
+                         curvature=curvature, params=params)
     # the same start as before the operator: one Gaussian draw per parameter, in order
     gen = torch.Generator(device="cpu").manual_seed(seed)
     v = torch.cat([torch.randn(p.shape, generator=gen, dtype=p.dtype).reshape(-1)
@@ -336,7 +497,8 @@ class Eigenpairs:
 def top_eigenvalues(model: nn.Module, loss_fn: Callable, x: Any, y: Any = None, k: int = 1,
                     tol: float = 1e-6, max_iter: int | None = None, seed: int = 0,
                     which: str = "LA", method: str = "lanczos", chunk_size: int = 4096,
-                    retain_graphs: bool = True) -> Eigenpairs:
+                    retain_graphs: bool = True, *, curvature: str = "hessian",
+                    params: Any = None) -> Eigenpairs:
     """The k largest (algebraic) eigenvalues of the Hessian of the mean loss, and eigenvectors.
 
     ``method="lanczos"`` (default): the Lanczos recurrence with full re-orthogonalisation
@@ -361,7 +523,10 @@ def top_eigenvalues(model: nn.Module, loss_fn: Callable, x: Any, y: Any = None, 
     and PyHessian's deflated power iteration compute), ordered by |λ|.
 
     Data: tensors ``x, y`` or, with ``y=None``, an iterable of (x, y) batches (module
-    docstring).
+    docstring). ``curvature="ggn"`` works on the generalised Gauss–Newton matrix G instead
+    of H, ``params`` on the diagonal block of a subset S of the parameters (eigenvectors of
+    length n_S, in the block's order) — :class:`HessianOperator`; :func:`layerwise` for
+    every layer at once.
     """
     if k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k}")
@@ -369,7 +534,10 @@ def top_eigenvalues(model: nn.Module, loss_fn: Callable, x: Any, y: Any = None, 
         raise ValueError(f"tol must be > 0, got {tol}")
     if which not in ("LA", "LM"):
         raise ValueError(f"which must be 'LA' or 'LM', got {which!r}")
-    op = HessianOperator(model, loss_fn, x, y, chunk_size, retain_graphs)
+    if method not in ("lanczos", "eigsh"):
+        raise ValueError(f"method must be 'lanczos' or 'eigsh', got {method!r}")
+    op = HessianOperator(model, loss_fn, x, y, chunk_size, retain_graphs,
+                         curvature=curvature, params=params)
     if k > op.n:
         raise ValueError(f"k={k} exceeds the number of parameters {op.n}")
     steps = min(op.n, max_iter if max_iter is not None else max(100, 30 * k))
@@ -378,8 +546,6 @@ def top_eigenvalues(model: nn.Module, loss_fn: Callable, x: Any, y: Any = None, 
     v0 = _unit_start(op.n, seed)[None].to(op.device)
     if method == "eigsh":
         return _eigsh(op, v0[0], k, tol, steps, which)
-    if method != "lanczos":
-        raise ValueError(f"method must be 'lanczos' or 'eigsh', got {method!r}")
 
     def residuals(alpha, beta, m):
         theta, s = _tridiag_eig(alpha, beta)
@@ -447,7 +613,8 @@ class HessianTrace:
 
 def hessian_trace(model: nn.Module, loss_fn: Callable, x: Any, y: Any = None,
                   samples: int = 100, seed: int = 0, batch: int = 1,
-                  chunk_size: int = 4096, retain_graphs: bool = True) -> HessianTrace:
+                  chunk_size: int = 4096, retain_graphs: bool = True, *,
+                  curvature: str = "hessian", params: Any = None) -> HessianTrace:
     """Hutchinson's estimate of tr H and tr H² for the Hessian of the mean loss.
 
     For v with i.i.d. Rademacher entries (±1, E[vvᵀ] = I): E[vᵀHv] = tr H and
@@ -456,13 +623,18 @@ def hessian_trace(model: nn.Module, loss_fn: Callable, x: Any, y: Any = None,
     of freedom); Var tᵢ = 2(‖H‖_F² − Σⱼ H_jj²), the smallest of any distribution of v with
     E[vvᵀ] = I. One product per sample; ``batch`` > 1 samples share one vmapped backward
     (:meth:`HessianOperator.matmat`: no faster on one CPU thread for the MNIST-1D CNN, it
-    may be on a GPU). Data as in the module docstring.
+    may be on a GPU). Data as in the module docstring. ``curvature="ggn"``: tr G and tr G²
+    of the generalised Gauss–Newton matrix (the same estimator; G ⪰ 0 for a convex loss, so
+    tr G = Σ λᵢ(G) ≥ 0); ``params``: tr C_SS of the diagonal block of the parameters S
+    (:class:`HessianOperator`; over a partition of the parameters the blocks' traces sum to
+    the full trace).
     """
     if samples < 2:
         raise ValueError(f"samples must be an integer >= 2, got {samples}")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    op = HessianOperator(model, loss_fn, x, y, chunk_size, retain_graphs)
+    op = HessianOperator(model, loss_fn, x, y, chunk_size, retain_graphs,
+                         curvature=curvature, params=params)
     v = _unit_start(op.n, seed, rademacher=True, rows=samples).to(op.device)
     t, u = [], []
     for s in range(0, samples, batch):
@@ -510,7 +682,8 @@ def spectral_density(model: nn.Module, loss_fn: Callable, x: Any, y: Any = None,
                      iters: int = 100, runs: int = 1, seed: int = 0, grid_size: int = 10000,
                      sigma_squared: float = 1e-5, overhead: float = 0.01,
                      batch: int = 1, chunk_size: int = 4096,
-                     retain_graphs: bool = True) -> SpectralDensity:
+                     retain_graphs: bool = True, *, curvature: str = "hessian",
+                     params: Any = None) -> SpectralDensity:
     """Spectral density of the Hessian by stochastic Lanczos quadrature (SLQ).
 
     The density φ(t) = (1/n) Σᵢ δ(t − λᵢ) satisfies ∫ f dφ = tr f(H)/n. For a Rademacher
@@ -527,6 +700,8 @@ def spectral_density(model: nn.Module, loss_fn: Callable, x: Any, y: Any = None,
     estimates of tr H/n and tr H²/n (with ‖v‖ = 1 and n·vvᵀ having identity mean), their
     standard errors the sd over runs/√runs. The broadened density has the same first
     moment and second moment + s² (up to the grid's truncation of the tails).
+    ``curvature="ggn"``: the density of the generalised Gauss–Newton matrix; ``params``: of
+    the diagonal block of a subset of the parameters (n = n_S; :class:`HessianOperator`).
     """
     if iters < 1:
         raise ValueError(f"iters must be an integer >= 1, got {iters}")
@@ -536,7 +711,8 @@ def spectral_density(model: nn.Module, loss_fn: Callable, x: Any, y: Any = None,
         raise ValueError(f"grid_size must be >= 2, got {grid_size}")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    op = HessianOperator(model, loss_fn, x, y, chunk_size, retain_graphs)
+    op = HessianOperator(model, loss_fn, x, y, chunk_size, retain_graphs,
+                         curvature=curvature, params=params)
     v0 = _unit_start(op.n, seed, rademacher=True, rows=runs).to(op.device)
     recurrences = []                     # (α, β, length) per run, ``batch`` runs at a time
     for g in range(0, runs, batch):
@@ -565,3 +741,54 @@ def spectral_density(model: nn.Module, loss_fn: Callable, x: Any, y: Any = None,
     dens /= runs
     dens /= float(dens.sum()) * float(grid[1] - grid[0])
     return SpectralDensity(nodes, weights, grid, dens, moments, se, op.hvps, op.n)
+
+
+# --------------------------------------------------------------------------- per layer
+
+
+def parameter_blocks(model: nn.Module, blocks: Any = "modules") -> dict[str, list[str]]:
+    """Named blocks of trainable parameter names, in ``named_parameters`` order.
+
+    ``blocks="modules"`` (default): one block per module that owns trainable parameters
+    directly, named by the module (``"layer.self_attn"``, ``"head"``); a parameter owned by
+    the root module is a block of its own under its name. ``"parameters"``: one block per
+    parameter tensor. A mapping name → selection, or a list of selections (each named by
+    itself when a string, else ``"block<i>"``): each selection as ``params`` of
+    :func:`resolve_params`. A tied weight belongs to the module that lists it first.
+    """
+    if isinstance(blocks, str):
+        if blocks not in ("modules", "parameters"):
+            raise ValueError(f"blocks must be 'modules', 'parameters', a mapping name → "
+                             f"params or a list of params, got {blocks!r}")
+        out: dict[str, list[str]] = {}
+        for name, _ in resolve_params(model):
+            key = name if blocks == "parameters" or "." not in name else name.rsplit(".", 1)[0]
+            out.setdefault(key, []).append(name)
+        return out
+    if isinstance(blocks, dict):
+        items = list(blocks.items())
+    else:
+        items = [(b if isinstance(b, str) else f"block{i}", b) for i, b in enumerate(blocks)]
+    if not items:
+        raise ValueError("blocks: no block given")
+    return {key: [n for n, _ in resolve_params(model, sel)] for key, sel in items}
+
+
+def layerwise(fn: Callable, model: nn.Module, loss_fn: Callable, x: Any, y: Any = None, *,
+              blocks: Any = "modules", **kwargs: Any) -> dict[str, Any]:
+    """Per-layer (block-diagonal) curvature: ``fn`` on the diagonal block C_SS of each block
+    S (C = H or G, ``curvature=`` in ``kwargs``), ``{block name: result}``.
+
+    ``fn`` is one of :func:`top_eigenvalues`, :func:`hessian_trace`,
+    :func:`spectral_density`, :func:`top_hessian_eigenvalue` (any function taking
+    ``params=``), called as ``fn(model, loss_fn, x, y, params=S, **kwargs)``; ``blocks`` as
+    in :func:`parameter_blocks`. Each block builds its own graphs (one forward and backward
+    per block and batch). By Cauchy's interlacing theorem λ_min(C) ≤ λ(C_SS) ≤ λ_max(C), and
+    over a partition of the parameters tr C = Σ_S tr C_SS; the off-diagonal blocks — the
+    coupling between layers — are left out. Eigenvectors are in
+    the coordinates of the block (``resolve_params(model, S)`` order).
+    """
+    if "params" in kwargs:
+        raise ValueError("layerwise: pass the blocks as blocks=, not params=")
+    return {key: fn(model, loss_fn, x, y, params=names, **kwargs)
+            for key, names in parameter_blocks(model, blocks).items()}
