@@ -23,6 +23,7 @@ shows medians over rounds and the ratio of medians, and the values each method r
 
     python benchmarks/curvature.py [--rounds 3] [--n 1024] [--samples 100] [--iters 100]
                                    [--runs 1] [--threads 1]
+    python benchmarks/curvature.py --products [--rounds 10]   # one product, each way
 
 PyHessian is optional (``pip install --no-deps pyhessian``; ``make bench-extras``); without
 it only sgdlab's rows are timed.
@@ -214,6 +215,101 @@ def _agreement(task: str, value: dict, ref: dict | None, exact: dict[str, list[f
     return f"n∫λφ = {m1:.5g}, n∫λ²φ = {m2:.5g}"
 
 
+def products(model, x, y, rounds: int) -> None:
+    """``--products``: the time of one curvature-vector product by each way of computing it,
+    interleaved over ``rounds`` rounds (median, min), and each one's relative difference to
+    the double backward through the retained gradient graph (``HessianOperator``, the path
+    ``hessian_trace`` takes): the same Rademacher v for every row of a round.
+
+    * double backward through the retained graph (current; one graph for all products);
+    * the same, four vectors side by side in one vmapped backward (``matmat``, per vector);
+    * forward-over-reverse with ``torch.autograd.forward_ad``: dual parameters (tangent v),
+      ``torch.autograd.grad`` of the loss; the tangent of the gradient is Hv (a forward and
+      a backward with tangents per product: forward mode has no graph to keep);
+    * forward-over-reverse with ``torch.func.jvp(torch.func.grad(f))``;
+    * the GGN product Gv = Jᵀ(H_ℓ(Jv)) (``curvature="ggn"``, retained graphs; a different
+      matrix, so its difference is not an error) and the Hessian block of the last layer.
+    """
+    import torch.autograd.forward_ad as fwad
+
+    from sgdlab.probes.curvature import HessianOperator
+
+    def ce(out, t):
+        return F.cross_entropy(out, t)
+
+    names = [n for n, _ in model.named_parameters()]
+    params = [p.detach() for p in model.parameters()]
+    sizes = [p.numel() for p in params]
+    op = HessianOperator(model, ce, x, y)
+    ggn = HessianOperator(model, ce, x, y, curvature="ggn")
+    last = [n for n in names if n.startswith(names[-1].rsplit(".", 1)[0] + ".")]
+    block = HessianOperator(model, ce, x, y, params=last)
+    gen = torch.Generator().manual_seed(0)
+    vs = (torch.randint(0, 2, (4 * rounds, op.n), generator=gen) * 2 - 1).double()
+
+    def split(v):
+        return [t.view_as(p).to(p.dtype) for t, p in zip(torch.split(v, sizes), params,
+                                                         strict=True)]
+
+    def forward_ad(v):
+        prim = [p.clone().requires_grad_(True) for p in params]
+        with fwad.dual_level():
+            duals = {n: fwad.make_dual(p, t) for n, p, t in zip(names, prim, split(v),
+                                                                strict=True)}
+            loss = ce(torch.func.functional_call(model, duals, (x,)), y)
+            g = torch.autograd.grad(loss, prim)
+            return torch.cat([fwad.unpack_dual(t).tangent.reshape(-1) for t in g]).double()
+
+    def func_jvp(v):
+        def loss_of(ps):
+            return ce(torch.func.functional_call(model, ps, (x,)), y)
+        primal = dict(zip(names, params, strict=True))
+        tangent = dict(zip(names, split(v), strict=True))
+        _, hv = torch.func.jvp(torch.func.grad(loss_of), (primal,), (tangent,))
+        return torch.cat([hv[n].reshape(-1) for n in names]).double()
+
+    rows: dict[str, Callable] = {
+        "double backward, retained graph (current)": op.matvec,
+        "matmat of 4, one vmapped backward (per vector)": None,
+        "forward_ad over reverse (graph per product)": forward_ad,
+        "torch.func.jvp(grad) (graph per product)": func_jvp,
+        "GGN product, retained graphs (curvature='ggn')": ggn.matvec,
+        f"Hessian block {last} (params=)": None,
+    }
+    times: dict[str, list[float]] = {k: [] for k in rows}
+    diffs: dict[str, float] = {}
+    keys = list(rows)
+    for r in range(rounds):
+        v4 = vs[4 * r:4 * r + 4]
+        ref = op.matvec(v4[0])
+        for i in range(len(keys)):
+            key = keys[(i + r) % len(keys)]
+            t0 = time.perf_counter()
+            if key.startswith("matmat"):
+                got = op.matmat(v4)[0]
+                dt = (time.perf_counter() - t0) / 4
+            elif key.startswith("Hessian block"):
+                got = block.matvec(v4[0, -block.n:])
+                dt = time.perf_counter() - t0
+            else:
+                got = rows[key](v4[0])
+                dt = time.perf_counter() - t0
+            times[key].append(dt)
+            want = ref[-block.n:] if key.startswith("Hessian block") else ref
+            if not key.startswith("Hessian block"):
+                diffs[key] = float((got - want).norm() / want.norm())
+    print("\n| product | ms (median) | min | × current | rel. difference to current |")
+    print("|---|---:|---:|---:|---|")
+    base = statistics.median(times[keys[0]])
+    for key in keys:
+        med = statistics.median(times[key])
+        diff = f"{diffs[key]:.1e}" if key in diffs else "(a block: not comparable)"
+        if key.startswith("GGN"):
+            diff += " (G ≠ H)"
+        print(f"| {key} | {1000 * med:.1f} | {1000 * min(times[key]):.1f} | "
+              f"{med / base:.2f} | {diff} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -224,12 +320,21 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=100, help="SLQ Lanczos steps")
     ap.add_argument("--runs", type=int, default=1, help="SLQ runs")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--products", action="store_true",
+                    help="only time one product by each way of computing it (forward-over-"
+                         "reverse, vmapped, GGN, a block) against the current double backward")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="Using backward")   # PyHessian's create_graph
     model = models.build("cnn", "mnist1d", seed=0).eval()
     x, y = data.load("mnist1d", seed=0).head(args.n)
     n_params = sum(p.numel() for p in model.parameters())
+    if args.products:
+        print(f"# one curvature-vector product, MNIST-1D CNN ({n_params:,} parameters), "
+              f"{args.n} examples, float32, {args.rounds} interleaved rounds, torch "
+              f"{torch.__version__}, {torch.get_num_threads()} thread(s)")
+        products(model, x, y, args.rounds)
+        return
     print(f"# Hessian probes, MNIST-1D CNN ({n_params:,} parameters), {args.n} examples, "
           f"float32, tol {args.tol:g}, {args.samples} trace samples, SLQ {args.iters} steps × "
           f"{args.runs} run(s), medians of {args.rounds} interleaved rounds, torch "

@@ -197,8 +197,12 @@ class HessianOperator:
     graphs kept per batch: Jv by the double-backward trick (with a dummy u, Jᵀu =
     ``grad(f, Φ_S, u, create_graph=True)`` is linear in u and J v = ∂⟨Jᵀu, v⟩/∂u), then
     H_ℓ(Jv) by a double backward of the loss in the (detached) output, then Jᵀ(·) by a
-    vector–Jacobian product through the forward graph. The loss must depend on the
-    parameters only through the model output, and twice differentiably (else ValueError).
+    vector–Jacobian product through the forward graph. H_ℓ is the Hessian of the whole
+    batch loss in the whole output, so a loss that couples examples is handled. The loss
+    must be a function of the output (and y) alone, differentiable in it — a loss that also
+    uses the parameters directly (a penalty), a non-differentiable one (accuracy) or a model
+    whose output is not one floating-point tensor raises ValueError; a loss linear in the
+    output has H_ℓ = 0, so G = 0.
 
     :meth:`matmat` does B products in one vmapped backward each (``is_grads_batched``).
     ``retain_graphs=False`` rebuilds the graphs of every batch for every product: the
@@ -250,7 +254,9 @@ class HessianOperator:
                 raise ValueError(bad + "a model whose output is one floating-point tensor, "
                                  f"got {type(out).__name__}")
             f = out.detach().requires_grad_(True)
-            loss = _mean_loss(self.loss_fn, f, yb)
+            loss = self.loss_fn(f, yb)
+            if isinstance(loss, torch.Tensor) and loss.dim() > 0:
+                loss = loss.mean()
             if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
                 raise ValueError(bad + "a loss_fn(output, y) differentiable in the model "
                                  "output (its value has no gradient in the output)")
