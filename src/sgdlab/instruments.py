@@ -360,45 +360,235 @@ class DDPNoiseScale(Instrument):
         self.estimator.load_state_dict(state)
 
 
-class Sharpness(Instrument):
-    """Top Hessian eigenvalue (HVP power iteration, :mod:`sgdlab.probes.curvature`) and 2/λ_max
-    next to the current learning rate (SPEC §4.3).
+def _check_int(name: str, value: Any, low: int) -> int:
+    """``value`` as an integer ≥ ``low`` (no bool), else a one-line :class:`ValueError`."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
 
-    Data: the Monitor's ``hessian_data`` (its first ``subset`` examples), else the step's
-    batch. The model is put in eval mode for the HVPs (BatchNorm: the Hessian of the deployed
-    function; no dropout) and restored, the RNG state is forked, and attention runs on the
-    math SDPA backend (the fused CPU kernels have no double backward).
+
+def _check_positive(name: str, value: Any) -> float:
+    """``value`` as a number > 0, else a one-line :class:`ValueError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _curvature_setup(monitor: Monitor) -> None:
+    """The curvature instruments' requirement: the Monitor's per-example ``loss_fn``."""
+    if monitor.loss_fn is None:
+        raise ValueError("needs the Monitor's loss_fn (per-example losses)")
+
+
+def curvature_measurement(monitor: Monitor, subset: int, fn: Callable[..., Any],
+                          **kwargs: Any) -> Any:
+    """``fn(model, loss_fn, x, y, seed=t, **kwargs)`` (a function of
+    :mod:`sgdlab.probes.curvature`) the way every curvature instrument calls it (SPEC §1,
+    §4.3): the Hessian of the mean loss L = (1/N) Σ_b ℓ_b over
+
+    * data: the Monitor's ``hessian_data`` (its first ``subset`` examples), else the step's
+      batch ``monitor.batch`` (all of it);
+    * the model in eval mode (BatchNorm: the Hessian of the deployed function, running
+      statistics; no dropout), its mode restored afterwards even when ``fn`` raises;
+    * the global CPU RNG state forked (:func:`torch.random.fork_rng`): whatever ``fn`` draws
+      leaves the training run's random stream untouched — the curvature functions draw their
+      probe vectors from their own ``torch.Generator`` seeded with ``seed``;
+    * ``seed`` = ``monitor.step_count`` (the step being measured): a rerun or a resumed run
+      measures the same numbers, and two steps use independent probe vectors.
+
+    Attention runs on the math SDPA backend inside ``fn`` (the fused CPU kernels have no
+    double backward). The parameters and ``p.grad`` are not modified.
+    """
+    if monitor.hessian_data is not None:
+        x, y = monitor.hessian_data
+        x, y = x[:subset], y[:subset]
+    else:
+        x, y = monitor.batch
+    model = monitor.model
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return fn(model, monitor.loss_fn, x, y, seed=monitor.step_count, **kwargs)
+    finally:
+        model.train(was_training)
+
+
+def heavy_ball_momentum(optimizer: Any) -> tuple[str | None, float | None]:
+    """The momentum form and β of ``optimizer``'s first parameter group (SPEC §2.2):
+    ``(form, β)`` with form
+
+    * ``"sgd"`` (β = 0): plain SGD, Φ ← Φ − ηĝ (``torch.optim.SGD`` with ``momentum=0``,
+      sgdlab's ``sgd``);
+    * ``"heavy_ball"``: v ← βv + ĝ, Φ ← Φ − ηv (``torch.optim.SGD(momentum=β)`` with
+      ``dampening=0``, ``nesterov=False``; sgdlab's ``momentum`` with ``style="heavy_ball"``,
+      β its group's ``beta``);
+    * ``"ema"``: ḡ ← βḡ + (1 − β)ĝ, Φ ← Φ − η′ḡ (sgdlab's ``momentum`` with
+      ``style="ema"``; the group's ``lr`` is η′);
+
+    and ``(None, None)`` where SPEC gives no stability threshold: no optimizer, Nesterov,
+    torch's ``dampening`` ≠ 0, Adam, RMSProp, snr_sgd or any other optimizer.
+    """
+    if optimizer is None or not getattr(optimizer, "param_groups", None):
+        return None, None
+    from sgdlab.optim.sgd import SGD as SgdlabSGD
+    from sgdlab.optim.sgd import Momentum
+
+    group = optimizer.param_groups[0]
+    if isinstance(optimizer, Momentum):
+        if group.get("nesterov"):
+            return None, None
+        beta = float(group["beta"])
+        if group.get("style") == "ema":
+            return "ema", beta
+        return ("heavy_ball" if beta > 0 else "sgd"), beta
+    if isinstance(optimizer, SgdlabSGD):
+        return "sgd", 0.0
+    if type(optimizer) is torch.optim.SGD:   # a subclass may step differently
+        beta = float(group.get("momentum", 0.0))
+        if beta == 0:
+            return "sgd", 0.0
+        if group.get("nesterov") or group.get("dampening", 0.0) != 0:
+            return None, None
+        return "heavy_ball", beta
+    return None, None
+
+
+def edge_of_stability(lambda_max: float, lr: float | None, optimizer: Any) -> dict[str, Any]:
+    """The edge-of-stability comparison of a sharpness λ_max with the step size (SPEC §4.3,
+    §4.4, §4.6), for the learning rate η of the optimizer's first group at this step.
+
+    On a quadratic mode of curvature λ, gradient descent Φ ← Φ − ηλΦ is stable while
+    ηλ < 2, i.e. λ < 2/η (``gd_threshold``); heavy ball v ← βv + ĝ, Φ ← Φ − ηv is stable
+    while ηλ < 2(1 + β) (SPEC §4.4), the EMA form with η′ while η′λ < 2(1 + β)/(1 − β)
+    (SPEC §4.6; the same bound, η = η′(1 − β)). Keys:
+
+    * ``lr`` = η (``None`` without an optimizer), ``momentum_form`` and ``momentum_beta``
+      (β; ``None`` where the form is unknown: :func:`heavy_ball_momentum`);
+    * ``gd_threshold`` = 2/η, ``eos_threshold`` = 2(1 + β)/η (EMA: 2(1 + β)/((1 − β)η′)):
+      λ_max beyond it means the step is unstable along the top eigenvector;
+    * ``lr_lambda_threshold`` = 2(1 + β) (EMA: 2(1 + β)/(1 − β)), the bound on
+      ``lr_times_lambda`` = η·λ_max; and ``eos_ratio`` = λ_max/``eos_threshold``
+      (≥ 1: at or past the edge).
+
+    Undefined values (η = 0 or no optimizer: infinite thresholds; the form unknown) are
+    ``None``; the non-finite ones are listed in ``undefined``.
+    """
+    form, beta = heavy_ball_momentum(optimizer)
+    eta = float(lr) if lr is not None else 0.0
+    factor = None
+    if beta is not None:
+        factor = 2.0 * (1.0 + beta) / (1.0 - beta if form == "ema" else 1.0)
+    rec: dict[str, Any] = {"lr": lr, "momentum_form": form, "momentum_beta": beta,
+                           "gd_threshold": 2.0 / eta if eta > 0 else math.inf,
+                           "eos_threshold": None, "lr_lambda_threshold": factor,
+                           "eos_ratio": None}
+    if factor is not None:
+        rec["eos_threshold"] = factor / eta if eta > 0 else math.inf
+        rec["eos_ratio"] = eta * lambda_max / factor
+    undefined = [k for k, v in rec.items() if isinstance(v, float) and not math.isfinite(v)]
+    for k in undefined:
+        rec[k] = None
+    if undefined:
+        rec["undefined"] = undefined
+    return rec
+
+
+class Sharpness(Instrument):
+    """Top Hessian eigenvalue λ_max (or the top k), 2/λ_max and the edge-of-stability
+    comparison with the current step size (SPEC §1, §4.3, §4.4, §4.6).
+
+    ``k=1`` (default): power iteration v ← Hv/‖Hv‖ (at most ``iters`` products, stopping
+    at a relative change ≤ ``tol``;
+    :func:`~sgdlab.probes.curvature.top_hessian_eigenvalue`): the eigenvalue of largest
+    magnitude (near a minimum, H ⪰ 0, the largest). Record: ``lambda_max``,
+    ``stability_bound`` = 2/λ_max (inf for λ_max ≤ 0), ``lr_times_lambda`` = η·λ_max,
+    ``iterations``.
+
+    ``k>1``: the k largest (algebraic) eigenvalues by Lanczos with full
+    re-orthogonalisation (:func:`~sgdlab.probes.curvature.top_eigenvalues`, residual
+    criterion ``tol``, at most ``max_iter`` products, default min(n, max(100, 30k))); the
+    record adds ``eigenvalues`` (descending) and ``converged``; ``lambda_max`` is the first
+    of them and ``iterations`` the Hessian-vector products used.
+
+    Every record adds :func:`edge_of_stability`: ``lr``, ``momentum_form``,
+    ``momentum_beta``, ``gd_threshold`` = 2/η, ``eos_threshold`` = 2(1 + β)/η (SPEC's
+    heavy-ball bound; the EMA form's 2(1 + β)/((1 − β)η′)), ``lr_lambda_threshold`` and
+    ``eos_ratio``.
+
+    Data, eval mode, forked RNG and seed: :func:`curvature_measurement` (the Monitor's
+    ``hessian_data``, its first ``subset`` examples, else the step's batch).
     """
 
     name, tier = "sharpness", "expensive"
 
     def __init__(self, schedule: Callable[[int], bool] | None = None, subset: int = 1024,
-                 iters: int = 20, tol: float = 1e-3) -> None:
+                 iters: int = 20, tol: float = 1e-3, k: int = 1,
+                 max_iter: int | None = None) -> None:
         super().__init__(schedule)
-        self.subset, self.iters, self.tol = subset, iters, tol
+        self.subset = _check_int("subset", subset, 1)
+        self.iters = _check_int("iters", iters, 1)
+        self.tol = _check_positive("tol", tol)
+        self.k = _check_int("k", k, 1)
+        self.max_iter = None if max_iter is None else _check_int("max_iter", max_iter, 1)
 
     def setup(self, monitor: Monitor) -> None:  # noqa: D102
-        if monitor.loss_fn is None:
-            raise ValueError("needs the Monitor's loss_fn (per-example losses)")
+        _curvature_setup(monitor)
 
     def measure(self, monitor: Monitor) -> dict[str, Any]:  # noqa: D102
-        from sgdlab.probes.curvature import top_hessian_eigenvalue
+        from sgdlab.probes.curvature import top_eigenvalues, top_hessian_eigenvalue
 
-        x, y = monitor.hessian_data if monitor.hessian_data is not None else monitor.batch
-        if monitor.hessian_data is not None:
-            x, y = x[:self.subset], y[:self.subset]
-        model = monitor.model
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                res = top_hessian_eigenvalue(model, monitor.loss_fn, x, y, iters=self.iters,
-                                             tol=self.tol, seed=monitor.step_count)
-        finally:
-            model.train(was_training)
         lr = monitor.lr or 0.0
-        return {"lambda_max": res.lambda_max, "stability_bound": res.stability_bound,
-                "lr_times_lambda": lr * res.lambda_max, "iterations": res.iterations}
+        if self.k == 1:
+            res = curvature_measurement(monitor, self.subset, top_hessian_eigenvalue,
+                                        iters=self.iters, tol=self.tol)
+            lam = res.lambda_max
+            rec: dict[str, Any] = {"lambda_max": lam, "stability_bound": res.stability_bound,
+                                   "lr_times_lambda": lr * lam, "iterations": res.iterations}
+        else:
+            res = curvature_measurement(monitor, self.subset, top_eigenvalues, k=self.k,
+                                        tol=self.tol, max_iter=self.max_iter)
+            eigenvalues = [float(v) for v in res.eigenvalues]
+            lam = eigenvalues[0]
+            rec = {"lambda_max": lam, "stability_bound": 2.0 / lam if lam > 0 else math.inf,
+                   "lr_times_lambda": lr * lam, "iterations": res.hvps,
+                   "eigenvalues": eigenvalues, "converged": res.converged}
+        rec.update(edge_of_stability(lam, monitor.lr, monitor.optimizer))
+        return rec
+
+
+class HessianTraceInstrument(Instrument):
+    """Hutchinson's estimates of tr H and tr H² with their standard errors (SPEC §1), via
+    :func:`sgdlab.probes.curvature.hessian_trace`.
+
+    For ``samples`` = s Rademacher vectors vᵢ (E[vvᵀ] = I): tr H ≈ (1/s) Σᵢ vᵢᵀHvᵢ and
+    tr H² ≈ (1/s) Σᵢ ‖Hvᵢ‖², each with standard error sd/√s (s − 1 degrees of freedom); one
+    Hessian-vector product per sample. Record: ``trace``, ``trace_se``, ``trace_sq``,
+    ``trace_sq_se``, ``samples``, ``hvps``. ``samples`` ≥ 2 (a standard error needs two).
+
+    Data, eval mode, forked RNG and seed (the probe vectors are seeded with the step):
+    :func:`curvature_measurement`, as ``sharpness`` (the Monitor's ``hessian_data``, its
+    first ``subset`` examples, else the step's batch).
+    """
+
+    name, tier = "hessian_trace", "expensive"
+
+    def __init__(self, schedule: Callable[[int], bool] | None = None, samples: int = 32,
+                 subset: int = 1024) -> None:
+        super().__init__(schedule)
+        self.samples = _check_int("samples", samples, 2)
+        self.subset = _check_int("subset", subset, 1)
+
+    def setup(self, monitor: Monitor) -> None:  # noqa: D102
+        _curvature_setup(monitor)
+
+    def measure(self, monitor: Monitor) -> dict[str, Any]:  # noqa: D102
+        from sgdlab.probes.curvature import hessian_trace
+
+        res = curvature_measurement(monitor, self.subset, hessian_trace,
+                                    samples=self.samples)
+        return {"trace": res.trace, "trace_se": res.trace_se, "trace_sq": res.trace_sq,
+                "trace_sq_se": res.trace_sq_se, "samples": res.samples, "hvps": res.hvps}
 
 
 class SNRDiagnostics(Instrument):
@@ -772,6 +962,7 @@ INSTRUMENTS: dict[str, type[Instrument]] = {
     "noise_scale": NoiseScaleInstrument,
     "noise_scale_bstar": NoiseScaleBStar,
     "sharpness": Sharpness,
+    "hessian_trace": HessianTraceInstrument,
     "snr": SNRDiagnostics,
     "ddp_noise_scale": DDPNoiseScale,
     "distance": Distance,

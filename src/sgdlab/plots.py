@@ -6,7 +6,9 @@
     accuracy.png       train/test accuracy, averaged-model accuracy (classification only)
     lr.png             learning rate
     norms.png          gradient and weight norms (when logged)
-    probe_<name>.png   every numeric key of each probe record ``name`` against step
+    probe_<name>.png   every numeric key of each probe record ``name`` against step; own
+                       figures for ``sharpness`` (λ_max against 2/η and 2(1+β)/η) and
+                       ``hessian_trace`` (tr H, tr H² with ±2se bands): PROBE_FIGURES
 
 :func:`plot_lr_find` draws the learning-rate range test and :func:`plot_curves` any set of
 named (x, y) curves. Figures are built with :class:`matplotlib.figure.Figure` and the Agg
@@ -156,6 +158,16 @@ _EVAL = {"linewidth": 1.2, "marker": "o", "markersize": 3}
 
 
 def _probe_figure(path: Path, name: str, records: list[dict[str, Any]]) -> Path | None:
+    """``probe_<name>.png``: the instrument's own figure where :data:`PROBE_FIGURES` has one,
+    else every numeric key of the records against step, one panel each."""
+    special = PROBE_FIGURES.get(name)
+    if special is not None:
+        return special(path, name, records)
+    return _generic_probe_figure(path, name, records)
+
+
+def _generic_probe_figure(path: Path, name: str,
+                          records: list[dict[str, Any]]) -> Path | None:
     keys: list[str] = []
     for r in records:
         for key, value in r.items():
@@ -190,6 +202,156 @@ def _probe_figure(path: Path, name: str, records: list[dict[str, Any]]) -> Path 
         axes[-2, -1].set_xlabel("step")
     fig.suptitle(f"probe: {name}")
     return save_figure(fig, path)
+
+
+def _derived_series(records: Sequence[Mapping[str, Any]],
+                    value: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(step, value(record)) of the records where ``value`` gives a number, step-sorted."""
+    pairs = []
+    for r in records:
+        v = value(r)
+        if _is_number(r.get("step")) and _is_number(v):
+            pairs.append((r["step"], v))
+    if not pairs:
+        return np.empty(0), np.empty(0)
+    arr = np.asarray(pairs, dtype=float)
+    order = np.argsort(arr[:, 0], kind="stable")
+    return arr[order, 0], arr[order, 1]
+
+
+def _gd_threshold(r: Mapping[str, Any]) -> float | None:
+    """2/η of a sharpness record: its ``gd_threshold``, else from its ``lr`` (older records)."""
+    if _is_number(r.get("gd_threshold")):
+        return r["gd_threshold"]
+    lr = r.get("lr")
+    return 2.0 / lr if _is_number(lr) and lr > 0 else None
+
+
+def _draw_curves(ax, curves: list[tuple[str, np.ndarray, np.ndarray, dict]]) -> list:
+    """Plot the finite points of each (label, x, y, style); note what was dropped; return
+    the y arrays drawn."""
+    drawn, dropped = [], 0
+    for label, x, y, style in curves:
+        fx, fy, n = _finite(x, y)
+        dropped += n
+        if fy.size:
+            ax.plot(fx, fy, label=label, **style)
+            drawn.append(fy)
+    if dropped:
+        _note(ax, f"{dropped} non-finite omitted")
+    return drawn
+
+
+def _sharpness_figure(path: Path, name: str, records: list[dict[str, Any]]) -> Path | None:
+    """Sharpness against the edge of stability (SPEC §4.3, §4.4, §4.6).
+
+    Top panel: λ_max over steps (and the further top-k eigenvalues where the records carry
+    ``eigenvalues``) with the gradient-descent bound 2/η and the momentum bound — heavy
+    ball 2(1 + β)/η, the EMA form 2(1 + β)/((1 − β)η′) — each from the learning rate
+    recorded at that step (a schedule moves them). Bottom panel: η·λ_max with the same two
+    bounds on that scale, 2 and 2(1 + β) (EMA: 2(1 + β)/(1 − β)). The y axis is logarithmic
+    where every value is positive and spans a factor of 20.
+    """
+    mark = {"marker": "o", "markersize": 3} if len(records) <= 50 else {}
+    lam = ("λ_max (top Hessian eigenvalue)", *_series(records, "lambda_max"),
+           {"linewidth": 1.4, "color": "tab:blue", **mark})
+    if not _finite(lam[1], lam[2])[1].size:
+        return None
+    forms = {r.get("momentum_form") for r in records if r.get("momentum_form")}
+    betas = {r["momentum_beta"] for r in records if _is_number(r.get("momentum_beta"))}
+    ema = forms == {"ema"}
+    beta_txt = f", β = {next(iter(betas)):g}" if len(betas) == 1 else ""
+    eos_label = ("2(1+β)/((1−β)η′): EMA-momentum edge of stability" if ema
+                 else "2(1+β)/η: heavy-ball edge of stability") + beta_txt
+    eos_prod = ("2(1+β)/(1−β)" if ema else "2(1+β)") + beta_txt
+    top: list[tuple[str, np.ndarray, np.ndarray, dict]] = [lam]
+    k = max((len(r["eigenvalues"]) for r in records
+             if isinstance(r.get("eigenvalues"), list)), default=0)
+    for i in range(1, k):
+        top.append((f"λ_{i + 1}" if k <= 6 or i in (1, k - 1) else "_nolegend_",
+                    *_derived_series(records, lambda r, i=i: (
+                        r["eigenvalues"][i] if isinstance(r.get("eigenvalues"), list)
+                        and len(r["eigenvalues"]) > i else None)),
+                    {"linewidth": 0.9, "alpha": 0.6, "color": "tab:cyan"}))
+    # a bound holds from the step it was read at until the next measurement
+    gd_style = {"linewidth": 1.2, "linestyle": "--", "color": "tab:red",
+                "drawstyle": "steps-post"}
+    eos_style = {"linewidth": 1.2, "linestyle": "-.", "color": "tab:orange",
+                 "drawstyle": "steps-post"}
+    top.append(("2/η: gradient-descent stability bound",
+                *_derived_series(records, _gd_threshold), gd_style))
+    eos = _series(records, "eos_threshold")
+    if eos[1].size:
+        top.append((eos_label, *eos, eos_style))
+    prod = [("η·λ_max", *_series(records, "lr_times_lambda"),
+             {"linewidth": 1.4, "color": "tab:blue", **mark})]
+    prod_x = _series(records, "lr_times_lambda")[0]
+    panels = 2 if prod_x.size and _is_number(records[0].get("lr")) else 1
+    fig, axes = new_figure(panels, 1, figsize=(7.0, 3.0 * panels + 0.8), sharex=True)
+    ax = axes[0, 0]
+    drawn = _draw_curves(ax, top)
+    if _wants_log(drawn, _LOG_RANGE):
+        ax.set_yscale("log")
+    ax.set_ylabel("eigenvalue of H")
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="best", framealpha=0.85)
+    if panels == 2:
+        ax2 = axes[1, 0]
+        prod.append(("2: gradient-descent bound",
+                     *_derived_series(records, lambda r: 2.0 if _is_number(r.get("lr"))
+                                      else None), gd_style))
+        bound = _series(records, "lr_lambda_threshold")
+        if bound[1].size:
+            prod.append((eos_prod + ": momentum bound", *bound, eos_style))
+        _draw_curves(ax2, prod)
+        ax2.set_ylabel("η·λ_max")
+        ax2.grid(True, alpha=0.3, which="both")
+        ax2.legend(fontsize=7, loc="best", framealpha=0.85)
+    axes[-1, 0].set_xlabel("step")
+    fig.suptitle(f"probe: {name} — λ_max against the edge of stability "
+                 "(η: each step's learning rate)", fontsize=10)
+    return save_figure(fig, path)
+
+
+def _hessian_trace_figure(path: Path, name: str,
+                          records: list[dict[str, Any]]) -> Path | None:
+    """Hutchinson's tr H (top) and tr H² (bottom) over steps, each with a ±2 standard-error
+    band (``trace_se``, ``trace_sq_se``; SPEC §1)."""
+    panels = []
+    for key, label in (("trace", "tr H"), ("trace_sq", "tr H²")):
+        x, y = _series(records, key)
+        xs, se = _series(records, f"{key}_se")
+        fx, fy, dropped = _finite(x, y)
+        if fy.size:
+            band = None
+            if xs.size == x.size and np.array_equal(xs, x):
+                keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(se)
+                band = (x[keep], y[keep] - 2 * se[keep], y[keep] + 2 * se[keep])
+            panels.append((label, fx, fy, dropped, band))
+    if not panels:
+        return None
+    fig, axes = new_figure(len(panels), 1, figsize=(7.0, 2.8 * len(panels) + 0.8),
+                           sharex=True)
+    mark = {"marker": "o", "markersize": 3} if len(records) <= 50 else {}
+    for ax, (label, x, y, dropped, band) in zip(axes.flat, panels, strict=True):
+        ax.plot(x, y, linewidth=1.4, color="tab:blue", label=f"{label} (Hutchinson)", **mark)
+        if band is not None and band[0].size:
+            ax.fill_between(band[0], band[1], band[2], color="tab:blue", alpha=0.2,
+                            linewidth=0, label="±2 standard errors")
+        if dropped:
+            _note(ax, f"{dropped} non-finite omitted")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    axes[-1, 0].set_xlabel("step")
+    fig.suptitle(f"probe: {name}")
+    return save_figure(fig, path)
+
+
+#: Figures of their own for some probes (name → ``figure(path, name, records)``, returning
+#: the path written or ``None`` for nothing to show); every other probe gets the generic
+#: figure of :func:`_probe_figure`.
+PROBE_FIGURES = {"sharpness": _sharpness_figure, "hessian_trace": _hessian_trace_figure}
 
 
 def plot_run(run_dir: str | os.PathLike) -> list[Path]:
