@@ -83,6 +83,9 @@ class _SafeStats(PerExampleStats):
 
 
 def _batch_len(x: Any) -> int | None:
+    """The first dimension of the first tensor (with a dimension) in ``x``."""
+    if isinstance(x, torch.Tensor):         # the common case, without pytree
+        return int(x.shape[0]) if x.dim() > 0 else None
     for leaf in pytree.tree_leaves(x):
         if isinstance(leaf, torch.Tensor) and leaf.dim() > 0:
             return int(leaf.shape[0])
@@ -556,7 +559,7 @@ class Monitor:
             self._fail_stats(err)
             return
         self._armed = stats
-        self._capture = {"calls": 0, "batch": stats._batch}
+        self._capture = {"calls": 0, "batch": stats._batch, "bsz": _batch_len(self.batch[0])}
         self._fwd_handle = self.model.register_forward_hook(self._on_output)
 
     def _on_output(self, module, args, output) -> None:
@@ -650,9 +653,11 @@ class Monitor:
     def _infer_scale(self, cap: dict[str, Any]) -> tuple[float, int, float]:
         """c with δ_user = c·δ_ref, δ_ref = ∂(Σ_b ℓ_b)/∂out on the detached output.
 
-        c = ⟨u, r⟩/⟨r, r⟩ (u = δ_user, r = δ_ref, all outputs flattened); the residual
-        ‖u − c·r‖² = ⟨u, u⟩ − ⟨u, r⟩²/⟨r, r⟩ comes from the same 2×2 Gram matrix, taken in
-        float64 (its cancellation error, ~1e-13·⟨u, u⟩, is far below the (1e-4)² tested)."""
+        c = ⟨u, r⟩/⟨r, r⟩ (u = δ_user, r = δ_ref, all outputs flattened) and the relative
+        residual ‖u − c·r‖/‖u‖, taken directly from e = u − c·r rather than from
+        ⟨u, u⟩ − ⟨u, r⟩²/⟨r, r⟩ (whose cancellation in the dtype of u would be of the order of
+        the (1e-4)² tested). A rounding error δc/c ~ 1e-6 of c in float32 moves the residual
+        by that much, far below SCALE_RTOL."""
         leaves, idx, deltas = cap["leaves"], cap["idx"], cap["deltas"]
         if not idx or not deltas:
             raise ValueError("the backward did not reach the model's output")
@@ -662,7 +667,7 @@ class Monitor:
         with torch.enable_grad():
             out = det[0] if cap["spec"] is None else pytree.tree_unflatten(det, cap["spec"])
             ell = self.loss_fn(out, self.batch[1])
-            bsz = _batch_len(self.batch[0])
+            bsz = cap.get("bsz")
             if not isinstance(ell, torch.Tensor) or ell.dim() != 1 or (
                     bsz is not None and ell.shape[0] != bsz):
                 shape = tuple(ell.shape) if isinstance(ell, torch.Tensor) else type(ell).__name__
@@ -678,19 +683,20 @@ class Monitor:
             u = torch.zeros_like(leaves[i]) if u is None else u
             r = torch.zeros_like(u) if r is None else r
             us.append(u.reshape(-1))
-            rs.append(r.reshape(-1).to(u.dtype))
+            rs.append(r.reshape(-1))
         u = torch.cat(us) if len(us) > 1 else us[0]
-        r = torch.cat([t.to(u.dtype) for t in rs]) if len(rs) > 1 else rs[0]
-        pair = torch.stack([u, r]).double()
-        gram = (pair @ pair.T).reshape(-1)
-        uu, ur, _, rr = gram.tolist()
-        loss_sum = ell.detach().sum().item()
+        if u.dtype not in (torch.float32, torch.float64):   # half precision: dots in float32
+            u = u.float()
+        r = torch.cat([t.to(u.dtype) for t in rs]) if len(rs) > 1 else rs[0].to(u.dtype)
+        ur, rr, uu, loss_sum = torch.stack([torch.dot(u, r), torch.dot(r, r), torch.dot(u, u),
+                                            ell.detach().sum()]).tolist()
         if rr == 0.0 or uu == 0.0:
             raise ValueError("the loss gradient at the output is zero: the scale of the "
                              "backward cannot be inferred")
         c = ur / rr
-        rel = math.sqrt(max(uu - ur * ur / rr, 0.0) / uu)
-        if not c > 0 or rel > SCALE_RTOL:
+        e = torch.add(u, r, alpha=-c) if math.isfinite(c) else u
+        rel = math.sqrt(float(torch.dot(e, e)) / uu)
+        if not c > 0 or not rel <= SCALE_RTOL:
             raise ValueError("the backward is not c·Σ loss_fn(model(x), y) (relative residual "
                              f"{rel:.2g}); per-example statistics need the "
                              "gradient of a multiple of the summed per-example losses")
