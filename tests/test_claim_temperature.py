@@ -8,6 +8,7 @@ import math
 
 from sgdlab.experiments import temperature
 from sgdlab.experiments.base import Context
+from sgdlab.experiments.kit.budgets import resolve_seeds
 
 NAMES = ["stationarity detected", "L(η) strictly increasing", "×0.1 decay lowers the plateau"]
 
@@ -68,11 +69,10 @@ def test_judge_inconclusive_within_two_se_or_without_stationarity():
 
 def test_full_budget_seeds_follow_the_cli():
     full = temperature.BUDGETS["full"]
-    b = temperature.resolved_budget(Context(None, mode="full", seeds=7), full)
+    b = resolve_seeds(full, 7)
     assert b["seeds"] == 7 and "min_seeds" not in b
-    assert temperature.resolved_budget(Context(None, mode="full", seeds=2), full)["seeds"] == 5
-    assert temperature.resolved_budget(Context(None, mode="quick", seeds=7),
-                                 temperature.BUDGETS["quick"])["seeds"] == 3
+    assert resolve_seeds(full, 2)["seeds"] == 5
+    assert resolve_seeds(temperature.BUDGETS["quick"], 7)["seeds"] == 3
 
 
 def test_smoke_run_reports_every_check_with_finite_numbers(tmp_path):

@@ -58,6 +58,7 @@ import torch
 from sgdlab import data
 from sgdlab.experiments.base import Check, Claim, Context, Result, verdict, worst_verdict
 from sgdlab.experiments.kit import run_claim
+from sgdlab.experiments.kit.budgets import resolve_seeds
 from sgdlab.experiments.kit.verdicts import bonferroni_z, direction
 from sgdlab.probes.stationary import analyse_records
 from sgdlab.schedules import multistep
@@ -150,21 +151,12 @@ def _decay(ds: data.Dataset, b: dict[str, Any]) -> dict[str, Any]:
             "diverged": bool((res.diverged_at >= 0).any()), "seconds": res.seconds}
 
 
-def resolved_budget(ctx: Context, budget: dict[str, Any]) -> dict[str, Any]:
-    """The budget with its seed count resolved (``min_seeds`` → max(min_seeds, ctx.seeds)):
-    the dict the cache keys spread, as they always have."""
-    b = dict(budget)
-    if "min_seeds" in b:
-        b = {"seeds": max(b.pop("min_seeds"), ctx.seeds), **b}
-    return b
-
-
 def measure(ctx: Context, budget: dict[str, Any]) -> dict[str, Any]:
     """Train the η ladder and the step-decay runs of the module docstring (each cached):
     ``rows`` (one per (η, seed): stationary mean and se of F = L + (λ/2)‖Φ‖², the
     stationarity analysis, data term, test accuracy), ``decay`` (curves and per-phase
     plateaus), ``etas``, ``seeds`` and the resolved ``budget``."""
-    b = resolved_budget(ctx, budget)
+    b = resolve_seeds(budget, ctx.seeds)    # min_seeds → seeds = max(min_seeds, --seeds)
     ds = data.load("mnist1d", seed=0)
     key = {"claim": CLAIM.id, "part": "ladder", "version": 2, "lam": LAM, "batch": BATCH,
            "record": RECORD, "pre_eta": PRE_ETA, **b}
