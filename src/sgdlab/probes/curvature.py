@@ -519,7 +519,14 @@ def top_eigenvalues(model: nn.Module, loss_fn: Callable, x: Any, y: Any = None, 
     for deflated power iteration: the Krylov space is optimal for the extreme eigenvalues.
     Full re-orthogonalisation (two Gram–Schmidt passes against all of Q_m, O(mn) per
     step) keeps Q orthonormal in floating point, so no spurious copies of converged Ritz
-    values appear.
+    values appear. Repeated eigenvalues: the Krylov space of one start vector holds one
+    direction of each eigenspace, so it sees one copy of an exactly repeated eigenvalue.
+    When the recurrence exhausts an invariant subspace (β_j = 0: H has few distinct
+    eigenvalues, e.g. a linear model's (XᵀX/N) ⊗ I) it restarts from a random vector
+    orthogonal to it and stops only once that new Krylov space's extreme Ritz value has
+    converged too, so further copies are found; a repeated eigenvalue *without* exhaustion
+    (n far above the number of steps) may still show up once; ``method="eigsh"``
+    (implicitly restarted) is a cross-check.
 
     ``method="eigsh"``: :func:`scipy.sparse.linalg.eigsh` (ARPACK, implicitly restarted
     Lanczos, ``which="LA"``) on a ``LinearOperator`` whose matvec is the same HVP.
@@ -562,6 +569,18 @@ def top_eigenvalues(model: nn.Module, loss_fn: Callable, x: Any, y: Any = None, 
     def stop(alpha, beta, m):
         if m < k:
             return False
+        if m < op.n and float(beta[m - 1]) == 0.0:
+            return False      # an invariant subspace: go on in its complement (restart)
+        zero = torch.nonzero(beta[:m - 1] == 0).flatten()
+        start = int(zero[-1]) + 1 if len(zero) else 0
+        if start > 0:
+            # after a restart the Krylov space of the complement must have found its own
+            # extreme eigenvalues (a repeated eigenvalue's next copy is among them) first
+            theta_b, s_b = _tridiag_eig(alpha[start:m], beta[start:m])
+            ends = [0, -1] if which == "LM" else [-1]
+            r_b = beta[m - 1] * s_b[m - 1 - start, ends].abs()
+            if not bool((r_b <= tol * theta_b[ends].abs()).all()):
+                return False
         theta, _, r = residuals(alpha, beta, m)
         return bool((r <= tol * theta.abs()).all())
 
