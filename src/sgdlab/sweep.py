@@ -189,9 +189,15 @@ def _has_batchnorm(m: nn.Module) -> bool:
     return any(isinstance(x, nn.modules.batchnorm._BatchNorm) for x in m.modules())
 
 
-class _Engine:
-    """K models: ``forward(x, shared)`` → outputs (K, n, ...), ``params`` (the stacked
-    (K, ...) tensors the optimizer updates), ``names``, ``train(mode)``."""
+class Engine:
+    """K models of one architecture evaluated together (what :func:`train_many` trains and
+    passes to its ``callback``; claims that step the stacked models themselves use it too).
+
+    ``forward(x, shared)`` → outputs (K, n, ...) (``shared``: one batch for all K, else
+    (K, n, ...)); ``params``: the stacked (K, ...) tensors an optimizer updates; ``names``;
+    ``train(mode)``. ``engine``: ``"vmap"`` (``torch.func.vmap`` of ``functional_call`` over
+    ``stack_module_state``), ``"mlp"`` (batched matmuls for sgdlab's MLP), ``"loop"`` (one
+    module after another: BatchNorm) or ``"auto"``."""
 
     def __init__(self, models: list[nn.Module], engine: str) -> None:
         from torch.func import functional_call, stack_module_state, vmap
@@ -284,7 +290,7 @@ def train_many(dataset: Dataset, model: str | Callable[[int], nn.Module],
                batch_seed: int = 0, same_batches: bool = True, eval_every: int = 0,
                eval_train: bool = True, model_options: Mapping[str, Any] | None = None,
                nesterov: bool = False, dtype: torch.dtype = torch.float32,
-               engine: str = "auto", callback: Callable[[int, _Engine], None] | None = None,
+               engine: str = "auto", callback: Callable[[int, Engine], None] | None = None,
                start: Mapping[str, torch.Tensor] | None = None) -> SweepResult:
     """Train one model per point of ``points`` (dicts with ``lr`` and optionally
     ``momentum``, ``weight_decay``, ``seed`` — the init seed, and with
@@ -325,7 +331,7 @@ def train_many(dataset: Dataset, model: str | Callable[[int], nn.Module],
     models = [m.to(dtype) for m in _build_models(model, dataset, seeds, model_options or {})]
     if start is not None:
         _load_start(models, start)
-    eng = _Engine(models, engine)
+    eng = Engine(models, engine)
     like = eng.params[0]
     opt = StackedSGD(eng.params, _per_model(points, "lr", 0.0, like),
                      _per_model(points, "momentum", 0.0, like),
@@ -435,7 +441,7 @@ def _batch_losses(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor
     return _per_example_losses(out, y, task).mean(1)
 
 
-def _freeze(eng: _Engine, opt: StackedSGD, lr0: torch.Tensor, alive: torch.Tensor) -> None:
+def _freeze(eng: Engine, opt: StackedSGD, lr0: torch.Tensor, alive: torch.Tensor) -> None:
     """Stop diverged models: η = 0, parameters and buffers zeroed (no inf arithmetic)."""
     opt.lr = torch.where(alive.to(lr0.device), lr0, torch.zeros_like(lr0))
     with torch.no_grad():

@@ -181,7 +181,7 @@ def _make_optimizer(variant: str, params: list[torch.Tensor]) -> torch.optim.Opt
 def _train(budget: dict[str, Any]) -> dict[str, Any]:
     """All variants × lrs × seeds as one stacked MLP; training loss on a fixed sample of
     EVAL_N examples every few steps."""
-    from sgdlab.sweep import _Engine
+    from sgdlab.sweep import Engine
 
     ds = data.load("mnist1d", seed=0)
     lrs = LR0 * 2.0 ** np.asarray(budget["rungs"], dtype=float)
@@ -192,7 +192,7 @@ def _train(budget: dict[str, Any]) -> dict[str, Any]:
                      strict=False))
     sl = {v: slice(start[v], start[v] + len(per[v])) for v in VARIANTS}
     mlps = [models.build("mlp", ds, seed=s) for v in VARIANTS for _, _, s in per[v]]
-    eng = _Engine(mlps, "mlp")
+    eng = Engine(mlps, "mlp")
     # each variant's optimizer steps a shadow copy of its slice at lr 1
     shadows = {v: [torch.zeros_like(p[sl[v]]) for p in eng.params] for v in VARIANTS}
     opts = {v: _make_optimizer(v, shadows[v]) for v in VARIANTS}

@@ -35,7 +35,7 @@ ln(2x_0/(ηs)) ≈ 3, so a log-norm error d shows up as a relative time error d/
 Workload (float32, CPU): the first N = 256 MNIST-1D training examples, full batch; sgdlab's
 ``scale_invariant`` MLP (2 normalised layers of width 64, fixed random head; every trainable
 tensor is scale-invariant); η = 0.1, λ = 0.04 (ηλ = 0.004). K seeds vectorised (one
-``torch.func.vmap`` over the stacked models, :class:`sgdlab.sweep._Engine`).
+``torch.func.vmap`` over the stacked models, :class:`sgdlab.sweep.Engine`).
 
 1. direction: ``pre`` steps of GD *on the sphere* (w ← (w − η∇L)·‖w_init‖/‖w − η∇L‖, no weight
    decay) from each seed's initialisation, so that GD + WD starts where the gradients are
@@ -215,14 +215,14 @@ def _train(budget: dict[str, Any]) -> dict[str, Any]:
 
     from sgdlab import data
     from sgdlab.models import build
-    from sgdlab.sweep import _Engine
+    from sgdlab.sweep import Engine
 
     ds = data.load("mnist1d", seed=0)
     X, Y = ds.x_train[:N_TRAIN], ds.y_train[:N_TRAIN]
     n = budget["seeds"]
     opts = {"depth": DEPTH, "width": WIDTH}
     models = [build("scale_invariant", ds, seed=s, **opts) for s in range(n)]
-    eng = _Engine(models, "vmap")
+    eng = Engine(models, "vmap")
     x_init = _sq_norms(eng.params)
     pre_loss = []
     for _ in range(budget["pre"]):
@@ -243,7 +243,7 @@ def _train(budget: dict[str, Any]) -> dict[str, Any]:
         lam0.append(_sharpness(probe, start, k, X, Y))
     # phase 2: arm wd (models 0..n-1) and the control (n..2n-1), the same start
     models2 = [build("scale_invariant", ds, seed=s, **opts) for s in [*range(n), *range(n)]]
-    eng2 = _Engine(models2, "vmap")
+    eng2 = Engine(models2, "vmap")
     with torch.no_grad():
         for name, p in zip(eng2.names, eng2.params, strict=True):
             p.copy_(torch.cat([start[name], start[name]]))
