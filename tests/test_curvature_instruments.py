@@ -104,6 +104,29 @@ def test_instruments_match_the_direct_calls(fixed_data):
         assert rec["eos_ratio"] == pytest.approx(lr * lam / 3.8, rel=1e-15)
 
 
+def test_ggn_option_is_passed_through():
+    """``curvature=ggn``: the records equal the curvature functions' GGN on the same
+    parameters and data (exact), and say which matrix they measured."""
+    x, y = _data()
+    model = _mlp()
+    mon, seen = _loop(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, 1,
+                      instruments=["sharpness:curvature=ggn", "sharpness:k=2:curvature=ggn",
+                                   "hessian_trace:samples=4:curvature=ggn"], every=1,
+                      hessian_data=(x, y))
+    one, two, trace = mon.records
+    ref_model = seen[1][0].eval()
+    ref = top_hessian_eigenvalue(ref_model, per_example_ce, x, y, iters=20, tol=1e-3, seed=1,
+                                 curvature="ggn")
+    assert one["lambda_max"] == ref.lambda_max and one["curvature"] == "ggn"
+    ref2 = top_eigenvalues(ref_model, per_example_ce, x, y, k=2, tol=1e-3, seed=1,
+                           curvature="ggn")
+    assert two["eigenvalues"] == ref2.eigenvalues.tolist()
+    ref_t = hessian_trace(ref_model, per_example_ce, x, y, samples=4, seed=1, curvature="ggn")
+    assert (trace["trace"], trace["trace_sq"], trace["curvature"]) == (
+        ref_t.trace, ref_t.trace_sq, "ggn")
+    assert trace["trace"] > 0                    # G is positive semi-definite
+
+
 def test_k_default_keeps_the_record_fields():
     x, y = _data()
     model = _mlp()
@@ -287,6 +310,7 @@ def test_plots_are_written(tmp_path):
     ("hessian_trace:samples=1", "samples must be an integer >= 2, got 1"),
     ("hessian_trace:subset=0", "subset must be an integer >= 1, got 0"),
     ("hessian_trace:k=3", "unexpected keyword argument 'k'"),
+    ("sharpness:curvature=fisher", "curvature must be one of hessian, ggn, got 'fisher'"),
 ])
 def test_bad_option_is_one_clear_line(spec, message, tmp_path, capsys):
     with pytest.raises(ConfigError) as err:

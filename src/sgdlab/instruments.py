@@ -374,6 +374,17 @@ def _check_positive(name: str, value: Any) -> float:
     return float(value)
 
 
+def _check_curvature(curvature: Any) -> str:
+    """``curvature`` if :mod:`sgdlab.probes.curvature` has it (``"hessian"``, ``"ggn"``),
+    else a one-line :class:`ValueError`."""
+    from sgdlab.probes.curvature import CURVATURES
+
+    if curvature not in CURVATURES:
+        raise ValueError(f"curvature must be one of {', '.join(CURVATURES)}, got "
+                         f"{curvature!r}")
+    return curvature
+
+
 def _curvature_setup(monitor: Monitor) -> None:
     """The curvature instruments' requirement: the Monitor's per-example ``loss_fn``."""
     if monitor.loss_fn is None:
@@ -516,6 +527,10 @@ class Sharpness(Instrument):
     heavy-ball bound; the EMA form's 2(1 + β)/((1 − β)η′)), ``lr_lambda_threshold`` and
     ``eos_ratio``.
 
+    ``curvature="ggn"``: the same for the generalised Gauss–Newton matrix G = Jᵀ H_ℓ J
+    (positive semi-definite; ≈ H near a minimum) instead of H; the record then carries
+    ``curvature``.
+
     Data, eval mode, forked RNG and seed: :func:`curvature_measurement` (the Monitor's
     ``hessian_data``, its first ``subset`` examples, else the step's batch).
     """
@@ -524,13 +539,14 @@ class Sharpness(Instrument):
 
     def __init__(self, schedule: Callable[[int], bool] | None = None, subset: int = 1024,
                  iters: int = 20, tol: float = 1e-3, k: int = 1,
-                 max_iter: int | None = None) -> None:
+                 max_iter: int | None = None, curvature: str = "hessian") -> None:
         super().__init__(schedule)
         self.subset = _check_int("subset", subset, 1)
         self.iters = _check_int("iters", iters, 1)
         self.tol = _check_positive("tol", tol)
         self.k = _check_int("k", k, 1)
         self.max_iter = None if max_iter is None else _check_int("max_iter", max_iter, 1)
+        self.curvature = _check_curvature(curvature)
 
     def setup(self, monitor: Monitor) -> None:  # noqa: D102
         _curvature_setup(monitor)
@@ -541,18 +557,22 @@ class Sharpness(Instrument):
         lr = monitor.lr or 0.0
         if self.k == 1:
             res = curvature_measurement(monitor, self.subset, top_hessian_eigenvalue,
-                                        iters=self.iters, tol=self.tol)
+                                        iters=self.iters, tol=self.tol,
+                                        curvature=self.curvature)
             lam = res.lambda_max
             rec: dict[str, Any] = {"lambda_max": lam, "stability_bound": res.stability_bound,
                                    "lr_times_lambda": lr * lam, "iterations": res.iterations}
         else:
             res = curvature_measurement(monitor, self.subset, top_eigenvalues, k=self.k,
-                                        tol=self.tol, max_iter=self.max_iter)
+                                        tol=self.tol, max_iter=self.max_iter,
+                                        curvature=self.curvature)
             eigenvalues = [float(v) for v in res.eigenvalues]
             lam = eigenvalues[0]
             rec = {"lambda_max": lam, "stability_bound": 2.0 / lam if lam > 0 else math.inf,
                    "lr_times_lambda": lr * lam, "iterations": res.hvps,
                    "eigenvalues": eigenvalues, "converged": res.converged}
+        if self.curvature != "hessian":
+            rec["curvature"] = self.curvature
         rec.update(edge_of_stability(lam, monitor.lr, monitor.optimizer))
         return rec
 
@@ -565,6 +585,8 @@ class HessianTraceInstrument(Instrument):
     tr H² ≈ (1/s) Σᵢ ‖Hvᵢ‖², each with standard error sd/√s (s − 1 degrees of freedom); one
     Hessian-vector product per sample. Record: ``trace``, ``trace_se``, ``trace_sq``,
     ``trace_sq_se``, ``samples``, ``hvps``. ``samples`` ≥ 2 (a standard error needs two).
+    ``curvature="ggn"``: tr G and tr G² of the generalised Gauss–Newton matrix instead (the
+    record then carries ``curvature``).
 
     Data, eval mode, forked RNG and seed (the probe vectors are seeded with the step):
     :func:`curvature_measurement`, as ``sharpness`` (the Monitor's ``hessian_data``, its
@@ -574,10 +596,11 @@ class HessianTraceInstrument(Instrument):
     name, tier = "hessian_trace", "expensive"
 
     def __init__(self, schedule: Callable[[int], bool] | None = None, samples: int = 32,
-                 subset: int = 1024) -> None:
+                 subset: int = 1024, curvature: str = "hessian") -> None:
         super().__init__(schedule)
         self.samples = _check_int("samples", samples, 2)
         self.subset = _check_int("subset", subset, 1)
+        self.curvature = _check_curvature(curvature)
 
     def setup(self, monitor: Monitor) -> None:  # noqa: D102
         _curvature_setup(monitor)
@@ -586,9 +609,13 @@ class HessianTraceInstrument(Instrument):
         from sgdlab.probes.curvature import hessian_trace
 
         res = curvature_measurement(monitor, self.subset, hessian_trace,
-                                    samples=self.samples)
-        return {"trace": res.trace, "trace_se": res.trace_se, "trace_sq": res.trace_sq,
-                "trace_sq_se": res.trace_sq_se, "samples": res.samples, "hvps": res.hvps}
+                                    samples=self.samples, curvature=self.curvature)
+        rec: dict[str, Any] = {"trace": res.trace, "trace_se": res.trace_se,
+                               "trace_sq": res.trace_sq, "trace_sq_se": res.trace_sq_se,
+                               "samples": res.samples, "hvps": res.hvps}
+        if self.curvature != "hessian":
+            rec["curvature"] = self.curvature
+        return rec
 
 
 class SNRDiagnostics(Instrument):

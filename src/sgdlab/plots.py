@@ -292,7 +292,8 @@ def _sharpness_figure(path: Path, name: str, records: list[dict[str, Any]]) -> P
     drawn = _draw_curves(ax, top)
     if _wants_log(drawn, _LOG_RANGE):
         ax.set_yscale("log")
-    ax.set_ylabel("eigenvalue of H")
+    ggn = any(r.get("curvature") == "ggn" for r in records)
+    ax.set_ylabel("eigenvalue of G (GGN)" if ggn else "eigenvalue of H")
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="best", framealpha=0.85)
     if panels == 2:
@@ -318,7 +319,8 @@ def _hessian_trace_figure(path: Path, name: str,
     """Hutchinson's tr H (top) and tr H² (bottom) over steps, each with a ±2 standard-error
     band (``trace_se``, ``trace_sq_se``; SPEC §1)."""
     panels = []
-    for key, label in (("trace", "tr H"), ("trace_sq", "tr H²")):
+    mat = "G" if any(r.get("curvature") == "ggn" for r in records) else "H"
+    for key, label in (("trace", f"tr {mat}"), ("trace_sq", f"tr {mat}²")):
         x, y = _series(records, key)
         xs, se = _series(records, f"{key}_se")
         fx, fy, dropped = _finite(x, y)
