@@ -137,6 +137,40 @@ def test_gradient_accumulation_combines_micro_batches():
     assert mon.step_count == 1 and _no_hooks(model)
 
 
+@pytest.mark.parametrize("target, accepted", [(3e-5, True), (3e-4, False)])
+def test_scale_check_threshold_in_float32(target, accepted, capsys):
+    """The relative residual ‖u − c·r‖/‖u‖ of the inferred scale is resolved in float32 well
+    inside SCALE_RTOL = 1e-4: a backward of mean ℓ + ε·Σ z² (a penalty at the output), with ε
+    set so that the float64 residual is 3e-5 or 3e-4, is accepted or refused accordingly."""
+    from sgdlab.monitor import SCALE_RTOL
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 5))
+    x, y = torch.randn(32, 6), torch.randint(0, 5, (32,))
+
+    def residual(eps):                      # float64 reference of the same quantity
+        z = model.double()(x.double()).detach().requires_grad_(True)
+        ell = F.cross_entropy(z, y, reduction="none")
+        r, = torch.autograd.grad(ell.sum(), z)
+        u = r / 32 + 2 * eps * z.detach()
+        c = (u * r).sum() / (r * r).sum()
+        model.float()
+        return float((u - c * r).norm() / u.norm())
+
+    eps = 1e-3 * target / residual(1e-3)    # the residual is linear in small ε
+    assert residual(eps) == pytest.approx(target, rel=0.02)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    mon = sgdlab.Monitor(model, opt, per_example_ce, instruments=["noise_scale"], every=1)
+    opt.zero_grad()
+    with mon.step(x, y):
+        z = model(x)
+        (F.cross_entropy(z, y) + eps * (z ** 2).sum()).backward()
+    opt.step()
+    err = capsys.readouterr().err
+    assert (len(mon.records) == 1) is accepted and SCALE_RTOL == 1e-4
+    assert ("relative residual 0.0003" in err) is not accepted
+
+
 def test_weighted_loss_is_refused_with_one_line(capsys):
     model, x, y = cases()["mha_own_params"]
     w = torch.linspace(0.5, 2.0, x.shape[0], dtype=torch.float64)
