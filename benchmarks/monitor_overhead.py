@@ -12,8 +12,10 @@ medians over rounds; models and timing from ``benchmarks/probes_overhead.py``), 
   Σ_b g_b² per coordinate);
 * the bound on those two: :class:`~sgdlab.probes.per_example.PerExampleStats` alone in the
   bare step (attach, backward, read the statistics, detach) — what the Monitor adds on top
-  is the scale inference (one loss evaluation and a backward through the loss only), ĝ from
-  p.grad and the estimator.
+  is the scale inference (one loss evaluation, δ_ref, four dot products), ĝ from p.grad and
+  the estimator; the scale inference alone in the bare step; and, for models made of
+  Linear layers only, a hand-written minimum of per-layer hooks and reductions (no proof
+  of attribution, no scale check): what any exact hook-based implementation pays.
 
     python benchmarks/monitor_overhead.py [--batch 128] [--rounds 7] [--threads 1]
                                           [--models mlp,mnist_mlp,cifar]
@@ -36,6 +38,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sgdlab  # noqa: E402
 from probes_overhead import MODELS, ce_none, time_rows  # noqa: E402
+from sgdlab.monitor import _cross_entropy_output_grad  # noqa: E402
 from sgdlab.probes.per_example import PerExampleStats  # noqa: E402
 
 FLOORS = {"nothing due": 1.05, "noise_scale due": 1.5}
@@ -101,6 +104,58 @@ def rows_for(make: Callable[[], torch.nn.Module], x: torch.Tensor, y: torch.Tens
 
     stats_alone("bound: PerExampleStats norms alone", sum_sq=False)
     stats_alone("bound: PerExampleStats Σ_b g² alone", norms=False)
+
+    model_s, opt_s = setup()
+
+    def scale_alone():
+        """The bare step plus what the Monitor does to infer and check the backward's scale
+        (``Monitor._infer_scale`` for cross-entropy, written out): the loss on the detached
+        output with its graph, δ_ref in closed form from that graph, ⟨u, r⟩, ⟨r, r⟩, ⟨u, u⟩
+        and Σℓ in one read, and the residual ‖u − c·r‖."""
+        opt_s.zero_grad()
+        out = model_s(x)
+        delta = []
+        out.register_hook(delta.append)
+        F.cross_entropy(out, y).backward()
+        det = out.detach().requires_grad_(True)
+        ell = ce_none(det, y)
+        r = _cross_entropy_output_grad(ell, [det])[0].reshape(-1)
+        u = delta[0].reshape(-1)
+        ur, rr, uu, _ = torch.stack([u @ r, r @ r, u @ u, ell.detach().sum()]).tolist()
+        e = torch.add(u, r, alpha=-ur / rr)
+        float(e @ e)
+        opt_s.step()
+
+    rows["bound: scale inference alone"] = scale_alone
+    lins = [m for m in model_shared.modules() if isinstance(m, torch.nn.Linear)]
+    if not any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model_shared.modules()):
+        model_m, opt_m = setup()
+
+        def minimal_hooks():
+            """A hand-written minimum for Linear-only models: a forward hook per layer keeping
+            x, a tensor hook keeping δ, Σ_b ‖δ_b‖²‖x_b‖² and Σ_b ‖δ_b‖² per layer and ‖p.grad‖²
+            in one read — no proof that the hooks see every use, no scale check, no loss."""
+            opt_m.zero_grad()
+            saved: list[list] = []
+
+            def keep(m, a, o):
+                ent = [a[0].detach(), None]
+                saved.append(ent)
+                o.register_hook(lambda g, ent=ent: ent.__setitem__(1, g))
+
+            handles = [m.register_forward_hook(keep) for m in lins]
+            F.cross_entropy(model_m(x), y).backward()
+            for h in handles:
+                h.remove()
+            sums = []
+            for xin, d in saved:
+                dd = torch.linalg.vecdot(d, d)
+                sums += [torch.dot(dd, torch.linalg.vecdot(xin, xin)), dd.sum()]
+            sums += torch._foreach_norm([p.grad for p in model_m.parameters()])
+            torch.stack(sums).tolist()
+            opt_m.step()
+
+        rows["bound: minimal hand-written norm hooks (Linear only)"] = minimal_hooks
     return rows, cleanup
 
 

@@ -133,7 +133,7 @@ def _cross_entropy_output_grad(ell: torch.Tensor, inputs: list[torch.Tensor]
     if 0 <= ignore < x.shape[1]:    # a class index that is ignored: let autograd mask it
         return None
     target = nll._saved_target
-    g = ls._saved_result.exp()
+    g = ls._saved_result.detach().exp()    # no graph for what follows
     try:        # a target equal to ignore_index (out of range) raises: autograd masks it
         g.scatter_add_(1, target.reshape(-1, 1), g.new_full((g.shape[0], 1), -1.0))
     except (RuntimeError, IndexError):
