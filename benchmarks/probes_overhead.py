@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import random
 import statistics
 import time
 import warnings
@@ -152,10 +153,13 @@ def time_rows(rows: dict[str, Callable[[], object]], rounds: int, budget: float
               ) -> dict[str, tuple[list[float], list[float]]]:
     """(wall seconds, process CPU seconds) per call, one sample per round.
 
-    Calls are interleaved one by one (row A, row B, …, in an order rotated at every call) and
-    each is timed on its own: timing whole blocks of one row after another showed systematic
-    differences of 3–9 % between identical rows (from the position in the round and the
-    allocator's state), larger than some of the costs measured."""
+    Calls are interleaved one by one (row A, row B, …, in a fresh random order at every call,
+    seeded) and each is timed on its own: timing whole blocks of one row after another showed
+    systematic differences of 3–9 % between identical rows (from the position in the round
+    and the allocator's state), larger than some of the costs measured. A rotated order was
+    not enough: each row then always follows the same row, and the row after a large one
+    (torch.func's per-example gradients) ran up to 1.3× slower — the MNIST-1D MLP's plain
+    step came out slower than the same step with the per-example hooks."""
     dts = []
     for fn in rows.values():                 # warm up, and size the rounds to ~budget s a row
         fn()
@@ -168,12 +172,14 @@ def time_rows(rows: dict[str, Callable[[], object]], rounds: int, budget: float
     fns = [rows[k] for k in names]
     k = len(names)
     clock, cpu = time.perf_counter_ns, time.process_time_ns
+    order = list(range(k))
+    rng = random.Random(0)
     for _ in range(rounds):
         wall = [0] * k
         proc = [0] * k
-        for i in range(n):
-            for j in range(k):
-                r = (i + j) % k
+        for _ in range(n):
+            rng.shuffle(order)
+            for r in order:
                 w0, c0 = clock(), cpu()
                 fns[r]()
                 wall[r] += clock() - w0

@@ -28,8 +28,8 @@ measures the rank's whole step (b_small = the 2b examples of its micro-batches, 
 The tests check that, that its records equal those of DDP without accumulation, and those of
 one process's microbatch_noise_scale with batch 4b, accumulate 2 (whose micro-batches are the
 ranks' slices) — to 1e-9 relative, measured ~2e-15. An undefined B_simple is null in
-metrics.jsonl; in the in-memory records ddp_noise_scale keeps inf where
-microbatch_noise_scale has None (a strict xfail below).
+metrics.jsonl, and None (named in ``undefined``) in the in-memory records, as
+microbatch_noise_scale has it.
 """
 
 from __future__ import annotations
@@ -401,10 +401,6 @@ def test_undefined_noise_scale_is_null_in_metrics_jsonl(ddp, undefined):
                                                  "g_norm_sq", "tr_sigma"))
 
 
-@pytest.mark.xfail(strict=True, reason="ddp_noise_scale returns its record without "
-                   "instruments.undefined_to_null: an undefined b_simple_smoothed is inf in "
-                   "Trainer.history / Monitor.records (null only once written to "
-                   "metrics.jsonl), unlike microbatch_noise_scale's None + 'undefined'")
 def test_undefined_ddp_noise_scale_is_none_in_records_as_single_process(undefined):
     """The in-memory records too: an undefined value is None and listed in ``undefined``,
     as microbatch_noise_scale does in one process."""

@@ -294,16 +294,22 @@ def test_hf_training_unchanged_and_sharpness(tf, tmp_path):
     finals = []
     for with_cb in (False, True):
         model = _hf_model(tf)
-        cbs = [MonitorCallback(loss_fn=_hf_ce, instruments=["noise_scale", "sharpness"],
-                               every=2, on_error="raise")] if with_cb else []
+        cbs = [MonitorCallback(loss_fn=_hf_ce, instruments=[
+            "noise_scale", "sharpness:k=2", "hessian_trace:samples=4"],
+            every=2, on_error="raise")] if with_cb else []
         _hf_train(tf, tmp_path, cbs, model, max_steps=4, gradient_accumulation_steps=2,
                   max_grad_norm=0.05)
         if with_cb:
             recs = cbs[0].records
             assert [(r["name"], r["step"]) for r in recs] == [
-                ("noise_scale", 2), ("sharpness", 2), ("noise_scale", 4), ("sharpness", 4)]
-            lams = [r["lambda_max"] for r in recs if r["name"] == "sharpness"]
-            assert all(math.isfinite(v) and v != 0 for v in lams)
+                (n, t) for t in (2, 4) for n in ("noise_scale", "sharpness", "hessian_trace")]
+            for r in recs:
+                if r["name"] == "sharpness":    # model(**inputs) through curvature_problem
+                    lam = r["eigenvalues"]
+                    assert len(lam) == 2 and lam[0] >= lam[1] and lam[0] == r["lambda_max"]
+                    assert all(math.isfinite(v) and v != 0 for v in lam)
+                elif r["name"] == "hessian_trace":
+                    assert r["samples"] == 4 and math.isfinite(r["trace"]) and r["trace_se"] > 0
         finals.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*finals, strict=True):
         assert torch.equal(a, b)

@@ -349,9 +349,11 @@ class DDPNoiseScale(Instrument):
         b_big = b_small * world
         g2, tr = two_batch_estimates(g_small, g_big, b_small, b_big)
         self.estimator.update(g_small, g_big, b_small, b_big)
-        return {"g_small_norm_sq": g_small, "g_big_norm_sq": g_big, "b_small": b_small,
-                "b_big": b_big, "g_norm_sq": g2, "tr_sigma": tr,
-                "b_simple_smoothed": self.estimator.b_simple}
+        # an undefined smoothed B_simple (its ‖G‖² estimate ≤ 0) is null and named in
+        # "undefined", as in every noise-scale record — never inf in memory or in a file
+        return undefined_to_null({"g_small_norm_sq": g_small, "g_big_norm_sq": g_big,
+                                  "b_small": b_small, "b_big": b_big, "g_norm_sq": g2,
+                                  "tr_sigma": tr, "b_simple_smoothed": self.estimator.b_simple})
 
     def state_dict(self) -> dict[str, Any]:  # noqa: D102
         return self.estimator.state_dict()
@@ -409,8 +411,16 @@ def curvature_measurement(monitor: Monitor, subset: int, fn: Callable[..., Any],
 
     Attention runs on the math SDPA backend inside ``fn`` (the fused CPU kernels have no
     double backward). The parameters and ``p.grad`` are not modified.
+
+    A framework adapter whose model is not called as ``model(x)`` sets
+    ``monitor.curvature_problem`` (monitor → ``(model, loss_fn, x, y)`` for ``fn``: the
+    Hugging Face callback's ``model(**inputs)`` with ``loss_fn(outputs, inputs)``); eval mode,
+    RNG and seed are as above, on ``monitor.model``.
     """
-    if monitor.hessian_data is not None:
+    fmodel, loss_fn = monitor.model, monitor.loss_fn
+    if monitor.curvature_problem is not None:
+        fmodel, loss_fn, x, y = monitor.curvature_problem(monitor)
+    elif monitor.hessian_data is not None:
         x, y = monitor.hessian_data
         x, y = x[:subset], y[:subset]
     else:
@@ -420,7 +430,7 @@ def curvature_measurement(monitor: Monitor, subset: int, fn: Callable[..., Any],
     model.eval()
     try:
         with torch.random.fork_rng(devices=[]):
-            return fn(model, monitor.loss_fn, x, y, seed=monitor.step_count, **kwargs)
+            return fn(fmodel, loss_fn, x, y, seed=monitor.step_count, **kwargs)
     finally:
         model.train(was_training)
 

@@ -203,7 +203,8 @@ class Monitor:
         out: a directory for ``metrics.jsonl`` (via :class:`sgdlab.metrics_log.MetricsWriter`)
             and, at :meth:`close`, ``plots/probe_NAME.png``; ``None``: records stay in memory.
         total_steps: the run's length, for ``every="log"`` (else log-spaced without end).
-        hessian_data: a fixed ``(x, y)`` for ``sharpness`` (default: the step's batch).
+        hessian_data: a fixed ``(x, y)`` for the curvature instruments (``sharpness``,
+            ``hessian_trace``; default: the step's batch).
         tensorboard: also write scalars under ``out/tensorboard`` (needs tensorboard).
         log: a callable receiving each record (sgdlab's Trainer passes its own ``log``).
         on_error: ``"disable"`` (one line ``sgdlab: instrument NAME disabled: <reason>`` on
@@ -268,6 +269,11 @@ class Monitor:
         # small model); requires_grad is checked at each use
         self._named_params: list[tuple[str, nn.Parameter]] = list(self.model.named_parameters())
         self.hessian_data = hessian_data
+        #: for framework adapters whose model is not ``model(x)`` with ``loss_fn(out, y)``
+        #: (Hugging Face: ``model(**inputs)``): a callable ``monitor → (model, loss_fn, x, y)``
+        #: giving the curvature instruments their problem (see
+        #: :func:`sgdlab.instruments.curvature_measurement`); None: the Monitor's own
+        self.curvature_problem: Callable[[Monitor], tuple[Any, Any, Any, Any]] | None = None
         self.on_error = on_error
         self.schedule = _Schedule(every, total_steps)
         self.total_steps = total_steps

@@ -37,8 +37,9 @@ How the Trainer scales the loss under accumulation does not matter: the Monitor 
 scale c of each micro-batch's backward from the output gradients (loss / k, or the model's
 ``num_items_in_batch`` normalisation). Step numbers: the record of step t holds the numbers
 of the t-th optimizer step at the parameters its gradient was computed at; t equals
-``state.global_step`` after that step. ``sharpness`` runs its HVPs as ``model(**inputs)`` on
-the step's last micro-batch. Single process (no DDP / DataParallel).
+``state.global_step`` after that step. The curvature instruments (``sharpness`` with any
+option, ``hessian_trace``) run their HVPs as ``model(**inputs)`` on the step's last
+micro-batch (``Monitor.curvature_problem``). Single process (no DDP / DataParallel).
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ from typing import Any
 
 import torch
 
-from sgdlab.instruments import Sharpness
 from sgdlab.integrations import require
 
 _tf = require("transformers", "hf")
@@ -83,35 +83,6 @@ class _Batch:
     def __getitem__(self, sl):
         return _Batch({k: v[sl] if isinstance(v, torch.Tensor) and v.dim() > 0
                        and v.shape[0] == self.n else v for k, v in self.inputs.items()})
-
-
-class _HFSharpness(Sharpness):
-    """``sharpness`` on ``model(**inputs)`` with the user's ``loss_fn(outputs, inputs)``."""
-
-    def __init__(self, user_loss: Callable, **kw) -> None:
-        super().__init__(**kw)
-        self.user_loss = user_loss
-
-    def measure(self, monitor):  # noqa: D102
-        from sgdlab.probes.curvature import top_hessian_eigenvalue
-
-        holder = monitor.batch[0]
-        if not holder:
-            raise ValueError("no inputs were seen for this step")
-        batch = _Batch(holder[0])
-        model = monitor.model
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                res = top_hessian_eigenvalue(
-                    _KwargsModel(model), lambda out, b: self.user_loss(out, b.inputs), batch,
-                    batch, iters=self.iters, tol=self.tol, seed=monitor.step_count)
-        finally:
-            model.train(was_training)
-        lr = monitor.lr or 0.0
-        return {"lambda_max": res.lambda_max, "stability_bound": res.stability_bound,
-                "lr_times_lambda": lr * res.lambda_max, "iterations": res.iterations}
 
 
 class MonitorCallback(_tf.TrainerCallback):
@@ -187,14 +158,23 @@ class MonitorCallback(_tf.TrainerCallback):
 
         if model is None:
             raise ValueError("MonitorCallback: the Trainer passed no model")
-        insts = [_HFSharpness(self.loss_fn) if i == "sharpness" else i
-                 for i in self.instruments]
         self.monitor = Monitor(model, optimizer,
-                               self._monitor_loss, instruments=insts, every=self.every,
-                               out=self.out, **self.monitor_kwargs)
+                               self._monitor_loss, instruments=self.instruments,
+                               every=self.every, out=self.out, **self.monitor_kwargs)
+        self.monitor.curvature_problem = self._curvature_problem
         self.monitor.step_count = state.global_step
         self._hook = model.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
         self._clip = bool(args.max_grad_norm) and args.max_grad_norm > 0
+
+    def _curvature_problem(self, monitor: Any) -> tuple[Any, Callable, _Batch, _Batch]:
+        """The curvature instruments' problem (``sharpness``, ``hessian_trace``, any option):
+        ``model(**inputs)`` of the step's last micro-batch, ``loss_fn(outputs, inputs)``."""
+        holder = monitor.batch[0]
+        if not holder:
+            raise ValueError("no inputs were seen for this step")
+        batch = _Batch(holder[0])
+        return (_KwargsModel(monitor.model), lambda out, b: self.loss_fn(out, b.inputs),
+                batch, batch)
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         """First micro-batch of optimizer step ``state.global_step + 1``: ``begin``."""
