@@ -54,6 +54,21 @@ class Tied(nn.Module):
         return torch.tanh(self.mix(self.emb(tok))) @ self.emb.weight.T
 
 
+class Encoder(nn.Module):
+    """nn.TransformerEncoderLayer (pre-norm: two LayerNorms, attention, feed-forward) and a
+    read-out of the mean token: LayerNorm is where torch.func.hessian goes wrong (see
+    tests/_zoo.dense_hessian), so the curvature code is checked through it too."""
+
+    def __init__(self, d: int = 8, classes: int = 3) -> None:
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(d, 2, dim_feedforward=16, dropout=0.0,
+                                                batch_first=True, norm_first=True)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x):
+        return self.head(self.layer(x).mean(1))
+
+
 def _problem(name: str):
     torch.manual_seed(0)
     if name == "mlp":
@@ -63,6 +78,9 @@ def _problem(name: str):
     elif name == "attention":
         model = Attention()
         x, y = torch.randn(48, 5, 8), torch.randint(0, 3, (48,))
+    elif name == "transformer":
+        model = Encoder()
+        x, y = torch.randn(32, 4, 8), torch.randint(0, 3, (32,))
     else:
         model = Tied()
         x = torch.randint(0, 12, (40, 4))
@@ -71,7 +89,7 @@ def _problem(name: str):
     return model, x.double() if x.is_floating_point() else x, y
 
 
-PROBLEMS = ["mlp", "attention", "tied"]
+PROBLEMS = ["mlp", "attention", "tied", "transformer"]
 
 
 @pytest.fixture(scope="module", params=PROBLEMS)
