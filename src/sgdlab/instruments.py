@@ -1,9 +1,13 @@
 """Instruments: what :class:`sgdlab.Monitor` measures, and when (Cockpit's split between
 quantities, in :mod:`sgdlab.probes`, and instruments, here).
 
-Each instrument has a cost tier — ``cheap`` (norms, effective LR, snr_sgd diagnostics, the
-DDP two-batch noise scale), ``medium`` (per-example statistics gathered in the user's own
-backward: noise scale), ``expensive`` (sharpness: HVP power iteration) — and a tracking
+Each instrument has a cost tier — ``cheap`` (from what the backward already gives: effective
+LR, distance from initialisation, update size, gradient norms, histograms, snr_sgd
+diagnostics, the DDP and micro-batch two-batch noise scales), ``medium`` (per-example
+statistics gathered in the user's own backward: noise scale, the norm, inner-product and
+orthogonality tests, mean GSNR), ``expensive`` (extra Hessian-vector products: ``sharpness``,
+top-k eigenvalues against the edge-of-stability bounds, and ``hessian_trace``; either for
+the GGN with ``curvature=ggn``) — and a tracking
 schedule (its own, or the Monitor's ``every``): every k steps, log-spaced (≈ 10 points per
 decade, denser early where things change fast) or a callable of the step. A measurement
 becomes ``{"kind": "probe", "name": NAME, "step": t, ...numbers}`` in the Monitor's records,
