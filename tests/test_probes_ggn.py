@@ -34,6 +34,7 @@ BLOCKS = {
     "mlp": ["hidden.1.weight", "hidden.1.bias"],
     "attention": ["qkv.weight", "qkv.bias"],
     "tied": ["emb.weight"],          # used at the input and, transposed, at the output
+    "transformer": ["layer.norm1.weight", "layer.norm1.bias"],   # a LayerNorm's own block
 }
 
 
