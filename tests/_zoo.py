@@ -361,11 +361,16 @@ def dense_hessian_block(model: nn.Module, loss_fn: Callable, x: torch.Tensor,
                         y: torch.Tensor, names: list[str]) -> torch.Tensor:
     """The rows and columns of :func:`dense_hessian` that belong to the parameters ``names``
     (in ``named_parameters`` order): the diagonal block H_SS, cut out of the full matrix."""
-    h = dense_hessian(model, loss_fn, x, y)
+    return cut_block(dense_hessian(model, loss_fn, x, y), model, names)
+
+
+def cut_block(mat: torch.Tensor, model: nn.Module, names: list[str]) -> torch.Tensor:
+    """The rows and columns of a (n, n) matrix over all parameters (``named_parameters``
+    order) that belong to the parameters ``names``."""
     idx, i = [], 0
     for n, p in model.named_parameters():
         if n in names:
             idx.append(torch.arange(i, i + p.numel()))
         i += p.numel()
     idx = torch.cat(idx)
-    return h[idx][:, idx]
+    return mat[idx][:, idx]

@@ -27,7 +27,14 @@ from sgdlab.probes.curvature import (
 )
 from test_probes_spectrum import PROBLEMS, _problem, ce
 
-from _zoo import cases, dense_ggn, dense_hessian, dense_hessian_block, per_example_ce
+from _zoo import (
+    cases,
+    cut_block,
+    dense_ggn,
+    dense_hessian,
+    dense_hessian_block,
+    per_example_ce,
+)
 
 # the block checked per problem: one layer's parameters, given three different ways
 BLOCKS = {
@@ -44,17 +51,6 @@ def problem(request):
     assert sum(p.numel() for p in model.parameters()) <= 2000
     g = dense_ggn(model, x, y, loss="ce")
     return request.param, model, x, y, g, torch.linalg.eigvalsh(g)
-
-
-def _cut(mat, model, names):
-    """The rows and columns of the parameters ``names`` (named_parameters order)."""
-    idx, i = [], 0
-    for n, p in model.named_parameters():
-        if n in names:
-            idx.append(torch.arange(i, i + p.numel()))
-        i += p.numel()
-    idx = torch.cat(idx)
-    return mat[idx][:, idx]
 
 
 def test_ggn_operator_against_dense(problem):
@@ -209,7 +205,7 @@ def test_block_ggn_is_the_sub_block(problem):
     names = BLOCKS[name]
     want = dense_ggn(model, x, y, loss="ce", names=names)
     # and it is the sub-block of the full G (names are in named_parameters order)
-    torch.testing.assert_close(want, _cut(g, model, names), rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(want, cut_block(g, model, names), rtol=1e-10, atol=1e-13)
     got = HessianOperator(model, ce, x, y, curvature="ggn", params=names).dense()
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
@@ -227,7 +223,7 @@ def test_layerwise_top_eigenvalue_and_trace():
     h, g = dense_hessian(model, ce, x, y), dense_ggn(model, x, y)
     total = 0.0
     for key, names in blocks.items():
-        hb, gb = _cut(h, model, names), _cut(g, model, names)
+        hb, gb = cut_block(h, model, names), cut_block(g, model, names)
         torch.testing.assert_close(top[key].eigenvalues, torch.linalg.eigvalsh(hb).flip(0)[:2],
                                    rtol=1e-6, atol=0)
         assert abs(trace[key].trace - float(torch.trace(gb))) <= 3 * trace[key].trace_se

@@ -511,12 +511,7 @@ def edge_of_stability(lambda_max: float, lr: float | None, optimizer: Any) -> di
     if factor is not None:
         rec["eos_threshold"] = factor / eta if eta > 0 else math.inf
         rec["eos_ratio"] = eta * lambda_max / factor
-    undefined = [k for k, v in rec.items() if isinstance(v, float) and not math.isfinite(v)]
-    for k in undefined:
-        rec[k] = None
-    if undefined:
-        rec["undefined"] = undefined
-    return rec
+    return undefined_to_null(rec)
 
 
 class Sharpness(Instrument):
