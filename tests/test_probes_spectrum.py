@@ -245,3 +245,23 @@ def test_bad_arguments():
         spectral_density(model, ce, x, y, runs=0)
     with pytest.raises(ValueError, match="empty"):
         top_eigenvalues(model, ce, [], None)
+
+
+def test_eigenpairs_name_their_coordinates(problem):
+    """Eigenvectors come with the parameter names and shapes of their coordinates (the whole
+    model in named_parameters order, or the block of params=), and unflatten() splits a row
+    into one tensor per parameter: the row is an eigenvector of the dense Hessian."""
+    name, model, x, y, h, _ = problem
+    for method in ("lanczos", "eigsh"):
+        res = top_eigenvalues(model, ce, x, y, k=2, method=method, seed=1)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        assert list(res.names) == [n for n, _ in named]
+        parts = res.unflatten(0)
+        assert [tuple(t.shape) for t in parts.values()] == [tuple(p.shape) for _, p in named]
+        u = torch.cat([t.reshape(-1) for t in parts.values()])
+        assert torch.equal(u, res.eigenvectors[0])
+        resid = float((h @ u - res.eigenvalues[0] * u).norm())
+        assert resid <= 1e-5 * abs(float(res.eigenvalues[0])), (name, method, resid)
+    last = named[-1][0]
+    block = top_eigenvalues(model, ce, x, y, k=1, params=[last])
+    assert block.names == (last,) and block.unflatten()[last].shape == named[-1][1].shape

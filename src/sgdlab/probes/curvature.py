@@ -487,10 +487,12 @@ class Eigenpairs:
     """Result of :func:`top_eigenvalues`.
 
     ``eigenvalues`` (k,) float64, largest first (by magnitude for ``which="LM"``);
-    ``eigenvectors`` (k, n) unit rows in
-    ``model.parameters()`` order (flattened); ``residuals`` (k,) the residual norms
-    ‖Hu − θu‖ of the Ritz pairs (each θ is within its residual of an eigenvalue of H);
-    ``hvps`` Hessian-vector products used; ``converged`` when every residual is ≤ tol·|θ|.
+    ``eigenvectors`` (k, n) unit rows over the parameters ``names`` (flattened, in that
+    order: all trainable ones in ``named_parameters`` order, or the block of ``params=``;
+    :meth:`unflatten` splits a row into one tensor per name); ``residuals`` (k,) the
+    residual norms ‖Hu − θu‖ of the Ritz pairs (each θ is within its residual of an
+    eigenvalue of H); ``hvps`` Hessian-vector products used; ``converged`` when every residual
+    is ≤ tol·|θ|.
     """
 
     eigenvalues: torch.Tensor
@@ -498,6 +500,14 @@ class Eigenpairs:
     residuals: torch.Tensor
     hvps: int
     converged: bool
+    names: tuple[str, ...] = ()
+    shapes: tuple[torch.Size, ...] = ()
+
+    def unflatten(self, i: int = 0) -> dict[str, torch.Tensor]:
+        """Eigenvector ``i`` as {parameter name: tensor of its shape}."""
+        parts = torch.split(self.eigenvectors[i], [math.prod(s) for s in self.shapes])
+        return {n: t.reshape(s) for n, t, s in zip(self.names, parts, self.shapes,
+                                                    strict=True)}
 
 
 def top_eigenvalues(model: nn.Module, loss_fn: Callable, x: Any, y: Any = None, k: int = 1,
@@ -590,7 +600,8 @@ def top_eigenvalues(model: nn.Module, loss_fn: Callable, x: Any, y: Any = None, 
     vecs = s.T @ q[0, :m]
     vecs = vecs / vecs.norm(dim=1, keepdim=True)
     converged = bool((r <= tol * theta.abs()).all()) or m == op.n
-    return Eigenpairs(theta.cpu(), vecs.to(op.dtype), r.cpu(), op.hvps, converged)
+    return Eigenpairs(theta.cpu(), vecs.to(op.dtype), r.cpu(), op.hvps, converged,
+                      tuple(op.names), tuple(op.shapes))
 
 
 def _eigsh(op: HessianOperator, v0: torch.Tensor, k: int, tol: float, steps: int,
@@ -617,7 +628,7 @@ def _eigsh(op: HessianOperator, v0: torch.Tensor, k: int, tol: float, steps: int
     op.hvps -= len(u)                    # the residual check is not part of the method
     res = (hu - torch.as_tensor(vals.copy())[:, None] * u).norm(dim=1)
     return Eigenpairs(torch.as_tensor(vals.copy()), u.to(op.dtype).to(op.device), res,
-                      op.hvps, converged and len(vals) == k)
+                      op.hvps, converged and len(vals) == k, tuple(op.names), tuple(op.shapes))
 
 
 # --------------------------------------------------------------------------- trace
