@@ -22,7 +22,7 @@ from sgdlab.cli import main
 from sgdlab.config import ConfigError
 from sgdlab.metrics_log import read_metrics
 from sgdlab.optim import create as create_optimizer
-from sgdlab.probes.curvature import hessian_trace, top_eigenvalues, top_hessian_eigenvalue
+from sgdlab.probes.curvature import hessian_trace, top_eigenvalues
 
 from _zoo import OwnParamAttention, TinyTransformer, dense_hessian, per_example_ce
 
@@ -88,13 +88,12 @@ def test_instruments_match_the_direct_calls(fixed_data):
             ref = top_eigenvalues(ref_model, per_example_ce, xd, yd, k=3, tol=1e-3, seed=t)
             assert rec["eigenvalues"] == [float(v) for v in ref.eigenvalues]
             assert rec["eigenvalues"] == sorted(rec["eigenvalues"], reverse=True)
-            lam, iterations = rec["eigenvalues"][0], ref.hvps
-            assert rec["converged"] == ref.converged
-        else:
-            ref = top_hessian_eigenvalue(ref_model, per_example_ce, xd, yd, iters=20,
-                                         tol=1e-3, seed=t)
-            lam, iterations = ref.lambda_max, ref.iterations
-            assert rec["stability_bound"] == ref.stability_bound
+        else:                       # k = 1: Lanczos too, at most iters = 20 products
+            ref = top_eigenvalues(ref_model, per_example_ce, xd, yd, k=1, tol=1e-3,
+                                  max_iter=20, seed=t)
+        lam, iterations = float(ref.eigenvalues[0]), ref.hvps
+        assert rec["converged"] == ref.converged
+        assert rec["stability_bound"] == 2 / lam
         assert rec["lambda_max"] == lam and rec["iterations"] == iterations
         assert rec["lr_times_lambda"] == lr * lam and rec["lr"] == lr
         assert rec["momentum_form"] == "heavy_ball" and rec["momentum_beta"] == 0.9
@@ -115,9 +114,9 @@ def test_ggn_option_is_passed_through():
                       hessian_data=(x, y))
     one, two, trace = mon.records
     ref_model = seen[1][0].eval()
-    ref = top_hessian_eigenvalue(ref_model, per_example_ce, x, y, iters=20, tol=1e-3, seed=1,
-                                 curvature="ggn")
-    assert one["lambda_max"] == ref.lambda_max and one["curvature"] == "ggn"
+    ref = top_eigenvalues(ref_model, per_example_ce, x, y, k=1, tol=1e-3, max_iter=20,
+                          seed=1, curvature="ggn")
+    assert one["lambda_max"] == float(ref.eigenvalues[0]) and one["curvature"] == "ggn"
     ref2 = top_eigenvalues(ref_model, per_example_ce, x, y, k=2, tol=1e-3, seed=1,
                            curvature="ggn")
     assert two["eigenvalues"] == ref2.eigenvalues.tolist()
@@ -184,6 +183,68 @@ def test_momentum_beta_is_picked_up(make, form, beta, factor):
     else:
         assert rec["lr_lambda_threshold"] == pytest.approx(factor, rel=1e-15)
         assert rec["eos_threshold"] == pytest.approx(factor / 0.1, rel=1e-15)
+
+
+def test_sharpness_at_a_saddle_is_the_largest_eigenvalue():
+    """At a saddle whose negative eigenvalue is the largest in magnitude, λ_max is the largest
+    eigenvalue (power iteration, the k = 1 path until 2026-12-04, returned the negative
+    one), against the dense Hessian: H = diag(−3, 1) of L = ½(−3u² + v²)."""
+
+    class Saddle(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor([0.3, -0.2], dtype=torch.float64))
+
+        def forward(self, x):
+            return x[:, :1] * 0 + (0.5 * (-3 * self.w[0] ** 2 + self.w[1] ** 2))
+
+    model = Saddle()
+    x = torch.zeros(4, 1, dtype=torch.float64)
+    y = torch.zeros(4, dtype=torch.float64)
+
+    def loss(out, t):
+        return out[:, 0]
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    mon = sgdlab.Monitor(model, opt, loss, instruments=["sharpness:tol=1e-10"], every=1)
+    opt.zero_grad()
+    with mon.step(x, y):
+        loss(model(x), y).mean().backward()
+    opt.step()
+    (rec,) = mon.records
+    assert rec["lambda_max"] == pytest.approx(1.0, rel=1e-9) and rec["converged"] is True
+    assert rec["stability_bound"] == pytest.approx(2.0, rel=1e-9)
+
+
+def test_weight_decay_lowers_the_thresholds():
+    """Coupled weight decay ω makes a mode of curvature λ one of λ + ω: heavy ball is stable
+    while η(λ + ω) < 2(1 + β). A direct simulation of torch's SGD on L = ½λw² finds the edge
+    at the threshold the record gives."""
+    lam, eta, beta, omega = 10.0, 0.1, 0.9, 0.5
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=eta, momentum=beta,
+                          weight_decay=omega)
+    rec = instruments.edge_of_stability(lam, eta, opt)
+    assert rec["weight_decay"] == omega
+    assert rec["eos_threshold"] == pytest.approx(2 * 1.9 / eta - omega, rel=1e-15)
+    assert rec["gd_threshold"] == pytest.approx(2 / eta - omega, rel=1e-15)
+    assert rec["eos_ratio"] == pytest.approx(eta * (lam + omega) / 3.8, rel=1e-15)
+
+    def grows(curv):                         # torch's own step on ½·curv·w²
+        w = torch.ones(1, requires_grad=True)
+        o = torch.optim.SGD([w], lr=eta, momentum=beta, weight_decay=omega)
+        for _ in range(400):
+            o.zero_grad()
+            (0.5 * curv * w ** 2).sum().backward()
+            o.step()
+        v = float(w)
+        return not math.isfinite(v) or abs(v) > 1.0
+
+    edge = rec["eos_threshold"]
+    assert grows(edge * 1.01) and not grows(edge * 0.99)
+    # decoupled decay with momentum has no SPEC threshold
+    dec = create_optimizer("momentum", [torch.zeros(1, requires_grad=True)], lr=eta,
+                           beta=beta, weight_decay=omega, decoupled=True)
+    assert instruments.heavy_ball_momentum(dec) == (None, None)
 
 
 def test_no_optimizer_gives_null_bounds():

@@ -11,6 +11,8 @@ squared error, H = G = (X̃ᵀX̃/N) ⊗ I in closed form.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -314,3 +316,25 @@ def test_bad_input():
         layerwise(hessian_trace, model, ce, x, y, blocks="layers")
     with pytest.raises(ValueError, match="pass the blocks as blocks="):
         layerwise(hessian_trace, model, ce, x, y, params=["head"])
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "ggn"])
+@pytest.mark.parametrize("retain", [True, False])
+def test_batchnorm_statistics_are_untouched(curvature, retain):
+    """A model in training mode with BatchNorm: the curvature functions' forwards (one per
+    graph, one per product without retained graphs) leave running_mean, running_var and
+    num_batches_tracked as they were, and the products equal those of an untouched copy."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3))
+    model = model.double().train()
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
+    before = {k: b.clone() for k, b in model.named_buffers()}
+    twin = copy.deepcopy(model)
+    op = HessianOperator(model, ce, x, y, curvature=curvature, retain_graphs=retain)
+    v = torch.randn(op.n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    hv = op.matvec(v)
+    hessian_trace(model, ce, x, y, samples=3, curvature=curvature, retain_graphs=retain)
+    for k, b in model.named_buffers():
+        assert torch.equal(b, before[k]), k
+    ref = HessianOperator(twin, ce, x, y, curvature=curvature).matvec(v)
+    torch.testing.assert_close(hv, ref, rtol=1e-12, atol=1e-14)

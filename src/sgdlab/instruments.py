@@ -419,7 +419,8 @@ def curvature_measurement(monitor: Monitor, subset: int, fn: Callable[..., Any],
     A framework adapter whose model is not called as ``model(x)`` sets
     ``monitor.curvature_problem`` (monitor → ``(model, loss_fn, x, y)`` for ``fn``: the
     Hugging Face callback's ``model(**inputs)`` with ``loss_fn(outputs, inputs)``); eval mode,
-    RNG and seed are as above, on ``monitor.model``.
+    RNG and seed are as above, on ``monitor.model``, and ``hessian_data`` and ``subset`` do
+    not apply (the problem gives the data).
     """
     fmodel, loss_fn = monitor.model, monitor.loss_fn
     if monitor.curvature_problem is not None:
@@ -452,7 +453,8 @@ def heavy_ball_momentum(optimizer: Any) -> tuple[str | None, float | None]:
       ``style="ema"``; the group's ``lr`` is η′);
 
     and ``(None, None)`` where SPEC gives no stability threshold: no optimizer, Nesterov,
-    torch's ``dampening`` ≠ 0, Adam, RMSProp, snr_sgd or any other optimizer.
+    torch's ``dampening`` ≠ 0 or ``maximize``, decoupled weight decay with momentum, Adam,
+    RMSProp, snr_sgd or any other optimizer.
     """
     if optimizer is None or not getattr(optimizer, "param_groups", None):
         return None, None
@@ -460,8 +462,11 @@ def heavy_ball_momentum(optimizer: Any) -> tuple[str | None, float | None]:
     from sgdlab.optim.sgd import Momentum
 
     group = optimizer.param_groups[0]
+    if group.get("maximize"):
+        return None, None
     if isinstance(optimizer, Momentum):
-        if group.get("nesterov"):
+        if group.get("nesterov") or (group.get("decoupled") and group.get("weight_decay")
+                                     and float(group["beta"]) > 0):
             return None, None
         beta = float(group["beta"])
         if group.get("style") == "ema":
@@ -486,31 +491,40 @@ def edge_of_stability(lambda_max: float, lr: float | None, optimizer: Any) -> di
     On a quadratic mode of curvature λ, gradient descent Φ ← Φ − ηλΦ is stable while
     ηλ < 2, i.e. λ < 2/η (``gd_threshold``); heavy ball v ← βv + ĝ, Φ ← Φ − ηv is stable
     while ηλ < 2(1 + β) (SPEC §4.4), the EMA form with η′ while η′λ < 2(1 + β)/(1 − β)
-    (SPEC §4.6; the same bound, η = η′(1 − β)). Keys:
+    (SPEC §4.6; the same bound, η = η′(1 − β)). Weight decay ω added to the gradient
+    (torch's ``weight_decay``, sgdlab's coupled decay; for plain SGD the decoupled form is
+    the same step) makes the mode's curvature λ + ω: the thresholds on the loss's λ_max are
+    lowered by ω. Keys:
 
     * ``lr`` = η (``None`` without an optimizer), ``momentum_form`` and ``momentum_beta``
-      (β; ``None`` where the form is unknown: :func:`heavy_ball_momentum`);
-    * ``gd_threshold`` = 2/η, ``eos_threshold`` = 2(1 + β)/η (EMA: 2(1 + β)/((1 − β)η′)):
-      λ_max beyond it means the step is unstable along the top eigenvector;
+      (β; ``None`` where the form is unknown: :func:`heavy_ball_momentum`), ``weight_decay``
+      = ω;
+    * ``gd_threshold`` = 2/η − ω, ``eos_threshold`` = 2(1 + β)/η − ω (EMA:
+      2(1 + β)/((1 − β)η′) − ω): λ_max beyond it means the step is unstable along the top
+      eigenvector;
     * ``lr_lambda_threshold`` = 2(1 + β) (EMA: 2(1 + β)/(1 − β)), the bound on
-      ``lr_times_lambda`` = η·λ_max; and ``eos_ratio`` = λ_max/``eos_threshold``
-      (≥ 1: at or past the edge).
+      η(λ_max + ω); and ``eos_ratio`` = η(λ_max + ω)/``lr_lambda_threshold`` (≥ 1: at or past
+      the edge).
 
     Undefined values (η = 0 or no optimizer: infinite thresholds; the form unknown) are
     ``None``; the non-finite ones are listed in ``undefined``.
     """
     form, beta = heavy_ball_momentum(optimizer)
     eta = float(lr) if lr is not None else 0.0
+    omega = 0.0
+    if form is not None:
+        omega = float(optimizer.param_groups[0].get("weight_decay", 0.0) or 0.0)
     factor = None
     if beta is not None:
         factor = 2.0 * (1.0 + beta) / (1.0 - beta if form == "ema" else 1.0)
     rec: dict[str, Any] = {"lr": lr, "momentum_form": form, "momentum_beta": beta,
-                           "gd_threshold": 2.0 / eta if eta > 0 else math.inf,
+                           "weight_decay": omega if form is not None else None,
+                           "gd_threshold": 2.0 / eta - omega if eta > 0 else math.inf,
                            "eos_threshold": None, "lr_lambda_threshold": factor,
                            "eos_ratio": None}
     if factor is not None:
-        rec["eos_threshold"] = factor / eta if eta > 0 else math.inf
-        rec["eos_ratio"] = eta * lambda_max / factor
+        rec["eos_threshold"] = factor / eta - omega if eta > 0 else math.inf
+        rec["eos_ratio"] = eta * (lambda_max + omega) / factor
     return undefined_to_null(rec)
 
 
@@ -518,18 +532,17 @@ class Sharpness(Instrument):
     """Top Hessian eigenvalue λ_max (or the top k), 2/λ_max and the edge-of-stability
     comparison with the current step size (SPEC §1, §4.3, §4.4, §4.6).
 
-    ``k=1`` (default): power iteration v ← Hv/‖Hv‖ (at most ``iters`` products, stopping
-    at a relative change ≤ ``tol``;
-    :func:`~sgdlab.probes.curvature.top_hessian_eigenvalue`): the eigenvalue of largest
-    magnitude (near a minimum, H ⪰ 0, the largest). Record: ``lambda_max``,
-    ``stability_bound`` = 2/λ_max (inf for λ_max ≤ 0), ``lr_times_lambda`` = η·λ_max,
-    ``iterations``.
-
-    ``k>1``: the k largest (algebraic) eigenvalues by Lanczos with full
-    re-orthogonalisation (:func:`~sgdlab.probes.curvature.top_eigenvalues`, residual
-    criterion ``tol``, at most ``max_iter`` products, default min(n, max(100, 30k))); the
-    record adds ``eigenvalues`` (descending) and ``converged``; ``lambda_max`` is the first
-    of them and ``iterations`` the Hessian-vector products used.
+    The k largest (algebraic) eigenvalues by Lanczos with full re-orthogonalisation
+    (:func:`~sgdlab.probes.curvature.top_eigenvalues`, ``which="LA"``: residual criterion
+    ‖Hu − θu‖ ≤ ``tol``·|θ|; at most ``max_iter`` products, default ``iters`` for k = 1 and
+    min(n, max(100, 30k)) otherwise). Record: ``lambda_max`` (the largest eigenvalue),
+    ``stability_bound`` = 2/λ_max (null for λ_max ≤ 0), ``lr_times_lambda`` = η·λ_max (null
+    without a learning rate), ``iterations`` (Hessian-vector products used) and
+    ``converged``; with k > 1 also ``eigenvalues`` (descending). (Until 2026-12-04 k = 1 ran
+    power iteration, whose answer is the eigenvalue of largest *magnitude*: at a saddle
+    whose most negative eigenvalue outweighs the top one it recorded that negative value as
+    λ_max, and with two eigenvalues of equal magnitude and opposite sign its Rayleigh
+    quotient settles between them.)
 
     Every record adds :func:`edge_of_stability`: ``lr``, ``momentum_form``,
     ``momentum_beta``, ``gd_threshold`` = 2/η, ``eos_threshold`` = 2(1 + β)/η (SPEC's
@@ -561,28 +574,29 @@ class Sharpness(Instrument):
         _curvature_setup(monitor)
 
     def measure(self, monitor: Monitor) -> dict[str, Any]:  # noqa: D102
-        from sgdlab.probes.curvature import top_eigenvalues, top_hessian_eigenvalue
+        from sgdlab.probes.curvature import top_eigenvalues
 
-        lr = monitor.lr or 0.0
-        if self.k == 1:
-            res = curvature_measurement(monitor, self.subset, top_hessian_eigenvalue,
-                                        iters=self.iters, tol=self.tol,
-                                        curvature=self.curvature)
-            lam = res.lambda_max
-            rec: dict[str, Any] = {"lambda_max": lam, "stability_bound": res.stability_bound,
-                                   "lr_times_lambda": lr * lam, "iterations": res.iterations}
-        else:
-            res = curvature_measurement(monitor, self.subset, top_eigenvalues, k=self.k,
-                                        tol=self.tol, max_iter=self.max_iter,
-                                        curvature=self.curvature)
-            eigenvalues = [float(v) for v in res.eigenvalues]
-            lam = eigenvalues[0]
-            rec = {"lambda_max": lam, "stability_bound": 2.0 / lam if lam > 0 else math.inf,
-                   "lr_times_lambda": lr * lam, "iterations": res.hvps,
-                   "eigenvalues": eigenvalues, "converged": res.converged}
+        max_iter = self.max_iter if self.max_iter is not None or self.k > 1 else self.iters
+        res = curvature_measurement(monitor, self.subset, top_eigenvalues, k=self.k,
+                                    tol=self.tol, max_iter=max_iter, which="LA",
+                                    curvature=self.curvature)
+        eigenvalues = [float(v) for v in res.eigenvalues]
+        lam = eigenvalues[0]
+        lr = monitor.lr
+        rec: dict[str, Any] = {
+            "lambda_max": lam, "stability_bound": 2.0 / lam if lam > 0 else math.inf,
+            "lr_times_lambda": lr * lam if lr is not None else None,
+            "iterations": res.hvps, "converged": res.converged}
+        if self.k > 1:
+            rec["eigenvalues"] = eigenvalues
         if self.curvature != "hessian":
             rec["curvature"] = self.curvature
-        rec.update(edge_of_stability(lam, monitor.lr, monitor.optimizer))
+        eos = edge_of_stability(lam, monitor.lr, monitor.optimizer)
+        before = eos.pop("undefined", [])
+        rec.update(eos)
+        rec = undefined_to_null(rec)
+        if before:
+            rec["undefined"] = before + rec.get("undefined", [])
         return rec
 
 

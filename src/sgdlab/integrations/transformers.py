@@ -37,9 +37,12 @@ How the Trainer scales the loss under accumulation does not matter: the Monitor 
 scale c of each micro-batch's backward from the output gradients (loss / k, or the model's
 ``num_items_in_batch`` normalisation). Step numbers: the record of step t holds the numbers
 of the t-th optimizer step at the parameters its gradient was computed at; t equals
-``state.global_step`` after that step. The curvature instruments (``sharpness`` with any
-option, ``hessian_trace``) run their HVPs as ``model(**inputs)`` on the step's last
-micro-batch (``Monitor.curvature_problem``). Single process (no DDP / DataParallel).
+``state.global_step`` after that step. The curvature instruments (``sharpness``, any k, and
+``hessian_trace``) run their HVPs as ``model(**inputs)`` on the step's last micro-batch
+(``Monitor.curvature_problem``; the Monitor's ``hessian_data`` and ``subset`` do not apply).
+``curvature=ggn`` needs a model whose output is one tensor; a transformers model returns a
+``ModelOutput``, so the instrument is disabled with one line. Single process (no DDP /
+DataParallel).
 """
 
 from __future__ import annotations
@@ -167,7 +170,7 @@ class MonitorCallback(_tf.TrainerCallback):
         self._clip = bool(args.max_grad_norm) and args.max_grad_norm > 0
 
     def _curvature_problem(self, monitor: Any) -> tuple[Any, Callable, _Batch, _Batch]:
-        """The curvature instruments' problem (``sharpness``, ``hessian_trace``, any option):
+        """The curvature instruments' problem (``sharpness``, ``hessian_trace``; not GGN):
         ``model(**inputs)`` of the step's last micro-batch, ``loss_fn(outputs, inputs)``."""
         holder = monitor.batch[0]
         if not holder:

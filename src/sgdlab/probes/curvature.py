@@ -41,6 +41,7 @@ differentiate twice.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,6 +76,29 @@ def math_sdpa():
         import contextlib
         return contextlib.nullcontext()
     return sdpa_kernel(SDPBackend.MATH)
+
+
+@contextlib.contextmanager
+def kept_norm_statistics(model: nn.Module):
+    """Leave the running statistics of the model's BatchNorm layers as they were: a forward in
+    training mode (where the Hessian is that of the batch statistics) would otherwise move
+    ``running_mean``, ``running_var`` and ``num_batches_tracked`` once per graph built —
+    once per product with ``retain_graphs=False``."""
+    # the forward updates copies, swapped in for its duration: the graph it builds may have
+    # saved them (an in-place restore would invalidate it), and the originals are put back
+    saved = []
+    for m in model.modules():
+        if (isinstance(m, nn.modules.batchnorm._NormBase) and m.training
+                and m.track_running_stats):
+            bufs = {k: b for k, b in m._buffers.items() if b is not None}
+            saved.append((m, bufs))
+            for k, b in bufs.items():
+                m._buffers[k] = b.clone()
+    try:
+        yield
+    finally:
+        for m, bufs in saved:
+            m._buffers.update(bufs)
 
 
 def _mean_loss(loss_fn: Callable, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -207,9 +231,9 @@ class HessianOperator:
     :meth:`matmat` does B products in one vmapped backward each (``is_grads_batched``).
     ``retain_graphs=False`` rebuilds the graphs of every batch for every product: the
     memory of one batch's graphs instead of all of them, at ~1.5× the time. ``hvps`` counts
-    the products (a B-column ``matmat``: B). The model's parameters and ``.grad`` are
-    untouched; the model's mode is left as it is (BatchNorm in training mode uses each
-    batch's statistics).
+    the products (a B-column ``matmat``: B). The model's parameters, ``.grad`` and the
+    BatchNorm running statistics are untouched (:func:`kept_norm_statistics`); the model's
+    mode is left as it is (BatchNorm in training mode uses each batch's statistics).
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, x: Any, y: Any = None,
@@ -236,7 +260,7 @@ class HessianOperator:
     def _graph(self, batch: tuple[Any, Any]) -> tuple[list[torch.Tensor], list[int]]:
         """g = ∇_S L_batch with its graph, restricted to the entries that depend on Φ_S."""
         xb, yb = batch
-        with math_sdpa():
+        with math_sdpa(), kept_norm_statistics(self.model):
             loss = _mean_loss(self.loss_fn, self.model(xb), yb)
             grads = torch.autograd.grad(loss, self.params, create_graph=True,
                                         allow_unused=True)
@@ -248,7 +272,7 @@ class HessianOperator:
         with ``create_graph``), and ∂L_b/∂f with its graph in the detached output."""
         xb, yb = batch
         bad = 'curvature="ggn" needs '
-        with math_sdpa():
+        with math_sdpa(), kept_norm_statistics(self.model):
             out = self.model(xb)
             if not isinstance(out, torch.Tensor) or not out.is_floating_point():
                 raise ValueError(bad + "a model whose output is one floating-point tensor, "
