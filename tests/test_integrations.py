@@ -313,3 +313,19 @@ def test_hf_training_unchanged_and_sharpness(tf, tmp_path):
         finals.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*finals, strict=True):
         assert torch.equal(a, b)
+
+
+def test_hf_ggn_sharpness_is_refused_with_one_line(tf, tmp_path, capsys):
+    """curvature=ggn needs one output tensor; a transformers model returns a ModelOutput: the
+    instrument is disabled with one line (never a number), the others and training go on."""
+    from sgdlab.integrations.transformers import MonitorCallback
+
+    cb = MonitorCallback(loss_fn=_hf_ce, instruments=["noise_scale", "sharpness:curvature=ggn"],
+                         every=1)
+    _hf_train(tf, tmp_path, [cb], _hf_model(tf), max_steps=2)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sgdlab:")]
+    assert len(err) == 1 and err[0].startswith(
+        'sgdlab: instrument sharpness disabled: curvature="ggn" needs a model whose output is '
+        "one floating-point tensor")
+    assert [(r["name"], r["step"]) for r in cb.records] == [("noise_scale", 1),
+                                                             ("noise_scale", 2)]
