@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sgdlab.config import ConfigError
+from sgdlab.optim._validate import check_int
 from sgdlab.probes import norms
 
 if TYPE_CHECKING:
@@ -55,10 +56,12 @@ def log_spaced_steps(total: int, per_decade: int = 10) -> set[int]:
 def undefined_to_null(rec: dict[str, Any]) -> dict[str, Any]:
     """Every non-finite float of ``rec`` (an undefined ratio: B_simple with ‖G‖² ≤ 0, a test
     with ‖ĝ‖² = 0) becomes ``None`` and its key is listed in ``rec["undefined"]``: never inf or
-    nan in a file."""
+    nan in a file. Keys already listed there (a part of the record nulled before) stay
+    listed, first."""
     undefined = [k for k, v in rec.items() if isinstance(v, float) and not math.isfinite(v)]
     for k in undefined:
         rec[k] = None
+    undefined = rec.get("undefined", []) + undefined
     if undefined:
         rec["undefined"] = undefined
     return rec
@@ -366,13 +369,6 @@ class DDPNoiseScale(Instrument):
         self.estimator.load_state_dict(state)
 
 
-def _check_int(name: str, value: Any, low: int) -> int:
-    """``value`` as an integer ≥ ``low`` (no bool), else a one-line :class:`ValueError`."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
 def _check_positive(name: str, value: Any) -> float:
     """``value`` as a number > 0, else a one-line :class:`ValueError`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -545,9 +541,9 @@ class Sharpness(Instrument):
     quotient settles between them.)
 
     Every record adds :func:`edge_of_stability`: ``lr``, ``momentum_form``,
-    ``momentum_beta``, ``gd_threshold`` = 2/η, ``eos_threshold`` = 2(1 + β)/η (SPEC's
-    heavy-ball bound; the EMA form's 2(1 + β)/((1 − β)η′)), ``lr_lambda_threshold`` and
-    ``eos_ratio``.
+    ``momentum_beta``, ``weight_decay`` ω, ``gd_threshold`` = 2/η − ω, ``eos_threshold`` =
+    2(1 + β)/η − ω (SPEC's heavy-ball bound; the EMA form's 2(1 + β)/((1 − β)η′) − ω),
+    ``lr_lambda_threshold`` and ``eos_ratio``.
 
     ``curvature="ggn"``: the same for the generalised Gauss–Newton matrix G = Jᵀ H_ℓ J
     (positive semi-definite; ≈ H near a minimum) instead of H; the record then carries
@@ -563,11 +559,11 @@ class Sharpness(Instrument):
                  iters: int = 20, tol: float = 1e-3, k: int = 1,
                  max_iter: int | None = None, curvature: str = "hessian") -> None:
         super().__init__(schedule)
-        self.subset = _check_int("subset", subset, 1)
-        self.iters = _check_int("iters", iters, 1)
+        self.subset = check_int("subset", subset, 1)
+        self.iters = check_int("iters", iters, 1)
         self.tol = _check_positive("tol", tol)
-        self.k = _check_int("k", k, 1)
-        self.max_iter = None if max_iter is None else _check_int("max_iter", max_iter, 1)
+        self.k = check_int("k", k, 1)
+        self.max_iter = None if max_iter is None else check_int("max_iter", max_iter, 1)
         self.curvature = _check_curvature(curvature)
 
     def setup(self, monitor: Monitor) -> None:  # noqa: D102
@@ -591,13 +587,8 @@ class Sharpness(Instrument):
             rec["eigenvalues"] = eigenvalues
         if self.curvature != "hessian":
             rec["curvature"] = self.curvature
-        eos = edge_of_stability(lam, monitor.lr, monitor.optimizer)
-        before = eos.pop("undefined", [])
-        rec.update(eos)
-        rec = undefined_to_null(rec)
-        if before:
-            rec["undefined"] = before + rec.get("undefined", [])
-        return rec
+        rec.update(edge_of_stability(lam, monitor.lr, monitor.optimizer))
+        return undefined_to_null(rec)
 
 
 class HessianTraceInstrument(Instrument):
@@ -621,8 +612,8 @@ class HessianTraceInstrument(Instrument):
     def __init__(self, schedule: Callable[[int], bool] | None = None, samples: int = 32,
                  subset: int = 1024, curvature: str = "hessian") -> None:
         super().__init__(schedule)
-        self.samples = _check_int("samples", samples, 2)
-        self.subset = _check_int("subset", subset, 1)
+        self.samples = check_int("samples", samples, 2)
+        self.subset = check_int("subset", subset, 1)
         self.curvature = _check_curvature(curvature)
 
     def setup(self, monitor: Monitor) -> None:  # noqa: D102

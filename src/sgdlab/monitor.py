@@ -565,7 +565,8 @@ class Monitor:
             self._fail_stats(err)
             return
         self._armed = stats
-        self._capture = {"calls": 0, "batch": stats._batch, "bsz": _batch_len(self.batch[0])}
+        # this micro-batch's size, which begin() has just appended
+        self._capture = {"calls": 0, "batch": stats._batch, "bsz": self.micro_sizes[-1]}
         self._fwd_handle = self.model.register_forward_hook(self._on_output)
 
     def _on_output(self, module, args, output) -> None:
